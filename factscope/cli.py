@@ -1,0 +1,122 @@
+"""The ``factscope`` command line.
+
+    factscope info [--model NAME]        model, layers, dimensions, hook names, cache folder
+    factscope facts [--model NAME]       the model's answers on the built-in facts
+    factscope demo [--out out/]          the main job end to end (for now: the answers table)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    help="factscope: locate and edit factual knowledge in language models (TransformerLens 4.x).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+MODEL_HELP = "Bundled name (gemma-3-270m, smollm2-135m), .gguf path, local HF folder, or hub id. Default: gemma-3-270m."
+
+
+def _load(model: Optional[str]):
+    import torch
+
+    from factscope.models import ModelNotAvailableError, load_model
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t = time.perf_counter()
+    try:
+        m = load_model(model)
+    except (ModelNotAvailableError, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    return m, time.perf_counter() - t
+
+
+@app.command()
+def info(model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP)) -> None:
+    """Print the model, its layers and dimensions, its hook names and the cache folder."""
+    from factscope.arch import arch_of
+    from factscope.cache import cache_dir
+    from factscope.models import fingerprint, model_info
+
+    m, secs = _load(model)
+    a, mi = arch_of(m), model_info(m)
+    n_params = sum(p.numel() for p in m.parameters())
+    rows = [
+        ("model", f"{mi.name}  ({mi.label})"),
+        ("source", f"{mi.source}: {mi.path}" if mi.path else mi.source),
+        ("architecture", a.architecture + ("  (post-norms: mlp_out is after ln2_post)" if a.post_norm else "")),
+        ("layers", str(a.n_layers)),
+        ("d_model / d_mlp / heads", f"{a.d_model} / {a.d_mlp} / {a.n_heads}"),
+        ("vocabulary", f"{a.d_vocab:,}"),
+        ("parameters", f"{n_params / 1e6:.1f} M"),
+        ("fingerprint", fingerprint(m)),
+        ("loaded in", f"{secs:.1f} s"),
+        ("cache folder", str(cache_dir())),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        typer.echo(f"{k:<{width}}  {v}")
+    typer.echo("\nhooks at layer 0 (kind -> name):")
+    typer.echo(f"  {'embed':<12} {a.embed}")
+    for kind, names in a.names.items():
+        typer.echo(f"  {kind:<12} {names[0]}")
+
+
+def _answers(m):
+    """The built-in facts, the model's predictions on them, and a printable table."""
+    from factscope.datasets import builtin_facts
+    from factscope.predict import predict
+
+    facts = builtin_facts()
+    preds = predict(m, [f.text for f in facts], [f.target_true for f in facts], k=3)
+    lines = [f"{'prompt':<58} {'expected':<12} {'answer':<14} {'p':>5}  ok"]
+    for f, p in zip(facts, preds):
+        prompt = f.text if len(f.text) <= 57 else f.text[:54] + "..."
+        lines.append(f"{prompt:<58} {f.target_true:<12} {p.answer.strip():<14} {p.top_probs[0]:5.2f}  "
+                     f"{'yes' if p.correct else 'NO'}")
+    return facts, preds, "\n".join(lines)
+
+
+@app.command()
+def facts(model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP)) -> None:
+    """Print the model's top-1 answer on every built-in fact, and the accuracy."""
+    m, _ = _load(model)
+    facts, preds, table = _answers(m)
+    typer.echo(table)
+    typer.echo(f"\n{preds.accuracy:.1%} of {len(facts)} built-in facts answered correctly (top-1 first token).")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("out"), "--out", "-o", help="Folder for the outputs."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+) -> None:
+    """Run the main job on the bundled model: for now, its answers on the built-in facts.
+
+    Writes ``answers.csv`` to the output folder.
+    """
+    t0 = time.perf_counter()
+    m, secs = _load(model)
+    typer.echo(f"loaded the model in {secs:.1f} s")
+    facts, preds, table = _answers(m)
+    typer.echo(table)
+    out.mkdir(parents=True, exist_ok=True)
+    preds.to_dataframe().to_csv(out / "answers.csv", index=False)
+    typer.echo(f"\n{preds.accuracy:.1%} of {len(facts)} built-in facts answered correctly (top-1 first token).")
+    typer.echo(f"wrote {out / 'answers.csv'}; total {time.perf_counter() - t0:.1f} s")
+
+
+def main() -> None:  # pragma: no cover
+    app(prog_name="factscope")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""What does the model answer? Batched next-token predictions with a table view.
+
+``predict(model, prompts, targets)`` runs left-padded batches (one BOS per prompt, see
+`factscope.tokens`) and keeps only the last position's logits (``logits_to_keep=1``: with Gemma's
+262k vocabulary this halves the cost). A target counts as answered when the argmax token equals the
+first token of ``" " + target``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from factscope.tokens import encode_batch, str_tokens, target_ids, tokenizer_of
+
+__all__ = ["Prediction", "Predictions", "predict", "next_token_logits"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's next-token distribution after one prompt, summarised.
+
+    Attributes:
+        prompt: the full prompt.
+        top_tokens: the ``k`` most likely next tokens, decoded.
+        top_probs: their probabilities.
+        target: the expected answer, if given.
+        p_target: probability of the target's first token.
+        rank: rank of the target's first token (0 = top-1).
+        correct: whether the target's first token is the argmax.
+    """
+
+    prompt: str
+    top_tokens: tuple[str, ...]
+    top_probs: tuple[float, ...]
+    target: str | None = None
+    p_target: float | None = None
+    rank: int | None = None
+
+    @property
+    def correct(self) -> bool | None:
+        return None if self.rank is None else self.rank == 0
+
+    @property
+    def answer(self) -> str:
+        """The top-1 token."""
+        return self.top_tokens[0]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """A sequence of `Prediction`s; ``.to_dataframe()`` gives one row per prompt."""
+
+    rows: tuple[Prediction, ...]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[Prediction]:
+        return iter(self.rows)
+
+    def __getitem__(self, i: int) -> Prediction:
+        return self.rows[i]
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction of rows with a target whose target is the top-1 token."""
+        scored = [r.correct for r in self.rows if r.correct is not None]
+        if not scored:
+            raise ValueError("no prediction has a target, so there is no accuracy")
+        return sum(scored) / len(scored)
+
+    def to_dataframe(self) -> Any:
+        import pandas as pd
+
+        recs = []
+        for r in self.rows:
+            d = asdict(r)
+            d["answer"] = r.answer.strip()
+            d["p_answer"] = r.top_probs[0]
+            d["correct"] = r.correct
+            recs.append(d)
+        cols = ["prompt", "answer", "p_answer", "target", "p_target", "rank", "correct", "top_tokens", "top_probs"]
+        return pd.DataFrame.from_records(recs, columns=cols)
+
+
+@torch.no_grad()
+def next_token_logits(model: Any, prompts: Sequence[str], *, batch_size: int = 32) -> Float[Tensor, "batch d_vocab"]:
+    """Logits of the next token after each prompt (float32, on CPU).
+
+    Cost: one forward per ``batch_size`` prompts; memory ``batch_size x pos x d_model`` activations
+    plus ``batch x d_vocab`` logits.
+    """
+    if isinstance(prompts, str):
+        raise TypeError("expected a sequence of prompts, got a single str; wrap it in a list")
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        ids, mask = encode_batch(model, prompts[i:i + batch_size])
+        device = next(model.parameters()).device
+        logits = model(ids.to(device), attention_mask=mask.to(device), logits_to_keep=1)
+        out.append(logits[:, -1].float().cpu())
+    if not out:
+        raise ValueError("expected at least one prompt, got none")
+    return torch.cat(out)
+
+
+def predict(
+    model: Any,
+    prompts: Sequence[str],
+    targets: Sequence[str | None] | None = None,
+    *,
+    k: int = 5,
+    batch_size: int = 32,
+) -> Predictions:
+    """Top-``k`` next tokens after each prompt, and how each target fares.
+
+    Args:
+        model: a bridge.
+        prompts: full prompts (no ``{}``).
+        targets: one expected answer (or ``None``) per prompt.
+        k: how many top tokens to keep.
+        batch_size: prompts per forward pass.
+    """
+    if targets is not None and len(targets) != len(prompts):
+        raise ValueError(f"expected one target per prompt, got {len(targets)} targets for {len(prompts)} prompts")
+    logits = next_token_logits(model, prompts, batch_size=batch_size)
+    probs = logits.softmax(-1)  # [batch, d_vocab]
+    top = probs.topk(k, dim=-1)
+    tok = tokenizer_of(model)
+    rows = []
+    for i, prompt in enumerate(prompts):
+        target = None if targets is None else targets[i]
+        p_target = rank = None
+        if target is not None:
+            t0 = target_ids(tok, target)[0]
+            p_target = float(probs[i, t0])
+            rank = int((probs[i] > probs[i, t0]).sum())
+        rows.append(Prediction(
+            prompt=prompt,
+            top_tokens=tuple(str_tokens(tok, top.indices[i])),
+            top_probs=tuple(float(p) for p in top.values[i]),
+            target=target, p_target=p_target, rank=rank,
+        ))
+    return Predictions(tuple(rows))
