@@ -46,7 +46,8 @@ class DatasetNotAvailableError(RuntimeError):
 
 
 def _looks_like_path(s: str) -> bool:
-    return s.endswith((".json", ".jsonl")) or s.startswith((".", "/", "~")) or os.sep + os.sep in s
+    """Hub ids are ``name`` or ``org/name``; anything else that looks like a path is one."""
+    return s.endswith((".json", ".jsonl")) or s.startswith((".", "/", "~")) or s.count("/") > 1 or "\\" in s
 
 
 def _read_records(source: str | os.PathLike, *, split: str) -> list[dict[str, Any]]:

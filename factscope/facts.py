@@ -35,6 +35,15 @@ def _check_text(name: str, value: Any, *, where: str) -> str:
     return value
 
 
+def _check_target(name: str, value: Any, *, where: str) -> str:
+    _check_text(name, value, where=where)
+    if value != value.strip():
+        raise ValueError(
+            f"{where}: expected `{name}` without surrounding whitespace (it is scored as ' ' + {name}), got {value!r}"
+        )
+    return value
+
+
 def _check_template(prompt: Any, *, where: str) -> str:
     _check_text("prompt", prompt, where=where)
     n = prompt.count("{}")
@@ -55,8 +64,8 @@ def _check_template(prompt: Any, *, where: str) -> str:
 
 
 def _check_full_prompts(name: str, prompts: Any, *, where: str) -> tuple[str, ...]:
-    if isinstance(prompts, str):
-        raise TypeError(f"{where}: expected `{name}` to be a sequence of prompts, got a single str {prompts!r}")
+    if isinstance(prompts, str) or not isinstance(prompts, Iterable):
+        raise TypeError(f"{where}: expected `{name}` to be a sequence of prompts, got {prompts!r}")
     out = tuple(prompts)
     for i, p in enumerate(out):
         _check_text(f"{name}[{i}]", p, where=where)
@@ -91,7 +100,7 @@ class Fact:
         if self.subject != self.subject.strip():
             raise ValueError(f"{where}: expected a subject without surrounding whitespace, got {self.subject!r}")
         if self.target is not None:
-            _check_text("target", self.target, where=where)
+            _check_target("target", self.target, where=where)
 
     @property
     def text(self) -> str:
@@ -132,10 +141,10 @@ class EditRequest:
         _check_text("subject", self.subject, where="EditRequest")
         if self.subject != self.subject.strip():
             raise ValueError(f"{where}: expected a subject without surrounding whitespace, got {self.subject!r}")
-        _check_text("target_new", self.target_new, where=where)
+        _check_target("target_new", self.target_new, where=where)
         if self.target_true is not None:
-            _check_text("target_true", self.target_true, where=where)
-            if self.target_true.strip() == self.target_new.strip():
+            _check_target("target_true", self.target_true, where=where)
+            if self.target_true == self.target_new:
                 raise ValueError(
                     f"{where}: expected target_new to differ from target_true, both are {self.target_new!r}"
                 )
@@ -167,9 +176,11 @@ class EditRequest:
 
 
 def _check_pairs(name: str, pairs: Iterable[Any], *, where: str) -> tuple[tuple[str, str], ...]:
+    if isinstance(pairs, str) or not isinstance(pairs, Iterable):
+        raise TypeError(f"{where}: expected `{name}` to be a sequence of (prompt, answer) pairs, got {pairs!r}")
     out = []
     for i, pair in enumerate(pairs):
-        if isinstance(pair, str) or len(pair) != 2:
+        if isinstance(pair, str) or not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise ValueError(f"{where}: expected `{name}[{i}]` to be a (prompt, answer) pair, got {pair!r}")
         p, a = pair
         _check_text(f"{name}[{i}] prompt", p, where=where)

