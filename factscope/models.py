@@ -275,9 +275,10 @@ def _boot(hf_model: Any, tokenizer: Any, *, name: str, label: str, source: str, 
     arch = type(hf_model).__name__
     hf_model.config.architectures = [arch]  # GGUF configs carry architectures=None
     hf_params = dict(hf_model.named_parameters())
-    bridge = TransformerBridge.boot_transformers(
-        label, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype, device=device
-    )
+    with torch.random.fork_rng(devices=[]):  # boot builds modules (GPT-2's split q/k/v) from the global RNG
+        bridge = TransformerBridge.boot_transformers(
+            label, hf_model=hf_model, tokenizer=tokenizer, dtype=dtype, device=device
+        )
     return _prepare(bridge, ModelInfo(name, label, source, path, arch, hf_params))
 
 

@@ -1,0 +1,48 @@
+"""The `factscope` command line, on a tiny model saved to a folder."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+import factscope.models as models
+from factscope import arch_of, load_model
+from factscope.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    hf, tok = models.tiny_hf("gemma3", seed=0)
+    folder = tmp_path_factory.mktemp("tiny-gemma3")
+    hf.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_help_lists_commands():
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ("info", "facts", "demo"):
+        assert cmd in r.output
+
+
+def test_info_prints_sizes_hooks_and_cache(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("FACTSCOPE_CACHE", str(tmp_path / "c"))
+    r = runner.invoke(app, ["info", "--model", str(tiny_folder)])
+    assert r.exit_code == 0, r.output
+    a = arch_of(load_model(tiny_folder))
+    lines = dict(line.split(None, 1) for line in r.output.splitlines() if line and not line.startswith(" ")
+                 and len(line.split(None, 1)) == 2)
+    assert lines["layers"].strip() == str(a.n_layers)
+    assert f"{a.d_model} / {a.d_mlp} / {a.n_heads}" in r.output
+    assert "post-norms" in r.output  # Gemma 3
+    assert a.hook("mlp_key", 0) in r.output and a.hook("mlp_out", 0) in r.output
+    assert str(tmp_path / "c") in r.output
+
+
+def test_info_bad_model_exits_with_message(tmp_path):
+    r = runner.invoke(app, ["info", "--model", str(tmp_path / "nope.gguf")])
+    assert r.exit_code == 2
+    assert "GGUF file at" in r.output

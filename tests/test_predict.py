@@ -1,0 +1,52 @@
+"""`predict` against a plain one-prompt-at-a-time computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from factscope import encode, predict, target_ids
+
+PROMPTS = ["The Space Needle is in downtown", "Michael Jordan played", "The Eiffel Tower is in Paris"]
+TARGETS = ["Seattle", None, "France"]
+
+
+def test_predict_matches_plain_softmax(tiny):
+    preds = predict(tiny, PROMPTS, TARGETS, k=4, batch_size=2)  # two batches, one padded
+    assert len(preds) == len(PROMPTS)
+    for prompt, target, p in zip(PROMPTS, TARGETS, preds):
+        with torch.no_grad():
+            probs = tiny(torch.tensor([encode(tiny, prompt)]))[0, -1].softmax(-1)
+        top = probs.topk(4)
+        assert list(p.top_tokens) == [tiny.tokenizer.decode([i]) for i in top.indices.tolist()]
+        torch.testing.assert_close(torch.tensor(p.top_probs), top.values, atol=1e-5, rtol=0)
+        if target is None:
+            assert p.p_target is None and p.rank is None and p.correct is None
+        else:
+            t0 = target_ids(tiny, target)[0]
+            assert p.p_target == pytest.approx(probs[t0].item(), abs=1e-5)
+            assert p.rank == sorted(probs.tolist(), reverse=True).index(probs[t0].item())
+            assert p.correct == (int(probs.argmax()) == t0)
+
+
+def test_predictions_table_and_accuracy(tiny):
+    # Use the model's own answers as targets for two prompts and a wrong one for the third.
+    first = predict(tiny, PROMPTS)
+    targets = [first[0].answer.strip() or None, first[1].answer.strip() or None, "Zanzibar"]
+    preds = predict(tiny, PROMPTS, targets)
+    df = preds.to_dataframe()
+    assert list(df["prompt"]) == PROMPTS
+    assert {"answer", "p_answer", "target", "p_target", "rank", "correct"} <= set(df.columns)
+    scored = [p.correct for p in preds if p.correct is not None]
+    assert preds.accuracy == pytest.approx(sum(scored) / len(scored))
+    with pytest.raises(ValueError, match="no prediction has a target"):
+        predict(tiny, PROMPTS).accuracy
+
+
+def test_predict_input_errors(tiny):
+    with pytest.raises(ValueError, match="one target per prompt"):
+        predict(tiny, PROMPTS, ["Seattle"])
+    with pytest.raises(TypeError, match="single str"):
+        predict(tiny, "The Space Needle is in downtown")
+    with pytest.raises(ValueError, match="at least one prompt"):
+        predict(tiny, [])
