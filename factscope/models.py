@@ -356,7 +356,8 @@ def fingerprint(model: Any, *, samples: int = 4096) -> str:
         h.update(info.architecture.encode())
     for n, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
         flat = p.detach().reshape(-1)
-        idx = torch.linspace(0, flat.numel() - 1, min(samples, flat.numel())).long()
+        k = min(samples, flat.numel())
+        idx = torch.arange(k, dtype=torch.int64) * (flat.numel() - 1) // max(k - 1, 1)  # exact, unlike float linspace
         h.update(f"{n}{tuple(p.shape)}{p.dtype}".encode())
         h.update(flat[idx].to(torch.float64).cpu().numpy().tobytes())
     return h.hexdigest()[:16]

@@ -1,0 +1,169 @@
+"""Integration tests on the real models (marked slow; `pytest -m "not slow"` skips them).
+
+The default model (Gemma 3 270M) is loaded once per session; its first load converts the GGUF into
+the cache. SmolLM2 is loaded for the tokenizer and architecture checks.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import factscope.models as models
+from factscope import (
+    arch_of,
+    builtin_facts,
+    builtin_groups,
+    encode,
+    encode_batch,
+    load_model,
+    model_info,
+    predict,
+    subject_span,
+    target_ids,
+)
+
+pytestmark = pytest.mark.slow
+
+SPAN_CASES = [
+    ("The Space Needle is in downtown", "Space Needle"),
+    ("Space Needle is in downtown", "Space Needle"),
+    ("Where did Michael Jordan play? He played", "Michael Jordan"),
+    ("  The  Eiffel Tower is in", "Eiffel Tower"),
+    ("The President of the United States lives in the", "President of the United States"),
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model("smollm2-135m")
+
+
+def test_default_model_shape_and_state(gemma):
+    a = arch_of(gemma)
+    assert (a.architecture, a.n_layers, a.d_model, a.d_mlp, a.d_vocab) == ("Gemma3ForCausalLM", 18, 640, 2048, 262144)
+    assert a.post_norm
+    assert a.hook("mlp_out", 3) == "blocks.3.ln2_post.hook_out" and a.hook("mlp_raw_out", 3) == "blocks.3.mlp.hook_out"
+    assert not gemma.training and all(not p.requires_grad for p in gemma.parameters())
+    assert model_info(gemma).source == "package"
+
+
+def test_second_load_reads_the_cache(gemma, monkeypatch):
+    monkeypatch.setattr(models, "_convert_gguf", lambda *a: pytest.fail("second load must not convert again"))
+    m = load_model()
+    assert model_info(m).path == model_info(gemma).path
+    ids, mask = encode_batch(m, ["The Space Needle is in downtown"])
+    with torch.no_grad():
+        assert torch.equal(m(ids, attention_mask=mask, logits_to_keep=1), gemma(ids, attention_mask=mask, logits_to_keep=1))
+
+
+def test_known_answers(gemma):
+    preds = predict(gemma, ["The Space Needle is in downtown", "The Eiffel Tower is located in the city of"],
+                    ["Seattle", "Paris"])
+    assert all(p.correct for p in preds), preds.to_dataframe()
+
+
+def test_real_gemma_hooks_match_hf_forward(gemma):
+    """Post-norm placement on the real model: the bridge against the plain HF model from the cache."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(model_info(gemma).path, dtype=torch.float32, attn_implementation="eager").eval()
+    a, l = arch_of(gemma), 6
+    layer = hf.model.layers[l]
+    got: dict[str, torch.Tensor] = {}
+    hs = [layer.mlp.down_proj.register_forward_pre_hook(lambda m, args: got.__setitem__("mlp_key", args[0])),
+          layer.mlp.register_forward_hook(lambda m, i, o: got.__setitem__("mlp_raw_out", o)),
+          layer.post_feedforward_layernorm.register_forward_hook(lambda m, i, o: got.__setitem__("mlp_out", o)),
+          layer.post_attention_layernorm.register_forward_hook(lambda m, i, o: got.__setitem__("attn_out", o))]
+    ids = torch.tensor([encode(gemma, "The Space Needle is in downtown")])
+    try:
+        with torch.no_grad():
+            ref_logits = hf(input_ids=ids).logits
+    finally:
+        for h in hs:
+            h.remove()
+    names = {a.hook(k, l): k for k in got}
+    with torch.no_grad():
+        logits, cache = gemma.run_with_cache(ids, names_filter=lambda n: n in names)
+    for name, kind in names.items():
+        torch.testing.assert_close(cache[name], got[kind], atol=1e-4, rtol=1e-4, msg=kind)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-3, rtol=1e-4)
+    assert (cache[a.hook("mlp_out", l)] - cache[a.hook("mlp_raw_out", l)]).abs().max() > 1e-2  # the norm matters
+
+
+def test_real_W_out_write_is_live_and_reversible(gemma):
+    a = arch_of(gemma)
+    ids, mask = encode_batch(gemma, ["The Space Needle is in downtown"])
+    with torch.no_grad():
+        before = gemma(ids, attention_mask=mask, logits_to_keep=1)
+    W = a.W_out(gemma, 6)
+    saved = W.detach().clone()
+    g = torch.Generator().manual_seed(0)
+    try:
+        with torch.no_grad():
+            W.add_(torch.outer(torch.randn(a.d_mlp, generator=g), torch.randn(a.d_model, generator=g)) * 0.05)
+            after = gemma(ids, attention_mask=mask, logits_to_keep=1)
+        assert (after - before).abs().max() > 1e-2
+    finally:
+        with torch.no_grad():
+            W.copy_(saved)
+    with torch.no_grad():
+        assert torch.equal(gemma(ids, attention_mask=mask, logits_to_keep=1), before)
+
+
+@pytest.mark.parametrize("which", ["gemma", "smollm2"])
+def test_subject_spans_on_real_tokenizers(which, request):
+    model = request.getfixturevalue(which)
+    tok = model.tokenizer
+    cases = SPAN_CASES + [(r.text, r.subject) for r in builtin_facts()]
+    cases += [(p, r.subject) for r in builtin_facts() for p in r.paraphrases]
+    for text, subject in cases:
+        s, e = subject_span(tok, text, subject)
+        ids = encode(tok, text)
+        assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+        assert tok.decode(ids[s:e]).strip() == subject, (text, subject)
+        assert subject_span(tok, text, subject, use_offsets=False) == (s, e), (text, subject)
+
+
+def test_smollm2_loads_by_name_and_by_gguf_path(smollm2):
+    a = arch_of(smollm2)
+    assert (a.architecture, a.n_layers, a.d_model, a.d_mlp) == ("LlamaForCausalLM", 30, 576, 1536)
+    assert not a.post_norm
+    assert smollm2.tokenizer.bos_token == "<|im_start|>"
+    path = models._builtin_gguf("smollm2-135m", None)  # the file inside the package
+    m = load_model(path)
+    assert model_info(m).path == model_info(smollm2).path  # one cache entry for both ways in
+    assert predict(m, ["The Eiffel Tower is located in the city of"], ["Paris"])[0].rank < 5
+
+
+# ---------------------------------------------------------------- the built-in set stays honest
+
+
+def _check(model, prompts: list[str], targets: list[str], what: str) -> None:
+    preds = predict(model, prompts, targets, k=2)
+    wrong = [f"{p.prompt!r}: expected {p.target!r}, got {p.answer!r} (p={p.top_probs[0]:.2f})"
+             for p in preds if not p.correct]
+    assert not wrong, f"{len(wrong)} {what} not answered as recorded:\n" + "\n".join(wrong)
+
+
+def test_builtin_facts_are_answered_as_recorded(gemma):
+    facts = builtin_facts()
+    _check(gemma, [f.text for f in facts], [f.target_true for f in facts], "facts")
+
+
+def test_builtin_paraphrases_and_neighbours_are_answered_as_recorded(gemma):
+    facts = builtin_facts()
+    _check(gemma, [p for f in facts for p in f.paraphrases], [f.target_true for f in facts for _ in f.paraphrases],
+           "paraphrases")
+    _check(gemma, [p for f in facts for p in f.neighbours], [f.target_true for f in facts for _ in f.neighbours],
+           "neighbours")
+
+
+def test_builtin_groups_are_answered_as_recorded(gemma):
+    rows = [f for g in builtin_groups() for f in (*g.same_subject, *g.related)]
+    _check(gemma, [f.text for f in rows], [f.target for f in rows], "group facts")
+
+
+def test_builtin_counterfactuals_differ_in_first_token(gemma):
+    for f in builtin_facts():
+        assert target_ids(gemma, f.target_new)[0] != target_ids(gemma, f.target_true)[0], f
