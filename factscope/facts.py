@@ -35,13 +35,15 @@ def _check_text(name: str, value: Any, *, where: str) -> str:
     return value
 
 
-def _check_target(name: str, value: Any, *, where: str) -> str:
+def _check_stripped(name: str, value: Any, *, where: str, why: str = "") -> str:
     _check_text(name, value, where=where)
     if value != value.strip():
-        raise ValueError(
-            f"{where}: expected `{name}` without surrounding whitespace (it is scored as ' ' + {name}), got {value!r}"
-        )
+        raise ValueError(f"{where}: expected `{name}` without surrounding whitespace{why}, got {value!r}")
     return value
+
+
+def _check_target(name: str, value: Any, *, where: str) -> str:
+    return _check_stripped(name, value, where=where, why=f" (it is scored as ' ' + {name})")
 
 
 def _check_template(prompt: Any, *, where: str) -> str:
@@ -96,9 +98,7 @@ class Fact:
     def __post_init__(self) -> None:
         where = f"Fact(subject={self.subject!r})"
         _check_template(self.prompt, where=where)
-        _check_text("subject", self.subject, where="Fact")
-        if self.subject != self.subject.strip():
-            raise ValueError(f"{where}: expected a subject without surrounding whitespace, got {self.subject!r}")
+        _check_stripped("subject", self.subject, where="Fact")
         if self.target is not None:
             _check_target("target", self.target, where=where)
 
@@ -138,9 +138,7 @@ class EditRequest:
     def __post_init__(self) -> None:
         where = f"EditRequest(subject={self.subject!r})"
         _check_template(self.prompt, where=where)
-        _check_text("subject", self.subject, where="EditRequest")
-        if self.subject != self.subject.strip():
-            raise ValueError(f"{where}: expected a subject without surrounding whitespace, got {self.subject!r}")
+        _check_stripped("subject", self.subject, where="EditRequest")
         _check_target("target_new", self.target_new, where=where)
         if self.target_true is not None:
             _check_target("target_true", self.target_true, where=where)

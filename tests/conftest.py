@@ -31,3 +31,18 @@ def gemma():
     from factscope import load_model
 
     return load_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """``tiny_folder(arch, seed)``: a tiny HF model and tokenizer saved as a local model folder."""
+    from factscope.models import tiny_hf
+
+    def make(arch: str, seed: int = 0):
+        hf, tok = tiny_hf(arch, seed=seed)
+        folder = tmp_path_factory.mktemp(f"tiny-{arch}-{seed}")
+        hf.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        return folder
+
+    return make

@@ -5,20 +5,10 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-import factscope.models as models
 from factscope import arch_of, load_model
 from factscope.cli import app
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    hf, tok = models.tiny_hf("gemma3", seed=0)
-    folder = tmp_path_factory.mktemp("tiny-gemma3")
-    hf.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def test_help_lists_commands():
@@ -29,6 +19,7 @@ def test_help_lists_commands():
 
 
 def test_info_prints_sizes_hooks_and_cache(tiny_folder, tmp_path, monkeypatch):
+    tiny_folder = tiny_folder("gemma3")
     monkeypatch.setenv("FACTSCOPE_CACHE", str(tmp_path / "c"))
     r = runner.invoke(app, ["info", "--model", str(tiny_folder)])
     assert r.exit_code == 0, r.output

@@ -54,16 +54,8 @@ def test_tiny_model_rejects_unknown_arch():
         tiny_model("bert")
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    hf, tok = models.tiny_hf("llama", seed=3)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    hf.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
 def test_load_local_folder_matches_the_model_it_was_saved_from(tiny_folder):
+    tiny_folder = tiny_folder("llama", seed=3)
     m = load_model(tiny_folder)
     ref = tiny_model("llama", seed=3)
     ids, mask = encode_batch(m, ["The Space Needle is in downtown", "Paris"])
