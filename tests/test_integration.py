@@ -167,3 +167,19 @@ def test_builtin_groups_are_answered_as_recorded(gemma):
 def test_builtin_counterfactuals_differ_in_first_token(gemma):
     for f in builtin_facts():
         assert target_ids(gemma, f.target_new)[0] != target_ids(gemma, f.target_true)[0], f
+
+
+def test_demo_command_writes_the_answers_table(gemma, tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from factscope.cli import app
+
+    r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(tmp_path / "answers.csv")
+    facts = builtin_facts()
+    assert list(df["prompt"]) == [f.text for f in facts]
+    assert list(df["target"]) == [f.target_true for f in facts]
+    assert df["correct"].all()
+    assert f"100.0% of {len(facts)} built-in facts" in r.output
