@@ -1,0 +1,287 @@
+"""Causal tracing (Meng et al. 2022): which hidden states carry a fact from the subject to the answer?
+
+Corrupt the subject (Gaussian noise on its token embeddings), then restore one clean state at a
+time, at token t and layer l, and read p(answer) at the last position. A cell's score is that
+probability averaged over ``samples`` noise draws; the *indirect effect* is score − corrupted score.
+
+Kinds of state restored at (t, l):
+- ``hidden``: the residual stream leaving block l (``resid_post``).
+- ``mlp`` / ``attn``: that sublayer's contribution to the residual (after Gemma's post-norms) at
+  token t in every layer of a window of ``window`` layers centred on l, ``[l - w//2, l + w//2)``,
+  clipped to the model (ROME's window of 10).
+
+How it is fast. Restoring (t, l) changes only positions ≥ t. Positions before t keep the corrupted
+run's keys and values, so each cell recomputes only the suffix ``[t, T)`` from a copy of the
+corrupted run's KV cache, and every cell that starts at the same t (all layers, all kinds, all
+samples) shares one batched forward. Cells before the subject's first token are exactly the
+corrupted score (noise touches only subject tokens) and are not computed. The reference algorithm,
+one full forward of 1 + samples rows per cell, is kept in the tests and the benchmark.
+
+Cost: ``sum over t ≥ subject start of (T − t)`` token positions × (kinds × layers × samples) rows,
+each through every layer, i.e. about a third of the reference's work on a 10-token prompt.
+Memory: one batch of ``kinds × layers × samples`` rows (Gemma 3 270M, kind="all": 540 rows ×
+suffix × d_model activations, a few hundred MB).
+
+Dimension names: ``tok`` prompt tokens (BOS included), ``layer`` blocks, ``sample`` noise draws.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import weakref
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from factscope.arch import arch_of
+from factscope.facts import EditRequest, Fact
+from factscope.tokens import encode, str_tokens, subject_span, target_ids
+
+__all__ = ["TraceResult", "trace", "embedding_sigma", "KINDS"]
+
+Kind = Literal["hidden", "mlp", "attn"]
+KINDS: tuple[str, ...] = ("hidden", "mlp", "attn")
+_HOOK_KIND = {"hidden": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
+
+
+# --------------------------------------------------------------------------- noise scale
+
+_SIGMA: "weakref.WeakKeyDictionary[Any, float]" = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def embedding_sigma(model: Any, subjects: Sequence[str] | None = None) -> float:
+    """σ for Gaussian corruption: the standard deviation of subject-token embeddings.
+
+    As in ROME, one scalar std over the embedding vectors (as they enter block 0, so Gemma's
+    √d_model scaling is included) of the tokens of many subjects: by default the subjects of
+    `factscope.builtin_facts`. Computed once per model object (one embedding lookup).
+    """
+    default = subjects is None
+    if default and model in _SIGMA:
+        return _SIGMA[model]
+    if default:
+        from factscope.datasets import builtin_facts
+
+        subjects = sorted({f.subject for f in builtin_facts()})
+    a = arch_of(model)
+    ids = sorted({i for s in subjects for i in target_ids(model, s)})
+    acts: list[Tensor] = []
+
+    def grab(act, hook):
+        acts.append(act.detach())
+
+    x = torch.tensor(ids, device=_device(model))[:, None]  # one token per row: [n_tokens, 1]
+    model.run_with_hooks(x, fwd_hooks=[(a.embed, grab)], stop_at_layer=0)
+    sigma = float(acts[0].float().std())
+    if default:
+        _SIGMA[model] = sigma
+    return sigma
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    """Scores of a causal trace.
+
+    Attributes:
+        scores: kind -> ``[tok, layer]`` p(answer) with that cell restored (mean over samples).
+        clean: p(answer) of the clean run.
+        corrupted: p(answer) with the subject corrupted and nothing restored.
+        tokens: the prompt's tokens, decoded (BOS first).
+        subject: ``(start, end)`` token span of the subject.
+        answer: the decoded answer token traced; ``answer_id`` its id.
+        prompt: the full prompt; ``settings`` every argument that shaped the result.
+    """
+
+    scores: dict[str, Float[Tensor, "tok layer"]]
+    clean: float
+    corrupted: float
+    tokens: tuple[str, ...]
+    subject: tuple[int, int]
+    answer: str
+    answer_id: int
+    prompt: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.scores)
+
+    def indirect_effect(self, kind: str) -> Float[Tensor, "tok layer"]:
+        """Restored score minus corrupted score, per cell."""
+        return self.scores[kind] - self.corrupted
+
+    @property
+    def total_effect(self) -> float:
+        """Clean score minus corrupted score."""
+        return self.clean - self.corrupted
+
+    def to_dataframe(self) -> Any:
+        """One row per (kind, token, layer): score and indirect effect."""
+        import pandas as pd
+
+        rows = []
+        s0, s1 = self.subject
+        for kind, sc in self.scores.items():
+            for t in range(sc.shape[0]):
+                for l in range(sc.shape[1]):
+                    rows.append({"kind": kind, "token_index": t, "token": self.tokens[t], "subject": s0 <= t < s1,
+                                 "layer": l, "score": float(sc[t, l]), "indirect_effect": float(sc[t, l]) - self.corrupted})
+        return pd.DataFrame(rows)
+
+    def save(self, path: str | Path) -> None:
+        """Write ``path`` (safetensors: the score grids) and ``path`` + ``.json`` (everything else)."""
+        from safetensors.torch import save_file
+
+        from factscope.cache import atomic_file, write_json
+
+        path = Path(path)
+        with atomic_file(path) as tmp:
+            save_file({k: v.contiguous() for k, v in self.scores.items()}, str(tmp))
+        meta = {k: v for k, v in asdict(self).items() if k != "scores"}
+        write_json(path.with_name(path.name + ".json"), meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TraceResult":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        meta = json.loads(path.with_name(path.name + ".json").read_text())
+        scores = load_file(str(path))
+        ordered = {k: scores[k] for k in meta["settings"]["kinds"]}
+        meta["tokens"], meta["subject"] = tuple(meta["tokens"]), tuple(meta["subject"])
+        return cls(scores=ordered, **meta)
+
+
+# --------------------------------------------------------------------------- trace
+
+
+def _window(l: int, window: int, n_layers: int) -> range:
+    return range(max(0, l - window // 2), min(n_layers, l - window // 2 + window))
+
+
+def _check_args(a: Any, kind: str, samples: int, window: int, noise: float) -> tuple[str, ...]:
+    kinds = KINDS if kind == "all" else (kind,)
+    if any(k not in KINDS for k in kinds):
+        raise ValueError(f"expected kind to be 'all', 'hidden', 'mlp' or 'attn', got {kind!r}")
+    if not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"expected samples to be a positive integer, got {samples!r}")
+    if set(kinds) & {"mlp", "attn"} and (not isinstance(window, int) or not 1 <= window <= a.n_layers):
+        raise ValueError(f"expected a window of 1 to {a.n_layers} layers (the model has {a.n_layers}), got {window!r}")
+    if not noise > 0:
+        raise ValueError(f"expected a positive noise multiplier, got {noise!r}")
+    return kinds
+
+
+@torch.no_grad()
+def trace(
+    model: Any,
+    fact: Fact | EditRequest,
+    *,
+    kind: str = "all",
+    noise: float = 3.0,
+    samples: int = 10,
+    window: int = 10,
+    seed: int = 0,
+    sigma: float | None = None,
+) -> TraceResult:
+    """Causal trace of one fact (see the module docstring).
+
+    Args:
+        model: a bridge.
+        fact: a `Fact` (its ``target``) or `EditRequest` (its ``target_true``). With no target, the
+            model's own top-1 answer is traced, as ROME does.
+        kind: ``"all"``, ``"hidden"``, ``"mlp"`` or ``"attn"``.
+        noise: Gaussian noise scale in units of σ (`embedding_sigma`); ROME uses 3.
+        samples: corrupted runs per cell.
+        window: layers restored together for ``mlp``/``attn`` (clipped at the model's ends).
+        seed: seeds the noise; the same seed gives bit-identical results.
+        sigma: override σ.
+
+    Returns:
+        `TraceResult`. A target the model does not predict top-1 is traced anyway, with a warning.
+    """
+    a = arch_of(model)
+    kinds = _check_args(a, kind, samples, window, noise)
+    target = fact.target if isinstance(fact, Fact) else fact.target_true
+    ids = torch.tensor([encode(model, fact.text)], device=_device(model))  # [1, tok]
+    T = ids.shape[1]
+    s0, s1 = subject_span(model, fact)
+    sigma = embedding_sigma(model) if sigma is None else float(sigma)
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randn(samples, s1 - s0, a.d_model, generator=g) * (noise * sigma)  # [sample, subj, d_model]
+    eps = eps.to(_device(model))
+
+    names = {k: [a.hook(_HOOK_KIND[k], l) for l in range(a.n_layers)] for k in kinds}
+    wanted = {n for ns in names.values() for n in ns}
+    clean_logits, clean_cache = model.run_with_cache(ids, names_filter=lambda n: n in wanted)
+    probs = clean_logits[0, -1].float().softmax(-1)
+    answer_id = int(probs.argmax()) if target is None else target_ids(model, target)[0]
+    if target is not None and answer_id != int(probs.argmax()):
+        import warnings
+
+        warnings.warn(f"the model does not predict {target!r} after {fact.text!r} (top-1 is "
+                      f"{str_tokens(model, [int(probs.argmax())])[0]!r}); tracing p({target!r}) = "
+                      f"{float(probs[answer_id]):.3f} anyway", stacklevel=2)
+    clean = float(probs[answer_id])
+
+    def corrupt_from(t: int, sample_of_row: Tensor):
+        def hook(act, hook):  # act: [rows, T - t, d_model]; noise on subject tokens ≥ t
+            lo = max(s0, t)
+            if lo < s1:
+                act[:, lo - t:s1 - t] += eps[sample_of_row][:, lo - s0:s1 - s0].to(act.dtype)
+            return act
+        return hook
+
+    every = torch.arange(samples, device=ids.device)
+    logits, kv = model.run_with_hooks(ids.expand(samples, -1), fwd_hooks=[(a.embed, corrupt_from(0, every))],
+                                      return_type="logits_and_cache")
+    corrupted = float(logits[:, -1].float().softmax(-1)[:, answer_id].mean())
+
+    scores = {k: torch.full((T, a.n_layers), corrupted) for k in kinds}
+    cells = [(k, l) for k in kinds for l in range(a.n_layers)]
+    sample_of_row = every.repeat(len(cells))  # row r is cell r // samples, noise draw r % samples
+    for t in range(s0, T):  # before the subject, restoring changes nothing
+        hooks = [(a.embed, corrupt_from(t, sample_of_row))]
+        for k in kinds:
+            for l in range(a.n_layers):
+                restored = [i for i, (k2, l2) in enumerate(cells)
+                            if k2 == k and (l == l2 if k == "hidden" else l in _window(l2, window, a.n_layers))]
+                rows = (torch.tensor(restored)[:, None] * samples + every.cpu()[None]).reshape(-1).to(ids.device)
+                hooks.append((names[k][l], _restore(rows, clean_cache[names[k][l]][0, t])))
+        cache = None
+        if t > 0:
+            cache = copy.deepcopy(kv)
+            cache.crop(t - T)
+            cache.batch_select_indices(sample_of_row)
+        out = model.run_with_hooks(ids[:, t:].expand(len(sample_of_row), -1), fwd_hooks=hooks,
+                                   past_key_values=cache, logits_to_keep=1)
+        p = out[:, -1].float().softmax(-1)[:, answer_id].view(len(cells), samples).mean(1)
+        for i, (k, l) in enumerate(cells):
+            scores[k][t, l] = p[i]
+    settings = dict(kinds=list(kinds), corruption="gaussian", noise=noise, sigma=sigma, samples=samples,
+                    window=window, metric="prob", seed=seed, target=target)
+    return TraceResult(scores=scores, clean=clean, corrupted=corrupted, tokens=tuple(str_tokens(model, ids[0])),
+                       subject=(s0, s1), answer=str_tokens(model, [answer_id])[0], answer_id=answer_id,
+                       prompt=fact.text, settings=settings)
+
+
+def _restore(rows: Tensor, clean: Tensor):
+    """Hook: at the first suffix position (token t), put the clean state into ``rows``."""
+    def hook(act, hook):
+        act[rows, 0] = clean.to(act.dtype)
+        return act
+    return hook
