@@ -1,6 +1,10 @@
 """factscope.figures: tracing heatmaps, layer profiles, spillover plots, circuitsvis views.
 
-Planned (issues 3, 5 and 7): `plot_trace`, `plot_profile`, `plot_neurons`, `neurons_html`.
+- `plot_trace`: ROME-style heatmaps of a `TraceResult` (one panel per kind).
+- `save_figure`: PNG/SVG/PDF output.
+- Planned (issues 3, 5 and 7): `plot_profile`, `plot_neurons`, `neurons_html`.
 """
 
-__all__: list[str] = []
+from factscope.figures.tracing import CMAPS, plot_trace, save_figure
+
+__all__ = ["plot_trace", "save_figure", "CMAPS"]
