@@ -1,9 +1,12 @@
 """factscope.locate: where is a fact stored? Causal tracing and knowledge-neuron attribution.
 
 - `trace`: causal tracing of one fact (hidden / MLP / attention restoration grids).
-- Planned (issues 3 and 5): `layer_profile`, `neurons`, `suppress`, `enhance`.
+- `layer_profile`: tracing averaged over facts in ROME's six token buckets; `.best_layer()`.
+- Planned (issue 5): `neurons`, `suppress`, `enhance`.
 """
 
+from factscope.locate.profile import BUCKETS, ProfileResult, layer_profile, token_buckets
 from factscope.locate.tracing import KINDS, TraceResult, embedding_sigma, trace
 
-__all__ = ["trace", "TraceResult", "embedding_sigma", "KINDS"]
+__all__ = ["trace", "TraceResult", "embedding_sigma", "KINDS",
+           "layer_profile", "ProfileResult", "token_buckets", "BUCKETS"]

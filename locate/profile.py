@@ -1,0 +1,189 @@
+"""Layer profiles: causal-tracing effects averaged over many facts, in ROME's six token buckets.
+
+For every fact the model answers correctly, `trace` gives an indirect-effect grid per kind; each
+prompt's tokens fall into six buckets (ROME's Figure 2):
+
+    first subject token | middle subject tokens | last subject token |
+    first subsequent token | further tokens | last token
+
+Grids are averaged within a bucket per fact, then across facts, with a 95% normal-approximation
+confidence interval (mean ± 1.96 · sd / √n, n = facts that have the bucket: a one-token subject
+has no middle tokens). Facts the model gets wrong (top-1 ≠ target) are skipped and listed.
+
+Cost: one `trace` per fact (Gemma 3 270M, kind="mlp", 10 samples: tens of seconds per fact).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from factscope.facts import EditRequest, Fact
+from factscope.locate.tracing import KINDS, trace
+from factscope.predict import predict
+
+__all__ = ["BUCKETS", "ProfileResult", "layer_profile", "token_buckets"]
+
+BUCKETS: tuple[str, ...] = ("first subject", "middle subject", "last subject", "first subsequent", "further", "last")
+
+
+def token_buckets(n_tokens: int, subject: tuple[int, int]) -> dict[str, list[int]]:
+    """Token indices of each bucket (empty when a prompt has none), BOS and pre-subject tokens excluded."""
+    s0, s1 = subject
+    last = n_tokens - 1
+    b = {
+        "first subject": [s0],
+        "middle subject": list(range(s0 + 1, s1 - 1)),
+        "last subject": [s1 - 1],  # a one-token subject is both its first and its last token
+        "first subsequent": [s1] if s1 < last else [],
+        "further": list(range(s1 + 1, last)),
+        "last": [last] if last >= s1 else [],
+    }
+    return b
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    """Average indirect effect per (kind, bucket, layer) over facts.
+
+    Attributes:
+        mean, lo, hi: kind -> ``[bucket, layer]`` mean indirect effect and its 95% CI bounds.
+        n: kind -> ``[bucket]`` number of facts contributing to each bucket.
+        facts: prompts that were traced; ``skipped``: prompts skipped with the reason.
+        settings: arguments that shaped the result.
+    """
+
+    mean: dict[str, Float[Tensor, "bucket layer"]]
+    lo: dict[str, Float[Tensor, "bucket layer"]]
+    hi: dict[str, Float[Tensor, "bucket layer"]]
+    n: dict[str, Tensor]
+    facts: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.mean)
+
+    def best_layer(self, kind: str = "mlp", bucket: str = "last subject") -> int:
+        """The layer with the largest mean indirect effect for ``kind`` at ``bucket``: the edit layer.
+
+        ROME edits the MLP where restoring the last subject token helps most.
+        """
+        if kind not in self.mean:
+            raise ValueError(f"expected a traced kind among {list(self.mean)}, got {kind!r}")
+        row = self.mean[kind][BUCKETS.index(bucket)]
+        if torch.isnan(row).all():
+            raise ValueError(f"no fact has a {bucket!r} token")
+        return int(torch.nan_to_num(row, nan=-math.inf).argmax())
+
+    def to_dataframe(self) -> Any:
+        import pandas as pd
+
+        rows = []
+        for k in self.kinds:
+            for bi, b in enumerate(BUCKETS):
+                for l in range(self.mean[k].shape[1]):
+                    rows.append({"kind": k, "bucket": b, "layer": l, "mean": float(self.mean[k][bi, l]),
+                                 "ci_low": float(self.lo[k][bi, l]), "ci_high": float(self.hi[k][bi, l]),
+                                 "n": int(self.n[k][bi])})
+        return pd.DataFrame(rows)
+
+    def save(self, path: str | Path) -> None:
+        """Write ``path`` (safetensors) and ``path.json`` (facts, skipped, settings)."""
+        from safetensors.torch import save_file
+
+        from factscope.cache import atomic_file, write_json
+
+        path = Path(path)
+        tensors = {f"{part}.{k}": getattr(self, part)[k].contiguous() for part in ("mean", "lo", "hi", "n")
+                   for k in self.kinds}
+        with atomic_file(path) as tmp:
+            save_file(tensors, str(tmp))
+        write_json(path.with_name(path.name + ".json"),
+                   {"facts": list(self.facts), "skipped": [list(s) for s in self.skipped], "settings": self.settings})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ProfileResult":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        meta = json.loads(path.with_name(path.name + ".json").read_text())
+        t = load_file(str(path))
+        kinds = meta["settings"]["kinds"]
+        parts = {part: {k: t[f"{part}.{k}"] for k in kinds} for part in ("mean", "lo", "hi", "n")}
+        return cls(**parts, facts=tuple(meta["facts"]), skipped=tuple(tuple(s) for s in meta["skipped"]),
+                   settings=meta["settings"])
+
+
+def _target(f: Fact | EditRequest) -> str | None:
+    return f.target if isinstance(f, Fact) else f.target_true
+
+
+def layer_profile(
+    model: Any,
+    facts: Sequence[Fact | EditRequest] | None = None,
+    *,
+    kind: str = "mlp",
+    noise: float = 3.0,
+    samples: int = 10,
+    window: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+) -> ProfileResult:
+    """Average causal-tracing effects over ``facts`` (default: `factscope.builtin_facts`).
+
+    Args:
+        model: a bridge.
+        facts: `Fact`s or `EditRequest`s with targets (``target_true`` for requests).
+        kind: ``"mlp"`` (the default: what locates the edit layer), ``"hidden"``, ``"attn"`` or ``"all"``.
+        noise, samples, window, seed: passed to `trace` (fact i uses seed ``seed + i``).
+        progress: show a progress bar.
+    """
+    from tqdm.auto import tqdm
+
+    if facts is None:
+        from factscope.datasets import builtin_facts
+
+        facts = builtin_facts()
+    facts = list(facts)
+    if not facts:
+        raise ValueError("expected at least one fact, got none")
+    if any(_target(f) is None for f in facts):
+        raise ValueError("expected every fact to have a target (layer_profile skips facts the model gets wrong)")
+    kinds = KINDS if kind == "all" else (kind,)
+    preds = predict(model, [f.text for f in facts], [_target(f) for f in facts])
+    keep = [f for f, p in zip(facts, preds) if p.correct]
+    skipped = tuple((p.prompt, f"model answers {p.answer.strip()!r}, not {p.target!r}") for p in preds if not p.correct)
+    if not keep:
+        raise ValueError(f"the model answers none of the {len(facts)} facts correctly; nothing to profile")
+    per_fact: dict[str, list[Tensor]] = {k: [] for k in kinds}  # each [bucket, layer], NaN where absent
+    for i, f in enumerate(tqdm(keep, desc=f"tracing ({kind})", disable=not progress)):
+        r = trace(model, f, kind=kind, noise=noise, samples=samples, window=window, seed=seed + i)
+        buckets = token_buckets(len(r.tokens), r.subject)
+        for k in kinds:
+            ie = r.indirect_effect(k)  # [tok, layer]
+            rows = [ie[idx].mean(0) if idx else torch.full((ie.shape[1],), math.nan) for idx in buckets.values()]
+            per_fact[k].append(torch.stack(rows))
+    mean, lo, hi, n = {}, {}, {}, {}
+    for k in kinds:
+        x = torch.stack(per_fact[k])  # [fact, bucket, layer]
+        have = ~torch.isnan(x)
+        cnt = have.sum(0).clamp(min=1).float()
+        m = torch.nan_to_num(x).sum(0) / cnt
+        var = (torch.nan_to_num(x - m) ** 2 * have).sum(0) / (cnt - 1).clamp(min=1)
+        half = 1.96 * var.sqrt() / cnt.sqrt()
+        empty = ~have.any(0)
+        m[empty] = math.nan
+        mean[k], lo[k], hi[k] = m, m - half, m + half
+        n[k] = have[:, :, 0].sum(0)
+    settings = dict(kinds=list(kinds), noise=noise, samples=samples, window=window, seed=seed, n_facts=len(facts))
+    return ProfileResult(mean=mean, lo=lo, hi=hi, n=n, facts=tuple(f.text for f in keep), skipped=skipped,
+                         settings=settings)
