@@ -2,7 +2,9 @@
 
     factscope info [--model NAME]        model, layers, dimensions, hook names, cache folder
     factscope facts [--model NAME]       the model's answers on the built-in facts
-    factscope demo [--out out/]          the main job end to end (for now: the answers table)
+    factscope trace PROMPT --subject S   causal-tracing heatmaps of one fact
+    factscope profile [--facts builtin]  tracing averaged over facts; the recommended edit layer
+    factscope demo [--out out/]          the main job end to end
 """
 
 from __future__ import annotations
@@ -68,6 +70,89 @@ def info(model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_H
     typer.echo(f"  {'embed':<12} {a.embed}")
     for kind, names in a.names.items():
         typer.echo(f"  {kind:<12} {names[0]}")
+
+
+def _summary(result) -> str:
+    lines = [f"{result.prompt!r} -> {result.answer.strip()!r}: clean p={result.clean:.3f}, corrupted "
+             f"p={result.corrupted:.3f}, total effect {result.total_effect:.3f}"]
+    for k in result.kinds:
+        ie = result.indirect_effect(k)
+        t, l = divmod(int(ie.argmax()), ie.shape[1])
+        lines.append(f"  {k:<6} peak indirect effect {float(ie.max()):+.3f} at layer {l}, token {t} "
+                     f"{result.tokens[t].strip()!r}")
+    return "\n".join(lines)
+
+
+@app.command()
+def trace(
+    prompt: str = typer.Argument(..., help='The full prompt, e.g. "The Space Needle is in downtown".'),
+    subject: str = typer.Option(..., "--subject", "-s", help="The subject as it appears in the prompt."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Answer to trace (default: the model's top-1)."),
+    kind: str = typer.Option("all", "--kind", "-k", help="all, hidden, mlp or attn."),
+    samples: int = typer.Option(10, help="Corrupted runs per cell."),
+    window: int = typer.Option(10, help="Layers restored together for mlp/attn."),
+    seed: int = typer.Option(0, help="Noise seed."),
+    out: Path = typer.Option(Path("trace.png"), "--out", "-o", help="Figure path (.png/.svg/.pdf)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+) -> None:
+    """Causal trace of one fact: a ROME-style heatmap per kind, and the peak layers."""
+    from factscope.facts import Fact
+    from factscope.figures import plot_trace, save_figure
+    from factscope.locate import trace as run_trace
+
+    if subject not in prompt:
+        typer.secho(f"error: the subject {subject!r} does not occur in the prompt {prompt!r}", fg="red", err=True)
+        raise typer.Exit(2)
+    try:
+        fact = Fact(prompt.replace(subject, "{}", 1), subject, target)
+    except ValueError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    m, _ = _load(model)
+    try:
+        result = run_trace(m, fact, kind=kind, samples=samples, window=window, seed=seed, progress=True)
+    except ValueError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    paths = save_figure(plot_trace(result), out)
+    typer.echo(_summary(result))
+    typer.echo(f"wrote {', '.join(map(str, paths))}")
+
+
+@app.command()
+def profile(
+    facts: str = typer.Option("builtin", "--facts", help="'builtin', or a CounterFact / known_1000 JSON file."),
+    kind: str = typer.Option("mlp", "--kind", "-k", help="mlp (default), hidden, attn or all."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N facts."),
+    samples: int = typer.Option(10, help="Corrupted runs per cell."),
+    out: Path = typer.Option(Path("profile.png"), "--out", "-o", help="Figure path (.png/.svg/.pdf)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+) -> None:
+    """Average causal-tracing effects over many facts, per token bucket, and the recommended edit layer."""
+    from factscope.figures import plot_profile, save_figure
+    from factscope.locate import layer_profile
+
+    rows = _read_facts(facts)[:limit]
+    m, _ = _load(model)
+    prof = layer_profile(m, rows, kind=kind, samples=samples, progress=True)
+    paths = save_figure(plot_profile(prof), out)
+    typer.echo(f"traced {len(prof.facts)} facts, skipped {len(prof.skipped)} the model answers wrongly")
+    for k in prof.kinds:
+        typer.echo(f"  {k:<6} peak at the last subject token: layer {prof.best_layer(k)}")
+    if "mlp" in prof.kinds:
+        typer.echo(f"recommended edit layer (MLP, last subject token): {prof.best_layer('mlp')}")
+    typer.echo(f"wrote {', '.join(map(str, paths))}")
+
+
+def _read_facts(source: str) -> list:
+    from factscope.datasets import builtin_facts, load_counterfact, load_known
+
+    if source == "builtin":
+        return builtin_facts()
+    import json
+
+    first = json.loads(Path(source).read_text())[0]
+    return load_counterfact(source) if "requested_rewrite" in first else load_known(source)
 
 
 def _answers(m):

@@ -197,6 +197,7 @@ def trace(
     window: int = 10,
     seed: int = 0,
     sigma: float | None = None,
+    progress: bool = False,
 ) -> TraceResult:
     """Causal trace of one fact (see the module docstring).
 
@@ -210,6 +211,7 @@ def trace(
         window: layers restored together for ``mlp``/``attn`` (clipped at the model's ends).
         seed: seeds the noise; the same seed gives bit-identical results.
         sigma: override σ.
+        progress: show a progress bar over start tokens.
 
     Returns:
         `TraceResult`. A target the model does not predict top-1 is traced anyway, with a warning.
@@ -254,7 +256,9 @@ def trace(
     scores = {k: torch.full((T, a.n_layers), corrupted) for k in kinds}
     cells = [(k, l) for k in kinds for l in range(a.n_layers)]
     sample_of_row = every.repeat(len(cells))  # row r is cell r // samples, noise draw r % samples
-    for t in range(s0, T):  # before the subject, restoring changes nothing
+    from tqdm.auto import tqdm
+
+    for t in tqdm(range(s0, T), desc=f"tracing {'/'.join(kinds)}", disable=not progress):  # before s0: no effect
         hooks = [(a.embed, corrupt_from(t, sample_of_row))]
         for k in kinds:
             for l in range(a.n_layers):

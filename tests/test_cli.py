@@ -37,3 +37,24 @@ def test_info_bad_model_exits_with_message(tmp_path):
     r = runner.invoke(app, ["info", "--model", str(tmp_path / "nope.gguf")])
     assert r.exit_code == 2
     assert "GGUF file at" in r.output
+
+
+def test_trace_command_writes_figure_and_summary(tiny_folder, tmp_path):
+    folder = tiny_folder("gemma3")
+    out = tmp_path / "trace.png"
+    r = runner.invoke(app, ["trace", "The Space Needle is in downtown", "--subject", "Space Needle", "--kind", "all",
+                            "--samples", "2", "--window", "2", "--out", str(out), "--model", str(folder)])
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size > 1000
+    for k in ("hidden", "mlp", "attn"):
+        assert f"{k:<6} peak indirect effect" in r.output
+    assert "clean p=" in r.output and "corrupted p=" in r.output
+
+
+def test_trace_command_bad_input(tiny_folder, tmp_path):
+    folder = str(tiny_folder("gemma3"))
+    r = runner.invoke(app, ["trace", "The Space Needle is in downtown", "--subject", "Eiffel Tower", "--model", folder])
+    assert r.exit_code == 2 and "does not occur" in r.output
+    r = runner.invoke(app, ["trace", "The Space Needle is in downtown", "--subject", "Space Needle", "--window", "99",
+                            "--out", str(tmp_path / "x.png"), "--model", folder])
+    assert r.exit_code == 2 and "window of 1 to" in r.output
