@@ -240,40 +240,28 @@ def trace(
                       f"{float(probs[answer_id]):.3f} anyway", stacklevel=2)
     clean = float(probs[answer_id])
 
-    def corrupt_from(t: int, sample_of_row: Tensor):
-        def hook(act, hook):  # act: [rows, T - t, d_model]; noise on subject tokens ≥ t
-            lo = max(s0, t)
-            if lo < s1:
-                act[:, lo - t:s1 - t] += eps[sample_of_row][:, lo - s0:s1 - s0].to(act.dtype)
-            return act
-        return hook
-
     every = torch.arange(samples, device=ids.device)
-    logits, kv = model.run_with_hooks(ids.expand(samples, -1), fwd_hooks=[(a.embed, corrupt_from(0, every))],
+    resid = [a.hook("resid_pre", l) for l in range(a.n_layers)] + [a.hook("resid_post", a.n_layers - 1)]
+    keep = set(resid)
+    logits, kv = model.run_with_hooks(ids.expand(samples, -1), fwd_hooks=[(a.embed, _corrupt(eps, s0, s1, 0, every))],
                                       return_type="logits_and_cache")
     corrupted = float(logits[:, -1].float().softmax(-1)[:, answer_id].mean())
+    with model.hooks(fwd_hooks=[(a.embed, _corrupt(eps, s0, s1, 0, every))]):
+        _, corrupt_cache = model.run_with_cache(ids.expand(samples, -1), names_filter=lambda n: n in keep)
+    # h_in[j]: corrupted residual entering block j (j = n_layers: leaving the last block) [sample, tok, d_model]
+    h_in = [corrupt_cache[n] for n in resid]
 
-    scores = {k: torch.full((T, a.n_layers), corrupted) for k in kinds}
     cells = [(k, l) for k in kinds for l in range(a.n_layers)]
-    sample_of_row = every.repeat(len(cells))  # row r is cell r // samples, noise draw r % samples
+    # The first block whose computation a cell's restoration changes: hidden (t, l) patches the residual
+    # leaving block l, so block l + 1; mlp/attn patch sublayers inside their window, from its first layer.
+    start = [l + 1 if k == "hidden" else _window(l, window, a.n_layers)[0] for k, l in cells]
+    scores = {k: torch.full((T, a.n_layers), corrupted) for k in kinds}
     from tqdm.auto import tqdm
 
     for t in tqdm(range(s0, T), desc=f"tracing {'/'.join(kinds)}", disable=not progress):  # before s0: no effect
-        hooks = [(a.embed, corrupt_from(t, sample_of_row))]
-        for k in kinds:
-            for l in range(a.n_layers):
-                restored = [i for i, (k2, l2) in enumerate(cells)
-                            if k2 == k and (l == l2 if k == "hidden" else l in _window(l2, window, a.n_layers))]
-                rows = (torch.tensor(restored)[:, None] * samples + every.cpu()[None]).reshape(-1).to(ids.device)
-                hooks.append((names[k][l], _restore(rows, clean_cache[names[k][l]][0, t])))
-        cache = None
-        if t > 0:
-            cache = copy.deepcopy(kv)
-            cache.crop(t - T)
-            cache.batch_select_indices(sample_of_row)
-        out = model.run_with_hooks(ids[:, t:].expand(len(sample_of_row), -1), fwd_hooks=hooks,
-                                   past_key_values=cache, logits_to_keep=1)
-        p = out[:, -1].float().softmax(-1)[:, answer_id].view(len(cells), samples).mean(1)
+        p = _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, samples, window,
+                                clean_cache, names)[:, answer_id]
+        p = p.view(len(cells), samples).mean(1)
         for i, (k, l) in enumerate(cells):
             scores[k][t, l] = p[i]
     settings = dict(kinds=list(kinds), corruption="gaussian", noise=noise, sigma=sigma, samples=samples,
@@ -281,6 +269,111 @@ def trace(
     return TraceResult(scores=scores, clean=clean, corrupted=corrupted, tokens=tuple(str_tokens(model, ids[0])),
                        subject=(s0, s1), answer=str_tokens(model, [answer_id])[0], answer_id=answer_id,
                        prompt=fact.text, settings=settings)
+
+
+def _corrupt(eps: Tensor, s0: int, s1: int, t: int, sample_of_row: Tensor):
+    """Hook on the embeddings of positions ``[t, T)``: add each row's noise draw to its subject tokens."""
+    def hook(act, hook):  # act: [rows, T - t, d_model]
+        lo = max(s0, t)
+        if lo < s1:
+            act[:, lo - t:s1 - t] += eps[sample_of_row][:, lo - s0:s1 - s0].to(act.dtype)
+        return act
+    return hook
+
+
+def _is_cache(x: Any) -> bool:
+    from transformers.cache_utils import Cache
+
+    return isinstance(x, Cache)
+
+
+def _block_calls(model: Any, a: Any, ids: Tensor, t: int, kv: Any) -> list[tuple[tuple, dict]]:
+    """The arguments HF passes each block when it runs positions ``[t, T)`` after a ``t``-token cache.
+
+    Captured from one 1-row forward, so resumed blocks get exactly what the model's own forward would
+    give them (masks, rotary embeddings, cache positions), whatever the architecture.
+    """
+    calls: list[tuple[tuple, dict]] = [((), {})] * a.n_layers
+
+    def capture(j):
+        def pre(mod, args, kwargs):
+            calls[j] = (args[1:], dict(kwargs))
+        return pre
+
+    one = _prefix_cache(kv, t, ids.shape[1], torch.zeros(1, dtype=torch.long, device=ids.device))
+    handles = [model.blocks[j].register_forward_pre_hook(capture(j), with_kwargs=True) for j in range(a.n_layers)]
+    try:
+        model(ids[:, t:], past_key_values=one, logits_to_keep=1)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def _prefix_cache(kv: Any, t: int, T: int, rows: Tensor | None) -> Any:
+    """A copy of the corrupted run's KV cache holding positions ``[0, t)`` for the given sample rows."""
+    if t == 0:
+        return None
+    cache = copy.deepcopy(kv)
+    cache.crop(t - T)
+    if rows is not None:
+        cache.batch_select_indices(rows)
+    return cache
+
+
+def _swap_cache(call: tuple[tuple, dict], cache: Any) -> tuple[tuple, dict]:
+    args, kwargs = call
+    return (tuple(cache if _is_cache(x) else x for x in args),
+            {k: (cache if _is_cache(v) else v) for k, v in kwargs.items()})
+
+
+def _final_logits(model: Any, h: Tensor) -> Tensor:
+    """Next-token logits from the residual leaving the last block (last position only)."""
+    logits = model.unembed(model.ln_final(h[:, -1:]))[:, -1]
+    cap = getattr(model.original_model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, samples, window, clean, names) -> Tensor:
+    """p(next token) for every (cell, sample) row with position t restored: ``[rows, d_vocab]``.
+
+    Rows join the batch at the first block their restoration changes, from the corrupted residual
+    entering that block, and only positions ``[t, T)`` are computed (earlier ones come from the KV cache).
+    """
+    T, L = ids.shape[1], a.n_layers
+    calls = _block_calls(model, a, ids, t, kv)
+    order: list[int] = []  # active cell indices, in batch order
+    h = None
+    cache = _prefix_cache(kv, t, T, torch.zeros(0, dtype=torch.long, device=ids.device)) if t > 0 else None
+    for j in range(L + 1):
+        joining = [c for c in range(len(cells)) if start[c] == j]
+        if joining:
+            x = torch.cat([h_in[j][:, t:] for _ in joining])  # [len(joining) * samples, T - t, d_model]
+            for n, c in enumerate(joining):
+                k, l = cells[c]
+                if k == "hidden":  # the clean residual leaving block l, at token t
+                    x[n * samples:(n + 1) * samples, 0] = clean[names[k][l]][0, t]
+            h = x if h is None else torch.cat([h, x])
+            order += joining
+        if h is None or j == L:
+            continue
+        hooks = []
+        for k in {cells[c][0] for c in order} - {"hidden"}:
+            rows = [n * samples + s for n, c in enumerate(order) if cells[c][0] == k
+                    and j in _window(cells[c][1], window, L) for s in range(samples)]
+            if rows:
+                hooks.append((names[k][j], _restore(torch.tensor(rows, device=ids.device), clean[names[k][j]][0, t])))
+        if cache is not None:
+            cache.layers[j].keys = kv.layers[j].keys[:, :, :t].repeat(len(order), 1, 1, 1)
+            cache.layers[j].values = kv.layers[j].values[:, :, :t].repeat(len(order), 1, 1, 1)
+        args, kwargs = _swap_cache(calls[j], cache)
+        with model.hooks(fwd_hooks=hooks):
+            out = model.blocks[j](h, *args, **kwargs)
+        h = out[0] if isinstance(out, tuple) else out
+    probs = _final_logits(model, h).float().softmax(-1)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return probs.view(len(order), samples, -1)[inverse].reshape(len(cells) * samples, -1)
 
 
 def _restore(rows: Tensor, clean: Tensor):
