@@ -10,17 +10,24 @@ Kinds of state restored at (t, l):
   token t in every layer of a window of ``window`` layers centred on l, ``[l - w//2, l + w//2)``,
   clipped to the model (ROME's window of 10).
 
-How it is fast. Restoring (t, l) changes only positions ≥ t. Positions before t keep the corrupted
-run's keys and values, so each cell recomputes only the suffix ``[t, T)`` from a copy of the
-corrupted run's KV cache, and every cell that starts at the same t (all layers, all kinds, all
-samples) shares one batched forward. Cells before the subject's first token are exactly the
-corrupted score (noise touches only subject tokens) and are not computed. The reference algorithm,
-one full forward of 1 + samples rows per cell, is kept in the tests and the benchmark.
+How it is fast. Restoring (t, l) changes only positions ≥ t, and only from the first block the
+restoration touches (block l + 1 for a hidden state; the window's first layer for mlp/attn). So:
+- positions before t keep the corrupted run's keys and values: each cell computes only the suffix
+  ``[t, T)``, attending to a copy of the corrupted run's KV cache;
+- a cell's rows join the batch at their first changed block, starting from the corrupted residual
+  entering it; blocks below are never run for them. Blocks are called with exactly the arguments
+  the model's own forward passes them (captured from a 1-row forward), so any architecture the
+  bridge runs works;
+- all cells that start at the same t (every layer, kind and sample) share one batched pass;
+- cells before the subject's first token equal the corrupted score (noise touches only subject
+  tokens) and are not computed.
+The reference algorithm (one full forward of 1 + samples rows per cell) is kept in the tests and
+the benchmark, and every cell matches it.
 
-Cost: ``sum over t ≥ subject start of (T − t)`` token positions × (kinds × layers × samples) rows,
-each through every layer, i.e. about a third of the reference's work on a 10-token prompt.
-Memory: one batch of ``kinds × layers × samples`` rows (Gemma 3 270M, kind="all": 540 rows ×
-suffix × d_model activations, a few hundred MB).
+Cost: about ``samples × Σ_{t ≥ subject start} (T − t) × Σ_cells (L − first changed block)`` token-
+block evaluations; on Gemma 3 270M, one thread, a 7-token prompt with kind="all" takes about 40 s
+(see `benchmarks/trace.py` for the ratio to the reference). Memory: one batch of up to
+``kinds × layers × samples`` rows over the suffix (Gemma, kind="all": 540 rows, a few hundred MB).
 
 Dimension names: ``tok`` prompt tokens (BOS included), ``layer`` blocks, ``sample`` noise draws.
 """
@@ -192,11 +199,14 @@ def trace(
     fact: Fact | EditRequest,
     *,
     kind: str = "all",
+    corruption: str = "gaussian",
     noise: float = 3.0,
     samples: int = 10,
     window: int = 10,
+    metric: str = "prob",
     seed: int = 0,
     sigma: float | None = None,
+    pool: Sequence[str] | None = None,
     progress: bool = False,
 ) -> TraceResult:
     """Causal trace of one fact (see the module docstring).
@@ -206,46 +216,70 @@ def trace(
         fact: a `Fact` (its ``target``) or `EditRequest` (its ``target_true``). With no target, the
             model's own top-1 answer is traced, as ROME does.
         kind: ``"all"``, ``"hidden"``, ``"mlp"`` or ``"attn"``.
-        noise: Gaussian noise scale in units of σ (`embedding_sigma`); ROME uses 3.
-        samples: corrupted runs per cell.
+        corruption: ``"gaussian"``: noise of ``noise`` × σ (`embedding_sigma`) on the subject's token
+            embeddings. ``"str"``: symmetric token replacement: each sample swaps the subject for a
+            different subject of the same token length, drawn (seeded) from ``pool``.
+        noise: Gaussian noise scale in units of σ; ROME uses 3. Ignored for STR.
+        samples: corrupted runs per cell (for STR: distinct partners, at most the pool allows).
         window: layers restored together for ``mlp``/``attn`` (clipped at the model's ends).
-        seed: seeds the noise; the same seed gives bit-identical results.
-        sigma: override σ.
+        metric: ``"prob"``: p(answer). ``"logit_diff"``: logit(answer) − logit(contrast), where the
+            contrast is ``target_new`` for an `EditRequest`, else the corrupted runs' top answer.
+        seed: seeds the noise or the partner draw; the same seed gives bit-identical results.
+        sigma: override σ (Gaussian only).
+        pool: subjects for STR (default: the subjects of `factscope.builtin_facts`).
         progress: show a progress bar over start tokens.
 
     Returns:
         `TraceResult`. A target the model does not predict top-1 is traced anyway, with a warning.
+
+    Raises:
+        ValueError: bad arguments, a subject missing from the prompt, or (STR) no partner of the
+            subject's token length in the pool. Nothing is left hooked on the model.
     """
     a = arch_of(model)
     kinds = _check_args(a, kind, samples, window, noise)
+    if corruption not in ("gaussian", "str"):
+        raise ValueError(f"expected corruption 'gaussian' or 'str', got {corruption!r}")
+    if metric not in ("prob", "logit_diff"):
+        raise ValueError(f"expected metric 'prob' or 'logit_diff', got {metric!r}")
     target = fact.target if isinstance(fact, Fact) else fact.target_true
     ids = torch.tensor([encode(model, fact.text)], device=_device(model))  # [1, tok]
     T = ids.shape[1]
     s0, s1 = subject_span(model, fact)
-    sigma = embedding_sigma(model) if sigma is None else float(sigma)
-    g = torch.Generator().manual_seed(seed)
-    eps = torch.randn(samples, s1 - s0, a.d_model, generator=g) * (noise * sigma)  # [sample, subj, d_model]
+    partners: list[str] = []
+    if corruption == "gaussian":
+        sigma = embedding_sigma(model) if sigma is None else float(sigma)
+        g = torch.Generator().manual_seed(seed)
+        eps = torch.randn(samples, s1 - s0, a.d_model, generator=g) * (noise * sigma)  # [sample, subj, d_model]
+    else:
+        sigma = None
+        partners = _str_partners(model, fact, pool, samples, seed)
+        eps = _str_deltas(model, a, fact, partners, s0, s1)
+        samples = len(partners)
     eps = eps.to(_device(model))
 
     names = {k: [a.hook(_HOOK_KIND[k], l) for l in range(a.n_layers)] for k in kinds}
     wanted = {n for ns in names.values() for n in ns}
     clean_logits, clean_cache = model.run_with_cache(ids, names_filter=lambda n: n in wanted)
-    probs = clean_logits[0, -1].float().softmax(-1)
-    answer_id = int(probs.argmax()) if target is None else target_ids(model, target)[0]
-    if target is not None and answer_id != int(probs.argmax()):
+    clean_last = clean_logits[0, -1].float()
+    answer_id = int(clean_last.argmax()) if target is None else target_ids(model, target)[0]
+    if target is not None and answer_id != int(clean_last.argmax()):
         import warnings
 
         warnings.warn(f"the model does not predict {target!r} after {fact.text!r} (top-1 is "
-                      f"{str_tokens(model, [int(probs.argmax())])[0]!r}); tracing p({target!r}) = "
-                      f"{float(probs[answer_id]):.3f} anyway", stacklevel=2)
-    clean = float(probs[answer_id])
+                      f"{str_tokens(model, [int(clean_last.argmax())])[0]!r}); tracing p({target!r}) = "
+                      f"{float(clean_last.softmax(-1)[answer_id]):.3f} anyway", stacklevel=2)
 
     every = torch.arange(samples, device=ids.device)
     resid = [a.hook("resid_pre", l) for l in range(a.n_layers)] + [a.hook("resid_post", a.n_layers - 1)]
     keep = set(resid)
     logits, kv = model.run_with_hooks(ids.expand(samples, -1), fwd_hooks=[(a.embed, _corrupt(eps, s0, s1, 0, every))],
                                       return_type="logits_and_cache")
-    corrupted = float(logits[:, -1].float().softmax(-1)[:, answer_id].mean())
+    corrupt_last = logits[:, -1].float()  # [sample, d_vocab]
+    contrast_id = _contrast(model, fact, corrupt_last, answer_id) if metric == "logit_diff" else None
+    score = _scorer(metric, answer_id, contrast_id)
+    clean = float(score(clean_last[None]).mean())
+    corrupted = float(score(corrupt_last).mean())
     with model.hooks(fwd_hooks=[(a.embed, _corrupt(eps, s0, s1, 0, every))]):
         _, corrupt_cache = model.run_with_cache(ids.expand(samples, -1), names_filter=lambda n: n in keep)
     # h_in[j]: corrupted residual entering block j (j = n_layers: leaving the last block) [sample, tok, d_model]
@@ -259,16 +293,71 @@ def trace(
     from tqdm.auto import tqdm
 
     for t in tqdm(range(s0, T), desc=f"tracing {'/'.join(kinds)}", disable=not progress):  # before s0: no effect
-        p = _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, samples, window,
-                                clean_cache, names)[:, answer_id]
-        p = p.view(len(cells), samples).mean(1)
+        final = _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, samples, window, clean_cache, names)
+        p = score(final).view(len(cells), samples).mean(1)
         for i, (k, l) in enumerate(cells):
             scores[k][t, l] = p[i]
-    settings = dict(kinds=list(kinds), corruption="gaussian", noise=noise, sigma=sigma, samples=samples,
-                    window=window, metric="prob", seed=seed, target=target)
+    settings = dict(kinds=list(kinds), corruption=corruption, noise=noise if corruption == "gaussian" else None,
+                    sigma=sigma, samples=samples, window=window, metric=metric, seed=seed, target=target,
+                    contrast=None if contrast_id is None else str_tokens(model, [contrast_id])[0],
+                    partners=partners)
     return TraceResult(scores=scores, clean=clean, corrupted=corrupted, tokens=tuple(str_tokens(model, ids[0])),
                        subject=(s0, s1), answer=str_tokens(model, [answer_id])[0], answer_id=answer_id,
                        prompt=fact.text, settings=settings)
+
+
+def _scorer(metric: str, answer_id: int, contrast_id: int | None):
+    """Maps final logits ``[rows, d_vocab]`` to the metric per row."""
+    if metric == "prob":
+        return lambda logits: logits.float().softmax(-1)[:, answer_id]
+    return lambda logits: (logits[:, answer_id] - logits[:, contrast_id]).float()
+
+
+def _contrast(model: Any, fact: Fact | EditRequest, corrupt_last: Tensor, answer_id: int) -> int:
+    """The contrast token for logit differences: ``target_new``, else the corrupted runs' top answer."""
+    if isinstance(fact, EditRequest):
+        return target_ids(model, fact.target_new)[0]
+    p = corrupt_last.softmax(-1).mean(0)
+    p[answer_id] = -1
+    return int(p.argmax())
+
+
+def _str_partners(model: Any, fact: Fact | EditRequest, pool: Sequence[str] | None, samples: int,
+                  seed: int) -> list[str]:
+    """Up to ``samples`` subjects whose tokens in this prompt number the same as the subject's."""
+    if pool is None:
+        from factscope.datasets import builtin_facts
+
+        pool = sorted({f.subject for f in builtin_facts()})
+    s0, s1 = subject_span(model, fact)
+    n = s1 - s0
+    same = []
+    for cand in dict.fromkeys(pool):
+        if cand == fact.subject or not cand.strip():
+            continue
+        try:
+            c0, c1 = subject_span(model, Fact(fact.prompt, cand))
+        except ValueError:
+            continue
+        if c1 - c0 == n and c0 == s0 and len(encode(model, fact.prompt.format(cand))) == len(encode(model, fact.text)):
+            same.append(cand)
+    if not same:
+        raise ValueError(f"symmetric token replacement needs another subject of {n} token(s) in this prompt, and "
+                         f"none of the {len(pool)} in the pool has that length; pass pool= with such subjects or "
+                         f"use corruption='gaussian'")
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(same), generator=g)[:samples].tolist()
+    return [same[i] for i in pick]
+
+
+def _str_deltas(model: Any, a: Any, fact: Fact | EditRequest, partners: list[str], s0: int, s1: int) -> Tensor:
+    """``embed(partner) − embed(subject)`` at the subject positions: adding it swaps the tokens."""
+    texts = [fact.text] + [fact.prompt.format(p) for p in partners]
+    ids = torch.tensor([encode(model, t) for t in texts], device=_device(model))
+    acts: list[Tensor] = []
+    model.run_with_hooks(ids, fwd_hooks=[(a.embed, lambda act, hook: acts.append(act.detach()))], stop_at_layer=0)
+    emb = acts[0][:, s0:s1]  # [1 + partners, subj, d_model]
+    return emb[1:] - emb[:1]
 
 
 def _corrupt(eps: Tensor, s0: int, s1: int, t: int, sample_of_row: Tensor):
@@ -335,7 +424,7 @@ def _final_logits(model: Any, h: Tensor) -> Tensor:
 
 
 def _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, samples, window, clean, names) -> Tensor:
-    """p(next token) for every (cell, sample) row with position t restored: ``[rows, d_vocab]``.
+    """Final next-token logits for every (cell, sample) row with position t restored: ``[rows, d_vocab]``.
 
     Rows join the batch at the first block their restoration changes, from the corrupted residual
     entering that block, and only positions ``[t, T)`` are computed (earlier ones come from the KV cache).
@@ -370,10 +459,10 @@ def _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, samples, windo
         with model.hooks(fwd_hooks=hooks):
             out = model.blocks[j](h, *args, **kwargs)
         h = out[0] if isinstance(out, tuple) else out
-    probs = _final_logits(model, h).float().softmax(-1)
+    logits = _final_logits(model, h)
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
-    return probs.view(len(order), samples, -1)[inverse].reshape(len(cells) * samples, -1)
+    return logits.view(len(order), samples, -1)[inverse].reshape(len(cells) * samples, -1)
 
 
 def _restore(rows: Tensor, clean: Tensor):

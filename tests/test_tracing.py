@@ -127,3 +127,83 @@ def test_bad_input_leaves_no_hooks(tiny):
         r = trace(tiny, Fact(FACT.prompt, FACT.subject, "Zanzibar"), kind="hidden", samples=2)
     assert 0 <= r.clean < 1
     assert all(not h._forward_hooks for h in tiny.hook_dict.values())
+
+
+def reference_rows(model, fact, kind, batch_ids, answer, window, score):
+    """Full recompute per cell over given corrupted token rows (no noise): STR's reference."""
+    a = arch_of(model)
+    ids = torch.tensor([encode(model, fact.text)])
+    T, L = ids.shape[1], a.n_layers
+    hook_kind = {"hidden": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}[kind]
+    names = [a.hook(hook_kind, l) for l in range(L)]
+    with torch.no_grad():
+        _, clean = model.run_with_cache(ids, names_filter=lambda n: n in names)
+    out = torch.zeros(T, L)
+    for t in range(T):
+        for l in range(L):
+            layers = [l] if kind == "hidden" else range(max(0, l - window // 2), min(L, l - window // 2 + window))
+            hooks = []
+            for j in layers:
+                def restore(act, hook, j=j, t=t):
+                    act[:, t] = clean[names[j]][0, t]
+                    return act
+                hooks.append((names[j], restore))
+            with torch.no_grad():
+                lo = model.run_with_hooks(batch_ids, fwd_hooks=hooks)
+            out[t, l] = score(lo[:, -1]).mean()
+    return out
+
+
+POOL = ["Eiffel Tower", "Big Ben", "Colosseum", "Kremlin", "Golden Gate Bridge", "White House", "Sydney Opera House"]
+
+
+@pytest.mark.parametrize("kind", ["hidden", "mlp"])
+def test_str_matches_real_token_replacement(tiny, kind):
+    r = trace(tiny, FACT, kind=kind, corruption="str", pool=POOL, samples=3, window=2, seed=2)
+    partners = r.settings["partners"]
+    assert 1 <= len(partners) <= 3 and FACT.subject not in partners
+    s0, s1 = r.subject
+    for p in partners:  # each partner has the subject's token count at the same place
+        assert subject_span(tiny, Fact(FACT.prompt, p)) == (s0, s1)
+    batch = torch.tensor([encode(tiny, FACT.prompt.format(p)) for p in partners])
+    ref = reference_rows(tiny, FACT, kind, batch, r.answer_id, 2, lambda lo: lo.softmax(-1)[:, r.answer_id])
+    torch.testing.assert_close(r.scores[kind], ref, atol=1e-5, rtol=0)
+    assert r.settings["corruption"] == "str" and r.settings["sigma"] is None
+
+
+def test_str_without_partner_is_a_clear_error(tiny):
+    with pytest.raises(ValueError, match="symmetric token replacement needs another subject"):
+        trace(tiny, FACT, kind="hidden", corruption="str", pool=["A very long subject name indeed, with commas"])
+
+
+def test_logit_diff_uses_target_new_as_contrast(tiny):
+    from factscope import EditRequest, target_ids
+
+    req = EditRequest(FACT.prompt, FACT.subject, "Paris")  # no target_true: trace the model's top-1 token
+    r = trace(tiny, req, kind="hidden", metric="logit_diff", samples=3, seed=4)
+    c = target_ids(tiny, "Paris")[0]
+    assert r.settings["contrast"] == tiny.tokenizer.decode([c]) and r.answer_id != c
+    # The clean and corrupted ends of the scale, recomputed plainly with the same noise.
+    a = arch_of(tiny)
+    s0, s1 = subject_span(tiny, req)
+    eps = torch.randn(3, s1 - s0, a.d_model, generator=torch.Generator().manual_seed(4)) * (3.0 * embedding_sigma(tiny))
+    ids = torch.tensor([encode(tiny, req.text)])
+
+    def corrupt(act, hook):
+        act[:, s0:s1] += eps
+        return act
+
+    with torch.no_grad():
+        lo = tiny.run_with_hooks(ids.expand(3, -1), fwd_hooks=[(a.embed, corrupt)])[:, -1]
+        clean = tiny(ids)[0, -1]
+    assert r.corrupted == pytest.approx(float((lo[:, r.answer_id] - lo[:, c]).mean()), abs=1e-5)
+    assert r.clean == pytest.approx(float(clean[r.answer_id] - clean[c]), abs=1e-5)
+    T, L = len(r.tokens), a.n_layers
+    assert r.scores["hidden"][T - 1, L - 1] == pytest.approx(r.clean, abs=1e-4)
+
+
+def test_bad_corruption_and_metric(tiny):
+    with pytest.raises(ValueError, match="corruption"):
+        trace(tiny, FACT, kind="hidden", corruption="uniform")
+    with pytest.raises(ValueError, match="metric"):
+        trace(tiny, FACT, kind="hidden", metric="rank")
