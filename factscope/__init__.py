@@ -23,6 +23,7 @@ from factscope.cache import cache_dir
 from factscope.datasets import (
     DatasetNotAvailableError,
     FactGroup,
+    builtin_fact,
     builtin_facts,
     builtin_groups,
     load_counterfact,
@@ -51,7 +52,7 @@ __all__ = [
     # architecture
     "Arch", "arch_of", "UnsupportedArchitectureError",
     # facts and datasets
-    "Fact", "EditRequest", "FactGroup", "builtin_facts", "builtin_groups",
+    "Fact", "EditRequest", "FactGroup", "builtin_facts", "builtin_fact", "builtin_groups",
     "load_counterfact", "load_zsre", "load_known", "DatasetNotAvailableError",
     # tokens and predictions
     "encode", "encode_batch", "target_ids", "subject_span", "str_tokens", "predict", "Prediction",

@@ -89,6 +89,8 @@ def trace(
     subject: str = typer.Option(..., "--subject", "-s", help="The subject as it appears in the prompt."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Answer to trace (default: the model's top-1)."),
     kind: str = typer.Option("all", "--kind", "-k", help="all, hidden, mlp or attn."),
+    corruption: str = typer.Option("gaussian", help="gaussian (noise on the subject) or str (swap the subject)."),
+    metric: str = typer.Option("prob", help="prob or logit_diff."),
     samples: int = typer.Option(10, help="Corrupted runs per cell."),
     window: int = typer.Option(10, help="Layers restored together for mlp/attn."),
     seed: int = typer.Option(0, help="Noise seed."),
@@ -110,7 +112,8 @@ def trace(
         raise typer.Exit(2) from None
     m, _ = _load(model)
     try:
-        result = run_trace(m, fact, kind=kind, samples=samples, window=window, seed=seed, progress=True)
+        result = run_trace(m, fact, kind=kind, corruption=corruption, metric=metric, samples=samples,
+                           window=window, seed=seed, progress=True)
     except ValueError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from None
@@ -179,24 +182,56 @@ def facts(model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_
     typer.echo(f"\n{preds.accuracy:.1%} of {len(facts)} built-in facts answered correctly (top-1 first token).")
 
 
+DEMO_FACT = "eiffel_tower_located_in_city"
+
+
+def demo_profile_facts():
+    """One built-in fact per relation: the demo's layer-profile set (a profile of all 86 facts takes ~30 min)."""
+    from factscope.datasets import builtin_facts
+
+    seen: dict[str, object] = {}
+    for f in builtin_facts():
+        seen.setdefault(f.relation, f)
+    return list(seen.values())
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Folder for the outputs."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    samples: int = typer.Option(10, help="Corrupted runs per tracing cell."),
 ) -> None:
-    """Run the main job on the bundled model: for now, its answers on the built-in facts.
+    """Run the main job on the bundled model: answers, a causal trace, and a layer profile.
 
-    Writes ``answers.csv`` to the output folder.
+    Writes ``answers.csv``, ``trace.{png,svg,pdf}`` (three panels) and ``profile.{png,svg,pdf}``.
     """
+    from factscope.datasets import builtin_fact
+    from factscope.figures import plot_profile, plot_trace, save_figure
+    from factscope.locate import layer_profile
+    from factscope.locate import trace as run_trace
+
     t0 = time.perf_counter()
     m, secs = _load(model)
-    typer.echo(f"loaded the model in {secs:.1f} s")
+    typer.echo(f"loaded the model in {secs:.1f} s\n\n[1/3] the model's answers on the built-in facts")
     facts, preds, table = _answers(m)
     typer.echo(table)
     out.mkdir(parents=True, exist_ok=True)
     preds.to_dataframe().to_csv(out / "answers.csv", index=False)
     typer.echo(f"\n{preds.accuracy:.1%} of {len(facts)} built-in facts answered correctly (top-1 first token).")
-    typer.echo(f"wrote {out / 'answers.csv'}; total {time.perf_counter() - t0:.1f} s")
+
+    fact = builtin_fact(DEMO_FACT)
+    typer.echo(f"\n[2/3] causal trace of {fact.text!r}")
+    result = run_trace(m, fact, kind="all", samples=samples, progress=True)
+    save_figure(plot_trace(result), out / "trace.png", ("png", "svg", "pdf"))
+    typer.echo(_summary(result))
+
+    chosen = demo_profile_facts()
+    typer.echo(f"\n[3/3] layer profile (MLP) over {len(chosen)} built-in facts, one per relation")
+    prof = layer_profile(m, chosen, kind="mlp", samples=samples, progress=True)
+    save_figure(plot_profile(prof), out / "profile.png", ("png", "svg", "pdf"))
+    typer.echo(f"recommended edit layer (MLP, last subject token): {prof.best_layer('mlp')}")
+    typer.echo(f"\nwrote answers.csv, trace.png/svg/pdf and profile.png/svg/pdf to {out}/; "
+               f"total {time.perf_counter() - t0:.0f} s")
 
 
 def main() -> None:  # pragma: no cover

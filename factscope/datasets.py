@@ -27,6 +27,7 @@ from factscope.facts import EditRequest, Fact
 __all__ = [
     "FactGroup",
     "builtin_facts",
+    "builtin_fact",
     "builtin_groups",
     "load_counterfact",
     "load_zsre",
@@ -233,6 +234,14 @@ def _builtin_request(r: dict[str, Any]) -> EditRequest:
 def builtin_facts() -> list[EditRequest]:
     """The curated facts (see the module docstring), in file order. Cheap: parsed once."""
     return [_builtin_request(r) for r in _builtin_json()["facts"]]
+
+
+def builtin_fact(fact_id: str) -> EditRequest:
+    """One built-in fact by its id, e.g. ``builtin_fact("eiffel_tower_located_in_city")``."""
+    by_id = {r["id"]: r for r in _builtin_json()["facts"]}
+    if fact_id not in by_id:
+        raise KeyError(f"no built-in fact {fact_id!r}; ids look like {sorted(by_id)[:3]}")
+    return _builtin_request(by_id[fact_id])
 
 
 def builtin_groups() -> list[FactGroup]:

@@ -543,3 +543,15 @@ def test_builtin_president_vs_secretary_of_state_group():
         and any("Secretary of State" in f.subject for f in g.related)
     ]
     assert matches, [(g.name, g.edit.subject, [f.subject for f in g.related]) for g in builtin_groups()]
+
+
+@pytest.mark.skipif(not BUILTIN_JSON.exists(), reason="built-in facts not written yet")
+def test_builtin_fact_by_id():
+    import json
+
+    from factscope import builtin_fact, builtin_facts
+
+    ids = [r["id"] for r in json.loads(BUILTIN_JSON.read_text())["facts"]]
+    assert builtin_fact(ids[3]) == builtin_facts()[3]
+    with pytest.raises(KeyError, match="no built-in fact 'nope'"):
+        builtin_fact("nope")
