@@ -18,6 +18,7 @@ def plot_profile(profile: Any, *, axes: Any = None) -> Any:
     last subject token) is marked when MLP effects were traced.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from factscope.locate.profile import BUCKETS
 
@@ -45,6 +46,7 @@ def plot_profile(profile: Any, *, axes: Any = None) -> Any:
         a.axhline(0, color="k", lw=0.5)
         a.set_title(f"{_TITLES[k]} (window {profile.settings['window']})" if k != "hidden" else _TITLES[k], fontsize=9)
         a.set_xlabel("layer", fontsize=8)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.tick_params(labelsize=7)
     axs[0].set_ylabel("average indirect effect on p(answer)", fontsize=8)
     axs[-1].legend(fontsize=7, frameon=False, loc="upper right")

@@ -11,6 +11,7 @@ import torch
 
 import factscope.models as models
 from factscope import (
+    Fact,
     arch_of,
     builtin_facts,
     builtin_groups,
@@ -169,13 +170,13 @@ def test_builtin_counterfactuals_differ_in_first_token(gemma):
         assert target_ids(gemma, f.target_new)[0] != target_ids(gemma, f.target_true)[0], f
 
 
-def test_demo_command_writes_the_answers_table(gemma, tmp_path):
+def test_demo_command_writes_answers_and_figures(gemma, tmp_path):
     import pandas as pd
     from typer.testing import CliRunner
 
     from factscope.cli import app
 
-    r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path)])
+    r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--samples", "2"])
     assert r.exit_code == 0, r.output
     df = pd.read_csv(tmp_path / "answers.csv")
     facts = builtin_facts()
@@ -183,3 +184,24 @@ def test_demo_command_writes_the_answers_table(gemma, tmp_path):
     assert list(df["target"]) == [f.target_true for f in facts]
     assert df["correct"].all()
     assert f"100.0% of {len(facts)} built-in facts" in r.output
+    for name in ("trace", "profile"):
+        for ext in ("png", "svg", "pdf"):
+            assert (tmp_path / f"{name}.{ext}").stat().st_size > 1000
+    assert "recommended edit layer (MLP, last subject token):" in r.output
+
+
+def test_trace_on_real_models(gemma, smollm2):
+    """Invariants of tracing on the real models (the cell-by-cell reference check runs on tiny models)."""
+    from factscope import builtin_fact
+    from factscope.locate import trace
+
+    for model in (gemma, smollm2):
+        fact = builtin_fact("eiffel_tower_located_in_city")
+        r = trace(model, fact.fact if model is gemma else Fact(fact.prompt, fact.subject), kind="hidden", samples=3)
+        L, T = arch_of(model).n_layers, len(r.tokens)
+        assert r.scores["hidden"].shape == (T, L)
+        assert r.scores["hidden"][T - 1, L - 1] == pytest.approx(r.clean, abs=1e-4)
+        assert torch.all(r.scores["hidden"][: r.subject[0]] == r.corrupted)
+        assert r.clean > r.corrupted  # the corruption destroys the fact
+    r = trace(gemma, builtin_fact("eiffel_tower_located_in_city"), kind="mlp", corruption="str", samples=3)
+    assert len(r.settings["partners"]) == 3 and r.clean > r.corrupted
