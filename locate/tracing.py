@@ -293,8 +293,8 @@ def trace(
     from tqdm.auto import tqdm
 
     for t in tqdm(range(s0, T), desc=f"tracing {'/'.join(kinds)}", disable=not progress):  # before s0: no effect
-        final = _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, samples, window, clean_cache, names)
-        p = score(final).view(len(cells), samples).mean(1)
+        p = _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, samples, window, clean_cache, names,
+                                score).view(len(cells), samples).mean(1)
         for i, (k, l) in enumerate(cells):
             scores[k][t, l] = p[i]
     settings = dict(kinds=list(kinds), corruption=corruption, noise=noise if corruption == "gaussian" else None,
@@ -309,7 +309,7 @@ def trace(
 def _scorer(metric: str, answer_id: int, contrast_id: int | None):
     """Maps final logits ``[rows, d_vocab]`` to the metric per row."""
     if metric == "prob":
-        return lambda logits: logits.float().softmax(-1)[:, answer_id]
+        return lambda logits: (logits[:, answer_id].float() - torch.logsumexp(logits.float(), -1)).exp()
     return lambda logits: (logits[:, answer_id] - logits[:, contrast_id]).float()
 
 
@@ -423,8 +423,8 @@ def _final_logits(model: Any, h: Tensor) -> Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, samples, window, clean, names) -> Tensor:
-    """Final next-token logits for every (cell, sample) row with position t restored: ``[rows, d_vocab]``.
+def _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, samples, window, clean, names, score) -> Tensor:
+    """The metric for every (cell, sample) row with position t restored: ``[cells * samples]``, cell-major.
 
     Rows join the batch at the first block their restoration changes, from the corrupted residual
     entering that block, and only positions ``[t, T)`` are computed (earlier ones come from the KV cache).
@@ -459,10 +459,10 @@ def _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, samples, windo
         with model.hooks(fwd_hooks=hooks):
             out = model.blocks[j](h, *args, **kwargs)
         h = out[0] if isinstance(out, tuple) else out
-    logits = _final_logits(model, h)
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(len(order))
-    return logits.view(len(order), samples, -1)[inverse].reshape(len(cells) * samples, -1)
+    per_row = score(_final_logits(model, h)).view(len(order), samples)  # scored before reordering: no vocab copies
+    out = torch.empty_like(per_row)
+    out[torch.tensor(order, device=out.device)] = per_row
+    return out.reshape(-1)
 
 
 def _restore(rows: Tensor, clean: Tensor):
