@@ -207,3 +207,21 @@ def test_bad_corruption_and_metric(tiny):
         trace(tiny, FACT, kind="hidden", corruption="uniform")
     with pytest.raises(ValueError, match="metric"):
         trace(tiny, FACT, kind="hidden", metric="rank")
+
+
+def test_exception_mid_trace_leaves_model_clean(tiny, monkeypatch):
+    import factscope.locate.tracing as tracing
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("interrupted mid-trace")
+
+    monkeypatch.setattr(tracing, "_final_logits", boom)
+    ids = torch.tensor([encode(tiny, FACT.text)])
+    with torch.no_grad():
+        before = tiny(ids)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        trace(tiny, FACT, kind="all", samples=2, window=2)
+    assert all(not h._forward_hooks and not h._forward_pre_hooks for h in tiny.hook_dict.values())
+    assert all(not b._forward_pre_hooks for b in tiny.blocks)
+    with torch.no_grad():
+        assert torch.equal(tiny(ids), before)
