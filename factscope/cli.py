@@ -27,11 +27,8 @@ MODEL_HELP = "Bundled name (gemma-3-270m, smollm2-135m), .gguf path, local HF fo
 
 
 def _load(model: Optional[str]):
-    import torch
-
     from factscope.models import ModelNotAvailableError, load_model
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t = time.perf_counter()
     try:
         m = load_model(model)

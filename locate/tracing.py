@@ -39,7 +39,7 @@ import json
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import torch
 from jaxtyping import Float
@@ -51,7 +51,6 @@ from factscope.tokens import encode, str_tokens, subject_span, target_ids
 
 __all__ = ["TraceResult", "trace", "embedding_sigma", "KINDS"]
 
-Kind = Literal["hidden", "mlp", "attn"]
 KINDS: tuple[str, ...] = ("hidden", "mlp", "attn")
 _HOOK_KIND = {"hidden": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
 
@@ -271,18 +270,18 @@ def trace(
 
     every = torch.arange(samples, device=ids.device)
     resid = [a.hook("resid_pre", l) for l in range(a.n_layers)] + [a.hook("resid_post", a.n_layers - 1)]
-    keep = set(resid)
-    logits, kv = model.run_with_hooks(ids.expand(samples, -1), fwd_hooks=[(a.embed, _corrupt(eps, s0, s1, 0, every))],
-                                      return_type="logits_and_cache")
+    # One corrupted run gives both its KV cache and the residual entering every block.
+    got: dict[str, Tensor] = {}
+    grab = [(n, lambda act, hook: got.__setitem__(hook.name, act.detach().clone())) for n in resid]
+    logits, kv = model.run_with_hooks(ids.expand(samples, -1), fwd_hooks=[(a.embed, _corrupt(eps, s0, s1, 0, every))]
+                                      + grab, return_type="logits_and_cache")
     corrupt_last = logits[:, -1].float()  # [sample, d_vocab]
     contrast_id = _contrast(model, fact, corrupt_last, answer_id) if metric == "logit_diff" else None
     score = _scorer(metric, answer_id, contrast_id)
     clean = float(score(clean_last[None]).mean())
     corrupted = float(score(corrupt_last).mean())
-    with model.hooks(fwd_hooks=[(a.embed, _corrupt(eps, s0, s1, 0, every))]):
-        _, corrupt_cache = model.run_with_cache(ids.expand(samples, -1), names_filter=lambda n: n in keep)
     # h_in[j]: corrupted residual entering block j (j = n_layers: leaving the last block) [sample, tok, d_model]
-    h_in = [corrupt_cache[n] for n in resid]
+    h_in = [got[n] for n in resid]
 
     cells = [(k, l) for k in kinds for l in range(a.n_layers)]
     # The first block whose computation a cell's restoration changes: hidden (t, l) patches the residual
@@ -432,7 +431,7 @@ def _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, samples, windo
     calls = _block_calls(model, a, ids, t, kv)
     order: list[int] = []  # active cell indices, in batch order
     h = None
-    cache = _prefix_cache(kv, t, T, torch.zeros(0, dtype=torch.long, device=ids.device)) if t > 0 else None
+    cache = _prefix_cache(kv, t, T, None)  # each layer's keys/values are set for the active rows below
     for j in range(L + 1):
         joining = [c for c in range(len(cells)) if start[c] == j]
         if joining:
