@@ -19,6 +19,8 @@ restoration touches (block l + 1 for a hidden state; the window's first layer fo
   the model's own forward passes them (captured from a 1-row forward), so any architecture the
   bridge runs works;
 - all cells that start at the same t (every layer, kind and sample) share one batched pass;
+- mlp/attn windows clipped at layer 0 patch the same layers as the widest of them until they end,
+  so they share its rows up to there and split off (a tenth of the block work for those kinds);
 - cells before the subject's first token equal the corrupted score (noise touches only subject
   tokens) and are not computed.
 The reference algorithm (one full forward of 1 + samples rows per cell) is kept in the tests and
@@ -284,15 +286,13 @@ def trace(
     h_in = [got[n] for n in resid]
 
     cells = [(k, l) for k in kinds for l in range(a.n_layers)]
-    # The first block whose computation a cell's restoration changes: hidden (t, l) patches the residual
-    # leaving block l, so block l + 1; mlp/attn patch sublayers inside their window, from its first layer.
-    start = [l + 1 if k == "hidden" else _window(l, window, a.n_layers)[0] for k, l in cells]
+    start, parent = _schedule(cells, window, a.n_layers)
     scores = {k: torch.full((T, a.n_layers), corrupted) for k in kinds}
     from tqdm.auto import tqdm
 
     for t in tqdm(range(s0, T), desc=f"tracing {'/'.join(kinds)}", disable=not progress):  # before s0: no effect
-        p = _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, samples, window, clean_cache, names,
-                                score).view(len(cells), samples).mean(1)
+        p = _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, parent, samples, window, clean_cache,
+                                names, score).view(len(cells), samples).mean(1)
         for i, (k, l) in enumerate(cells):
             scores[k][t, l] = p[i]
     settings = dict(kinds=list(kinds), corruption=corruption, noise=noise if corruption == "gaussian" else None,
@@ -302,6 +302,32 @@ def trace(
     return TraceResult(scores=scores, clean=clean, corrupted=corrupted, tokens=tuple(str_tokens(model, ids[0])),
                        subject=(s0, s1), answer=str_tokens(model, [answer_id])[0], answer_id=answer_id,
                        prompt=fact.text, settings=settings)
+
+
+def _schedule(cells: list[tuple[str, int]], window: int, L: int) -> tuple[list[int], list[int | None]]:
+    """When each cell's rows join the batch, and whose rows they start from.
+
+    A cell joins at the first block its restoration changes: hidden (t, l) patches the residual leaving
+    block l, so block l + 1; mlp/attn patch sublayers inside their window, from its first layer
+    (``parent`` None: it starts from the corrupted residual). An mlp/attn window clipped at layer 0,
+    ``[0, e)``, is a prefix of the widest clipped one, ``[0, min(window, L))`` (the cell at
+    l = window // 2): both patch the same layers below e, so the cell rides along in that cell's rows
+    and splits off at block e (``parent``: that cell's index), where their patches first differ.
+    """
+    start: list[int] = []
+    parent: list[int | None] = []
+    for k, l in cells:
+        w = _window(l, window, L)
+        if k == "hidden":
+            start.append(l + 1)
+            parent.append(None)
+        elif l < window // 2:  # clipped at layer 0
+            start.append(w[-1] + 1)
+            parent.append(cells.index((k, window // 2)))
+        else:
+            start.append(w[0])
+            parent.append(None)
+    return start, parent
 
 
 def _scorer(metric: str, answer_id: int, contrast_id: int | None):
@@ -421,11 +447,13 @@ def _final_logits(model: Any, h: Tensor) -> Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, samples, window, clean, names, score) -> Tensor:
+def _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, parent, samples, window, clean, names,
+                        score) -> Tensor:
     """The metric for every (cell, sample) row with position t restored: ``[cells * samples]``, cell-major.
 
-    Rows join the batch at the first block their restoration changes, from the corrupted residual
-    entering that block, and only positions ``[t, T)`` are computed (earlier ones come from the KV cache).
+    Rows join the batch at the first block their restoration changes (see `_schedule`), from the
+    corrupted residual entering that block or a copy of their parent's rows, and only positions
+    ``[t, T)`` are computed (earlier ones come from the KV cache).
     """
     T, L = ids.shape[1], a.n_layers
     calls = _block_calls(model, a, ids, t, kv)
@@ -435,12 +463,18 @@ def _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, samples, windo
     for j in range(L + 1):
         joining = [c for c in range(len(cells)) if start[c] == j]
         if joining:
-            x = torch.cat([h_in[j][:, t:] for _ in joining])  # [len(joining) * samples, T - t, d_model]
-            for n, c in enumerate(joining):
+            parts = []  # each [samples, T - t, d_model]
+            for c in joining:
                 k, l = cells[c]
+                if parent[c] is not None:  # the parent's rows: same patches so far
+                    n = order.index(parent[c])
+                    parts.append(h[n * samples:(n + 1) * samples])
+                    continue
+                parts.append(h_in[j][:, t:])
                 if k == "hidden":  # the clean residual leaving block l, at token t
-                    x[n * samples:(n + 1) * samples, 0] = clean[names[k][l]][0, t]
-            h = x if h is None else torch.cat([h, x])
+                    parts[-1] = parts[-1].clone()
+                    parts[-1][:, 0] = clean[names[k][l]][0, t]
+            h = torch.cat(parts if h is None else [h, *parts])
             order += joining
         if h is None or j == L:
             continue

@@ -45,10 +45,11 @@ def reference_trace(model, fact, kind, *, noise, samples, window, seed):
     return out
 
 
-@pytest.mark.parametrize("kind", ["hidden", "mlp", "attn"])
-def test_trace_matches_full_recompute(tiny, kind):
-    got = trace(tiny, FACT, kind=kind, noise=3.0, samples=3, window=2, seed=7)
-    ref = reference_trace(tiny, FACT, kind, noise=3.0, samples=3, window=2, seed=7)
+@pytest.mark.parametrize("kind,window", [("hidden", 2), ("mlp", 2), ("attn", 2), ("mlp", 3), ("attn", 4)])
+def test_trace_matches_full_recompute(tiny, kind, window):
+    # windows 3 and 4 (of 4 layers) clip at both ends, so shared and split-off rows are exercised
+    got = trace(tiny, FACT, kind=kind, noise=3.0, samples=3, window=window, seed=7)
+    ref = reference_trace(tiny, FACT, kind, noise=3.0, samples=3, window=window, seed=7)
     torch.testing.assert_close(got.scores[kind], ref, atol=1e-6, rtol=0)
     assert (ref.max() - ref.min()) > 1e-3  # the grid is not flat: the comparison has teeth
 
