@@ -1,0 +1,587 @@
+"""The `Edit` every editor returns: a weight delta you can apply, revert, compose, save and inspect.
+
+What an Edit holds
+------------------
+- ``deltas``: per layer, the change ΔW of the MLP output projection ``W_out`` (``[d_mlp, d_model]``,
+  the live weight of `factscope.arch.Arch.W_out`), either as low-rank factors ``(U, V)`` with
+  ``ΔW = U @ V`` (ROME, MEMIT, AlphaEdit) or as one dense tensor (knowledge neurons, fine-tuning).
+- ``requests``: the `EditRequest` s it implements; ``method``: the editor's name; ``config``: the
+  editor's settings (``dataclasses.asdict(config)``); ``info``: JSON-able extras (layer chosen and
+  why, losses, norms).
+- ``fingerprint``: `factscope.fingerprint` of the model the delta was computed on, *as it was
+  then* (with any earlier edits applied).
+
+``config`` and ``info`` are stored in their JSON form (tuples become lists, keys become strings;
+0-d tensors and NumPy scalars become numbers), so an Edit equals itself after a save/load round trip.
+
+Applying and reverting
+----------------------
+``edit.apply(model)`` checks, in this order and before writing anything: that the edit is not
+already applied to this model; that ``fingerprint(model) == edit.fingerprint``; that every layer
+exists and its delta has ``W_out``'s shape, and that every tensor is finite. Then, for each layer,
+it keeps a copy of ``W_out`` and writes ``W_out + ΔW`` (computed in float64, ``U @ V`` included,
+then cast to the weight's dtype and device). ``edit.revert(model)`` copies the kept tensors back, so
+the weights are bit-identical to before. ``with edit.applied(model): ...`` reverts on exit, also
+after an exception. ``edit.is_applied(model)`` tells whether it is applied.
+
+Edits compose in sequence. Every model has a stack of applied edits (weakly keyed by the model
+object). An edit computed on a model that already had edit A applied carries that edited
+fingerprint, so ``A.apply(m); B.apply(m)`` works, and only in that order. Reverting is last in,
+first out: ``B.revert(m); A.revert(m)`` restores the original bit-exactly, and reverting A while B
+is applied (on any layer) raises `EditStateError` naming B. Applying an edit twice to the same model
+or reverting one that is not applied raise `EditStateError` too; a fingerprint mismatch raises
+`FingerprintMismatchError`. Every failure leaves the weights untouched.
+
+``compose([A, B, ...])`` merges edits into one whose ΔW per layer is the sum (low-rank factors are
+concatenated, ``U = [U_A U_B]``, ``V = [V_A; V_B]``; the sum is dense if any part is). It carries A's
+fingerprint. Applying it equals applying A, B, ... in sequence up to float rounding, not
+bit-exactly: sequential application rounds the weights after every edit.
+
+Memory: while applied, one saved copy of each touched ``W_out`` (Gemma 3 270M: 5 MB per layer in
+float32), on the weight's device. The edit itself holds its factors (``(d_mlp + d_model) × r``
+numbers per layer) or its dense deltas (``d_mlp × d_model``).
+
+File format
+-----------
+``edit.save(path)`` writes two files, each atomically (temporary name, then rename), no pickle:
+
+- ``path``: safetensors with tensors ``layer.{l}.u`` ``[d_mlp, rank]`` and ``layer.{l}.v``
+  ``[rank, d_model]`` for low-rank layers, ``layer.{l}.dense`` ``[d_mlp, d_model]`` for dense ones,
+  in the dtype they were given; its metadata holds ``format``, ``version``, ``fingerprint``.
+- ``path + ".json"``: ``{"format": "factscope.edit", "version": 1, "method", "fingerprint",
+  "requests": [asdict(request), ...], "config", "info", "layers": {"l": "low-rank" | "dense"},
+  "tensors_sha256"}``.
+
+`Edit.load` checks that the two files belong together (the digest and the fingerprint in both) and,
+given a model, that its fingerprint is the edit's.
+
+Dimension names: ``d_mlp``, ``d_model`` as in `factscope`; ``rank`` the number of factor columns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import warnings
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from factscope.arch import arch_of
+from factscope.facts import EditRequest
+from factscope.models import fingerprint as model_fingerprint
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "DeltaNorm",
+    "Edit",
+    "EditStateError",
+    "FingerprintMismatchError",
+    "applied_edits",
+    "compose",
+]
+
+FORMAT = "factscope.edit"
+FORMAT_VERSION = 1
+
+# Shapes, named once.
+FactorU = Float[Tensor, "d_mlp rank"]
+FactorV = Float[Tensor, "rank d_model"]
+Delta = Float[Tensor, "d_mlp d_model"]
+LayerDelta = tuple[FactorU, FactorV] | Delta
+
+
+class EditStateError(RuntimeError):
+    """Applying an edit that is applied, reverting one that is not, or reverting out of order."""
+
+
+class FingerprintMismatchError(ValueError):
+    """The model is not the one (with the same earlier edits) that the edit was computed on."""
+
+
+class DeltaNorm(NamedTuple):
+    """Size of one layer's ΔW: Frobenius norm, and relative to ‖W_out‖_F when a model was given."""
+
+    frobenius: float
+    relative: float | None = None
+
+
+# --------------------------------------------------------------------------- applied stacks
+
+
+@dataclass(eq=False)
+class _Applied:
+    edit: Edit
+    originals: dict[int, Tensor]  # layer -> W_out as it was before the edit
+    fingerprint_after: str
+
+
+_APPLIED: weakref.WeakKeyDictionary[Any, list[_Applied]] = weakref.WeakKeyDictionary()
+
+
+def applied_edits(model: Any) -> tuple[Edit, ...]:
+    """The edits applied to ``model`` through `Edit.apply`, oldest first."""
+    return tuple(e.edit for e in _APPLIED.get(model, ()))
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def _jsonable(obj: Any, what: str) -> Any:
+    """``obj`` in its JSON form (round-tripped), with 0-d tensors / NumPy scalars as numbers."""
+
+    def default(o: Any) -> Any:
+        if hasattr(o, "item") and getattr(o, "ndim", None) == 0:  # 0-d tensor, NumPy scalar
+            return o.item()
+        raise TypeError(f"a {type(o).__name__} is not JSON-able")
+
+    try:
+        return json.loads(json.dumps(obj, default=default))
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"expected `{what}` to be JSON-able (dicts with str keys, lists, strings, numbers, booleans, None), "
+            f"got {obj!r:.200} ({e})"
+        ) from None
+
+
+def _check_matrix(t: Any, name: str) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"expected {name} to be a torch.Tensor, got {type(t).__name__}")
+    if t.ndim != 2:
+        raise ValueError(f"expected {name} to be a matrix, got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"expected {name} to be a floating-point tensor, got {t.dtype}")
+    return t.detach().clone().contiguous()
+
+
+def _check_finite(t: Tensor, name: str) -> None:
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"expected finite values in {name}, found {bad} NaN/inf of {t.numel()}")
+
+
+def _layer_shape(d: LayerDelta) -> tuple[int, int]:
+    return (d[0].shape[0], d[1].shape[1]) if isinstance(d, tuple) else tuple(d.shape)
+
+
+def _dense64(d: LayerDelta, device: torch.device | None = None) -> Float[Tensor, "d_mlp d_model"]:
+    """ΔW in float64 on ``device`` (default: where the delta lives; CPU for MPS, which lacks float64)."""
+    if device is not None and device.type == "mps":
+        device = torch.device("cpu")
+    if isinstance(d, tuple):
+        u, v = d
+        return u.to(device=device, dtype=torch.float64) @ v.to(device=device, dtype=torch.float64)
+    return d.to(device=device, dtype=torch.float64)
+
+
+def _request_text(r: EditRequest) -> str:
+    old = f"{r.target_true!r} → " if r.target_true is not None else ""
+    return f"{r.subject!r}: {old}{r.target_new!r}"
+
+
+# --------------------------------------------------------------------------- Edit
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Edit:
+    """A weight edit of the MLP output projections (see the module docstring for the semantics).
+
+    Args:
+        method: the editor's name, e.g. ``"rome"``.
+        fingerprint: `factscope.fingerprint` of the model the edit was computed on (as it was then).
+        deltas: layer -> ``(U, V)`` (``[d_mlp, rank]``, ``[rank, d_model]``, ΔW = U @ V) or a dense
+            ``[d_mlp, d_model]`` ΔW. Tensors are copied (detached); any floating dtype and device.
+        requests: the `EditRequest` s implemented (one request or a sequence).
+        config: the editor's settings (JSON-able, or a dataclass instance: `dataclasses.asdict` is
+            applied; stored in JSON form).
+        info: JSON-able extras (stored in JSON form).
+
+    Raises:
+        TypeError, ValueError: a negative or non-integer layer, a tensor that is not a finite
+            floating-point matrix, factors whose inner sizes differ, layers of different shapes,
+            or a config/info that is not JSON-able.
+    """
+
+    method: str
+    fingerprint: str
+    deltas: Mapping[int, LayerDelta]
+    requests: tuple[EditRequest, ...] = ()
+    config: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, str) or not self.method:
+            raise TypeError(f"expected `method` to be a non-empty str, got {self.method!r}")
+        if not isinstance(self.fingerprint, str) or not self.fingerprint:
+            raise TypeError(f"expected `fingerprint` to be a non-empty str (factscope.fingerprint(model)), "
+                            f"got {self.fingerprint!r}")
+        reqs = (self.requests,) if isinstance(self.requests, EditRequest) else tuple(self.requests)
+        for i, r in enumerate(reqs):
+            if not isinstance(r, EditRequest):
+                raise TypeError(f"expected requests[{i}] to be an EditRequest, got {type(r).__name__}")
+        object.__setattr__(self, "requests", reqs)
+        if not isinstance(self.deltas, Mapping):
+            raise TypeError(f"expected `deltas` to map layer -> (U, V) or a dense tensor, got "
+                            f"{type(self.deltas).__name__}")
+        deltas: dict[int, LayerDelta] = {}
+        shapes: dict[int, tuple[int, int]] = {}
+        for layer in sorted(self.deltas, key=lambda k: (not isinstance(k, int), str(k))):
+            d = self.deltas[layer]
+            if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+                raise TypeError(f"expected layer indices to be integers >= 0, got {layer!r}")
+            if isinstance(d, (tuple, list)):
+                if len(d) != 2:
+                    raise ValueError(f"expected layer {layer}'s factors as a pair (U, V), got {len(d)} items")
+                u = _check_matrix(d[0], f"layer {layer}'s U")
+                v = _check_matrix(d[1], f"layer {layer}'s V")
+                if u.shape[1] != v.shape[0] or u.shape[1] == 0:
+                    raise ValueError(f"expected layer {layer}'s U [d_mlp, rank] and V [rank, d_model] with the "
+                                     f"same rank >= 1, got U {tuple(u.shape)} and V {tuple(v.shape)}")
+                _check_finite(u, f"layer {layer}'s U")
+                _check_finite(v, f"layer {layer}'s V")
+                deltas[layer] = (u, v)
+            else:
+                t = _check_matrix(d, f"layer {layer}'s dense delta")
+                _check_finite(t, f"layer {layer}'s dense delta")
+                deltas[layer] = t
+            shapes[layer] = _layer_shape(deltas[layer])
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"expected every layer's ΔW to have one shape [d_mlp, d_model], got {shapes}")
+        object.__setattr__(self, "deltas", deltas)
+        config = self.config
+        if is_dataclass(config) and not isinstance(config, type):
+            config = asdict(config)
+        object.__setattr__(self, "config", _jsonable(dict(config), "config"))
+        object.__setattr__(self, "info", _jsonable(dict(self.info), "info"))
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The layers whose ``W_out`` this edit changes, sorted."""
+        return tuple(sorted(self.deltas))
+
+    def _get(self, layer: int) -> LayerDelta:
+        if layer not in self.deltas:
+            raise ValueError(f"expected one of this edit's layers {self.layers}, got {layer!r}")
+        return self.deltas[layer]
+
+    def is_low_rank(self, layer: int) -> bool:
+        """Whether ``layer``'s ΔW is stored as factors ``(U, V)``."""
+        return isinstance(self._get(layer), tuple)
+
+    def delta(self, layer: int) -> Delta:
+        """ΔW of ``layer`` as a dense float32 ``[d_mlp, d_model]`` tensor (U @ V computed in float64)."""
+        return _dense64(self._get(layer)).float()
+
+    def rank(self, layer: int) -> int:
+        """Rank of ``layer``'s ΔW: the factors' ``rank`` for low-rank layers (an upper bound: it counts
+        columns, e.g. ``compose`` adds them up), the numerical rank (`torch.linalg.matrix_rank`) for
+        dense ones."""
+        d = self._get(layer)
+        if isinstance(d, tuple):
+            return int(d[0].shape[1])
+        return int(torch.linalg.matrix_rank(d.to(torch.float64)))
+
+    def norms(self, model: Any = None) -> dict[int, DeltaNorm]:
+        """Layer -> `DeltaNorm`: ‖ΔW‖_F, and with ``model`` also ‖ΔW‖_F / ‖W_out‖_F.
+
+        ``W_out`` is the weight the edit is computed against: the saved original while this edit is
+        applied to ``model``, the current weight otherwise.
+        """
+        out: dict[int, DeltaNorm] = {}
+        saved = next((e.originals for e in _APPLIED.get(model, ()) if e.edit is self), {}) if model is not None else {}
+        for layer in self.layers:
+            d = self.deltas[layer]
+            if isinstance(d, tuple):  # ‖UV‖² = Σ (UᵀU) ∘ (VVᵀ): no d_mlp × d_model product
+                u, v = d[0].to(torch.float64), d[1].to(torch.float64)
+                fro = math.sqrt(max(float(((u.T @ u) * (v @ v.T)).sum()), 0.0))
+            else:
+                fro = float(torch.linalg.matrix_norm(d.to(torch.float64)))
+            rel = None
+            if model is not None:
+                W = saved.get(layer)
+                if W is None:
+                    W = self._checked_weights(model, arch_of(model), [layer])[layer]
+                w = float(torch.linalg.matrix_norm(W.detach().to(torch.float64)))
+                rel = fro / w if w > 0 else math.inf
+            out[layer] = DeltaNorm(fro, rel)
+        return out
+
+    def to_dataframe(self, model: Any = None) -> Any:
+        """One row per layer: ``layer``, ``kind`` (low-rank/dense), ``rank``, ``norm`` (‖ΔW‖_F), and
+        with ``model`` also ``relative_norm`` (‖ΔW‖_F / ‖W_out‖_F)."""
+        import pandas as pd
+
+        rows = []
+        for layer, n in self.norms(model).items():
+            row = {"layer": layer, "kind": "low-rank" if self.is_low_rank(layer) else "dense",
+                   "rank": self.rank(layer), "norm": n.frobenius}
+            if model is not None:
+                row["relative_norm"] = n.relative
+            rows.append(row)
+        cols = ["layer", "kind", "rank", "norm"] + (["relative_norm"] if model is not None else [])
+        return pd.DataFrame(rows, columns=cols)
+
+    def __repr__(self) -> str:
+        shown = [_request_text(r) for r in self.requests[:3]]
+        if len(self.requests) > 3:
+            shown.append(f"... {len(self.requests) - 3} more")
+        kinds = ", ".join(f"{l}: rank {self.rank(l)}" if self.is_low_rank(l) else f"{l}: dense" for l in self.layers)
+        return (f"Edit(method={self.method!r}, layers={{{kinds}}}, requests=[{'; '.join(shown)}], "
+                f"fingerprint={self.fingerprint!r})")
+
+    # ------------------------------------------------------------------ apply / revert
+
+    def is_applied(self, model: Any) -> bool:
+        """Whether this edit is currently applied to ``model``."""
+        return any(e.edit is self for e in _APPLIED.get(model, ()))
+
+    def _checked_weights(self, model: Any, a: Any, layers: Iterable[int]) -> dict[int, Tensor]:
+        """The live ``W_out`` of ``layers``, after checking the layer range and every shape."""
+        out = {}
+        for layer in layers:
+            if layer >= a.n_layers:
+                raise ValueError(f"this edit changes layer {layer}, but the model has {a.n_layers} layers "
+                                 f"(expected layers in [0, {a.n_layers}))")
+            W = a.W_out(model, layer)
+            got = _layer_shape(self.deltas[layer])
+            if tuple(W.shape) != got:
+                raise ValueError(f"expected layer {layer}'s ΔW to have W_out's shape [d_mlp, d_model] = "
+                                 f"{tuple(W.shape)}, got {got}"
+                                 + (" (transposed?)" if got == tuple(W.shape)[::-1] else ""))
+            out[layer] = W
+        return out
+
+    @torch.no_grad()
+    def apply(self, model: Any) -> Edit:
+        """Write this edit into ``model``'s weights (see the module docstring). Returns the edit.
+
+        Raises (with the weights untouched):
+            EditStateError: already applied to this model.
+            FingerprintMismatchError: ``model`` is not the model the edit was computed on.
+            ValueError: a layer out of range, a ΔW whose shape is not ``W_out``'s, a non-finite value.
+        """
+        stack = _APPLIED.get(model, [])
+        if any(e.edit is self for e in stack):
+            raise EditStateError(f"this edit is already applied to this model: {self!r}. Revert it first, or "
+                                 f"apply it to another model")
+        fp = model_fingerprint(model)
+        if fp != self.fingerprint:
+            raise FingerprintMismatchError(self._mismatch(fp, stack))
+        a = arch_of(model)
+        weights = self._checked_weights(model, a, self.layers)
+        for layer in self.layers:  # the tensors may have been changed in place since construction
+            d = self.deltas[layer]
+            for name, t in (zip(("U", "V"), d) if isinstance(d, tuple) else [("dense delta", d)]):
+                _check_finite(t, f"layer {layer}'s {name}")
+        originals: dict[int, Tensor] = {}
+        try:
+            for layer, W in weights.items():
+                work = torch.device("cpu") if W.device.type == "mps" else W.device  # MPS has no float64
+                w = (W.detach().to(work, torch.float64) + _dense64(self.deltas[layer], work)).to(W.dtype)
+                _check_finite(w, f"layer {layer}'s edited W_out (in {W.dtype})")
+                originals[layer] = W.detach().clone()
+                W.copy_(w)
+        except BaseException:
+            for layer, W0 in originals.items():  # undo the layers already written
+                weights[layer].copy_(W0)
+            raise
+        _APPLIED.setdefault(model, []).append(_Applied(self, originals, model_fingerprint(model)))
+        return self
+
+    def _mismatch(self, fp: str, stack: list[_Applied]) -> str:
+        msg = (f"this {self.method} edit was computed on a model with fingerprint {self.fingerprint}, but this "
+               f"model's fingerprint is {fp}; refusing to apply it to different weights. If it was computed "
+               f"after other edits, apply those first, in order.")
+        if stack:
+            msg += " Applied to this model now, oldest first: " + "; ".join(repr(e.edit) for e in stack) + "."
+            for i, e in enumerate(stack):
+                if e.edit.fingerprint == self.fingerprint:
+                    later = "; ".join(repr(x.edit) for x in reversed(stack[i:]))
+                    msg += (f" This edit was computed on the model as it was before {e.edit.method} was applied: "
+                            f"revert (newest first) {later}.")
+                    break
+        return msg
+
+    @torch.no_grad()
+    def revert(self, model: Any) -> None:
+        """Restore the ``W_out`` tensors this edit replaced, bit-exactly.
+
+        Raises (with the weights untouched):
+            EditStateError: this edit is not applied to ``model``, or edits applied after it still are
+                (they are named: revert them first, newest first).
+        """
+        stack = _APPLIED.get(model, [])
+        idx = next((i for i, e in enumerate(stack) if e.edit is self), None)
+        if idx is None:
+            raise EditStateError(f"this edit is not applied to this model, so there is nothing to revert: {self!r}")
+        if idx != len(stack) - 1:
+            later = "; ".join(repr(e.edit) for e in reversed(stack[idx + 1:]))
+            raise EditStateError(f"cannot revert {self!r}: {len(stack) - 1 - idx} edit(s) applied after it are still "
+                                 f"applied. Revert them first, newest first: {later}")
+        entry = stack[-1]
+        if model_fingerprint(model) != entry.fingerprint_after:
+            warnings.warn("the model's weights changed since this edit was applied, other than through Edit.apply; "
+                          f"reverting restores layers {self.layers}' W_out as they were before the edit",
+                          stacklevel=2)
+        a = arch_of(model)
+        for layer, W0 in entry.originals.items():
+            a.W_out(model, layer).copy_(W0)
+        stack.pop()
+        if not stack:
+            _APPLIED.pop(model, None)
+
+    @contextlib.contextmanager
+    def applied(self, model: Any) -> Iterator[Any]:
+        """Context manager: apply on entry, revert on exit (also after an exception). Yields the model."""
+        self.apply(model)
+        try:
+            yield model
+        finally:
+            self.revert(model)
+
+    # ------------------------------------------------------------------ save / load
+
+    def save(self, path: str | Path) -> None:
+        """Write ``path`` (safetensors) and ``path + ".json"`` (see the module docstring), atomically."""
+        from safetensors.torch import save_file
+
+        from factscope.cache import atomic_file, write_json
+
+        path = Path(path)
+        tensors: dict[str, Tensor] = {}
+        kinds: dict[str, str] = {}
+        for layer in self.layers:
+            d = self.deltas[layer]
+            if isinstance(d, tuple):
+                tensors[f"layer.{layer}.u"], tensors[f"layer.{layer}.v"] = (t.cpu().contiguous() for t in d)
+                kinds[str(layer)] = "low-rank"
+            else:
+                tensors[f"layer.{layer}.dense"] = d.cpu().contiguous()
+                kinds[str(layer)] = "dense"
+        meta = {"format": FORMAT, "version": str(FORMAT_VERSION), "fingerprint": self.fingerprint}
+        with atomic_file(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+            digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        write_json(_sidecar(path), {
+            "format": FORMAT, "version": FORMAT_VERSION, "method": self.method, "fingerprint": self.fingerprint,
+            "requests": [asdict(r) for r in self.requests], "config": self.config, "info": self.info,
+            "layers": kinds, "tensors_sha256": digest,
+        })
+
+    @classmethod
+    def load(cls, path: str | Path, model: Any = None) -> Edit:
+        """Read an edit written by `save`; with ``model``, refuse one computed on another model.
+
+        Raises:
+            FileNotFoundError: either file is missing.
+            ValueError: not an edit file, an unknown format version, or the two files do not belong
+                together (one was overwritten or edited).
+            FingerprintMismatchError: ``model``'s fingerprint is not the edit's.
+        """
+        from safetensors import safe_open
+
+        path = Path(path)
+        side = _sidecar(path)
+        if not path.is_file() or not side.is_file():
+            raise FileNotFoundError(f"expected an edit saved as {path} and {side}; "
+                                    f"{'the tensor file' if not path.is_file() else 'its JSON sidecar'} is missing")
+        try:
+            meta = json.loads(side.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"expected JSON in {side}, could not parse it: {e}") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ValueError(f"expected {side} to describe a factscope edit (format {FORMAT!r}), got "
+                             f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r}")
+        if meta.get("version") != FORMAT_VERSION:
+            raise ValueError(f"expected edit format version {FORMAT_VERSION}, {side} has {meta.get('version')!r}")
+        blob = path.read_bytes()
+        if hashlib.sha256(blob).hexdigest() != meta.get("tensors_sha256"):
+            raise ValueError(f"{path} is not the tensor file that {side} was saved with (its SHA-256 differs): "
+                             f"one of the two was overwritten or modified")
+        with safe_open(str(path), framework="pt") as f:
+            tmeta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if tmeta.get("fingerprint") != meta.get("fingerprint"):
+            raise ValueError(f"the fingerprint in {side} ({meta.get('fingerprint')}) differs from the one stored "
+                             f"with the tensors in {path} ({tmeta.get('fingerprint')}): the sidecar was edited")
+        deltas: dict[int, LayerDelta] = {}
+        for key, kind in meta["layers"].items():
+            layer = int(key)
+            names = [f"layer.{layer}.u", f"layer.{layer}.v"] if kind == "low-rank" else [f"layer.{layer}.dense"]
+            missing = [n for n in names if n not in tensors]
+            if missing:
+                raise ValueError(f"expected tensors {names} in {path} for layer {layer} ({kind}), missing {missing}")
+            deltas[layer] = (tensors[names[0]], tensors[names[1]]) if kind == "low-rank" else tensors[names[0]]
+        edit = cls(method=meta["method"], fingerprint=meta["fingerprint"], deltas=deltas,
+                   requests=tuple(EditRequest(**r) for r in meta["requests"]),
+                   config=meta["config"], info=meta["info"])
+        if model is not None:
+            fp = model_fingerprint(model)
+            if fp != edit.fingerprint:
+                raise FingerprintMismatchError(
+                    f"the edit in {path} was computed on a model with fingerprint {edit.fingerprint}, but the model "
+                    f"passed has fingerprint {fp}. If it was computed after other edits, apply those first, in order"
+                )
+        return edit
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+# --------------------------------------------------------------------------- compose
+
+
+def compose(edits: Sequence[Edit]) -> Edit:
+    """One edit whose ΔW per layer is the sum of ``edits``' (see the module docstring).
+
+    Low-rank factors are concatenated (``U = [U_1 U_2 ...]``, ``V = [V_1; V_2; ...]``, in the
+    promoted dtype); a layer with any dense part becomes dense (summed in float64, stored in the
+    promoted dtype). The result carries the first edit's fingerprint, the requests concatenated,
+    method ``"compose(m1, m2, ...)"``, ``config = {"edits": [{method, fingerprint, config}, ...]}``
+    and ``info = {"parts": [info, ...]}``.
+
+    Applying it equals applying the edits one after another *up to float rounding, not bit-exactly*:
+    in sequence the weights are rounded to their dtype after every edit, here once. The fingerprints
+    of the later edits are not checked (that needs the model); compose edits that were computed in
+    sequence, each on the model with the previous ones applied.
+    """
+    edits = list(edits)
+    if not edits:
+        raise ValueError("expected at least one edit to compose, got none")
+    for i, e in enumerate(edits):
+        if not isinstance(e, Edit):
+            raise TypeError(f"expected edits[{i}] to be an Edit, got {type(e).__name__}")
+    device = next((t.device for e in edits for d in e.deltas.values()
+                   for t in (d if isinstance(d, tuple) else (d,))), torch.device("cpu"))
+    deltas: dict[int, LayerDelta] = {}
+    for layer in sorted({l for e in edits for l in e.layers}):
+        parts = [e.deltas[layer] for e in edits if layer in e.deltas]
+        dtype = parts[0][0].dtype if isinstance(parts[0], tuple) else parts[0].dtype
+        for p in parts:
+            for t in (p if isinstance(p, tuple) else (p,)):
+                dtype = torch.promote_types(dtype, t.dtype)
+        if all(isinstance(p, tuple) for p in parts):
+            deltas[layer] = (torch.cat([p[0].to(device, dtype) for p in parts], dim=1),
+                             torch.cat([p[1].to(device, dtype) for p in parts], dim=0))
+        else:
+            deltas[layer] = sum(_dense64(p, device) for p in parts).to(dtype)
+    return Edit(
+        method=f"compose({', '.join(e.method for e in edits)})",
+        fingerprint=edits[0].fingerprint,
+        deltas=deltas,
+        requests=tuple(r for e in edits for r in e.requests),
+        config={"edits": [{"method": e.method, "fingerprint": e.fingerprint, "config": e.config} for e in edits]},
+        info={"parts": [e.info for e in edits]},
+    )
