@@ -2,11 +2,14 @@
 
 - `trace`: causal tracing of one fact (hidden / MLP / attention restoration grids).
 - `layer_profile`: tracing averaged over facts in ROME's six token buckets; `.best_layer()`.
+- `recommended_layer`: the edit layer from a profile, cached on disk per model.
 - Planned (issue 5): `neurons`, `suppress`, `enhance`.
 """
 
-from factscope.locate.profile import BUCKETS, ProfileResult, layer_profile, token_buckets
+from factscope.locate.profile import (BUCKETS, LayerChoice, ProfileResult, layer_profile, one_per_relation,
+                                      recommended_layer, token_buckets)
 from factscope.locate.tracing import KINDS, TraceResult, embedding_sigma, trace
 
 __all__ = ["trace", "TraceResult", "embedding_sigma", "KINDS",
-           "layer_profile", "ProfileResult", "token_buckets", "BUCKETS"]
+           "layer_profile", "ProfileResult", "token_buckets", "BUCKETS",
+           "recommended_layer", "LayerChoice", "one_per_relation"]

@@ -95,3 +95,31 @@ def test_profile_errors(model):
         layer_profile(model, [Fact("The {} is in", "Colosseum")], progress=False)
     with pytest.raises(ValueError, match="answers none"):
         layer_profile(model, [Fact("The {} is in", "Colosseum", "Zanzibar")], progress=False)
+
+
+def test_recommended_layer_is_cached_on_disk(tiny, monkeypatch, tmp_path):
+    import factscope.locate.profile as prof_mod
+    from factscope.locate import recommended_layer
+
+    monkeypatch.setenv("FACTSCOPE_CACHE", str(tmp_path))
+    facts = answered(tiny, TEMPLATES)[:2]
+    if not facts:
+        pytest.skip("the tiny model answers none of the templates with a stateable target")
+    first = recommended_layer(tiny, facts, samples=2, progress=False)
+    direct = layer_profile(tiny, facts, kind="mlp", samples=2, window=4, progress=False)
+    assert first.layer == direct.best_layer("mlp") and "cached" not in first.reason
+    assert list(tmp_path.glob("profiles/*.safetensors"))
+
+    def boom(*a, **k):
+        raise AssertionError("the cached profile was not used")
+
+    monkeypatch.setattr(prof_mod, "layer_profile", boom)
+    again = recommended_layer(tiny, facts, samples=2, progress=False)
+    assert again.layer == first.layer and "cached" in again.reason
+    torch.testing.assert_close(again.profile.mean["mlp"], first.profile.mean["mlp"], equal_nan=True)
+    with pytest.raises(AssertionError, match="not used"):  # other settings: another cache entry
+        recommended_layer(tiny, facts, samples=3, progress=False)
+    for f in tmp_path.glob("profiles/*.safetensors"):  # a damaged entry is recomputed, with a warning
+        f.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="damaged"), pytest.raises(AssertionError, match="not used"):
+        recommended_layer(tiny, facts, samples=2, progress=False)

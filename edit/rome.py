@@ -1,0 +1,379 @@
+"""ROME (Meng et al. 2022): rewrite one fact by a rank-one update of one MLP's output weights.
+
+The MLP at layer l maps a key k (the input to its output projection, ``[d_mlp]``) to a value
+``k @ W_out`` (``[d_model]``). ROME treats ``W_out`` as a linear associative memory and inserts
+the pair (k*, v*) while disturbing other keys as little as possible under their statistics C:
+
+1. **k\\*** — the key at the subject's last token, averaged over context templates: ``"{}"`` plus
+   prefixes the model itself writes from BOS (seeded; ROME: 10 of ~5 tokens and 10 of ~10).
+2. **v\\*** — ``k* @ W_out + δ``, where δ is optimised at the MLP's raw output (before Gemma's
+   post-norm: the loss runs through the norm, so the weight update stays exact) at the subject's
+   last token of every template prompt, to minimise
+   ``NLL(target_new | prompt)  +  kl_factor · KL(p_δ ‖ p_0)("{subject} is a")  +  v_weight_decay · ‖δ‖ / ‖v₀‖²``
+   with Adam, clamping ``‖δ‖ ≤ clamp_norm_factor · ‖v₀‖`` and stopping once the NLL is below
+   ``early_stop_loss``. Positions before the subject's last token are computed once (a KV cache).
+   Only δ requires grad.
+3. **Update** — ``ΔW = u Λᵀ`` with ``u = C⁻¹k*`` (a Cholesky solve in float64, never an inverse)
+   and ``Λ = δ / (uᵀk*)``, so that ``k* @ (W + ΔW) = v*`` exactly and any key with ``uᵀk = 0``
+   maps as before. C is the uncentred key second moment E[kkᵀ] (`factscope.edit.covariance`).
+
+The same averaged k\\* is used for v\\* and for the update (the r-ROME fix, arXiv 2403.07175: the
+reference code used the bare prompt's key in the update, which collapses models under sequential
+editing).
+
+Cost (Gemma 3 270M, 2 CPU threads): templates once per model (~1 s); v\\* ≈ 20 forward+backward
+passes over 22 short prompts (10–30 s, fewer with early stopping); the solve is ``d_mlp³/3`` flops.
+C comes from the on-disk cache after its first computation. Memory: activations of 22 prompts with
+gradients through the layers above l, plus C (``d_mlp² × 8`` bytes).
+
+Dimension names: ``d_mlp`` keys, ``d_model`` values, ``row`` prompts in a batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from factscope.arch import arch_of
+from factscope.facts import EditRequest, Fact
+from factscope.tokens import _bos, encode, subject_span, target_ids, tokenizer_of
+
+__all__ = ["ROMEConfig", "rome", "context_templates", "compute_k_star", "compute_v_star", "rank_one_update"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ROMEConfig:
+    """ROME's settings (defaults: the paper's GPT-2 XL hyper-parameters, `hparams/ROME/gpt2-xl.json`).
+
+    Attributes:
+        context_lengths: ``(tokens, count)`` pairs of model-written prefixes for the templates;
+            ROME's ``[[5, 10], [10, 10]]``: 10 prefixes of 5 tokens and 10 of 10, plus ``"{}"``.
+        context_top_k: top-k sampling for those prefixes (ROME's ``generate_fast`` uses 5).
+        seed: seeds the prefixes (and nothing else is random).
+        v_steps: Adam steps for δ (20).
+        v_lr: Adam learning rate (0.5).
+        v_weight_decay: weight of ``‖δ‖ / ‖v₀‖²`` (0.5).
+        clamp_norm_factor: ``‖δ‖ ≤ clamp_norm_factor · ‖v₀‖`` after every step (4).
+        kl_factor: weight of the KL term on the essence prompt (0.0625).
+        essence_prompt: the KL prompt, with ``{}`` for the subject (``"{} is a"``).
+        early_stop_loss: stop once the target's NLL falls below this (0.05). ROME tests the total
+            loss; on post-norm models ‖v₀‖ is small, the decay term alone exceeds 0.05 there, and
+            the stop would never fire.
+        corpus, n_tokens: where C comes from (`factscope.edit.covariance`); ``n_tokens=None`` is its default.
+    """
+
+    context_lengths: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))
+    context_top_k: int = 5
+    seed: int = 0
+    v_steps: int = 20
+    v_lr: float = 0.5
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    essence_prompt: str = "{} is a"
+    early_stop_loss: float = 0.05
+    corpus: Any = "auto"
+    n_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("v_steps", "context_top_k"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"ROMEConfig: expected {name} to be a positive integer, got {v!r}")
+        for name in ("v_lr", "clamp_norm_factor"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ROMEConfig: expected {name} > 0, got {getattr(self, name)!r}")
+        for name in ("v_weight_decay", "kl_factor", "early_stop_loss"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"ROMEConfig: expected {name} >= 0, got {getattr(self, name)!r}")
+        if self.essence_prompt.count("{}") != 1:
+            raise ValueError(f"ROMEConfig: expected essence_prompt with one '{{}}', got {self.essence_prompt!r}")
+        if any(n < 1 or c < 0 for n, c in self.context_lengths):
+            raise ValueError(f"ROMEConfig: expected (tokens >= 1, count >= 0) pairs, got {self.context_lengths!r}")
+
+
+# --------------------------------------------------------------------------- context templates
+
+_TEMPLATES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def context_templates(model: Any, config: ROMEConfig = ROMEConfig()) -> tuple[str, ...]:
+    """``"{}"`` plus, per ``(n, count)`` in ``config.context_lengths``, ``count`` prefixes of ``n``
+    tokens sampled from the model after BOS (top-k, seeded), each followed by ``". {}"``.
+
+    Cached per model object and settings. Special and added tokens (BOS, image placeholders) are
+    never sampled; braces in the generated text become spaces.
+    """
+    key = (config.context_lengths, config.context_top_k, config.seed)
+    memo = _TEMPLATES.setdefault(model, {})
+    if key in memo:
+        return memo[key]
+    tok = tokenizer_of(model)
+    g = torch.Generator().manual_seed(config.seed)
+    device = next(model.parameters()).device
+    banned = sorted(set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {})))  # e.g. <start_of_image>
+    out = ["{}"]
+    for n, count in config.context_lengths:
+        if count == 0:
+            continue
+        ids = torch.tensor([_bos(tok)] * count, device=device)  # [row, 1]: BOS
+        for _ in range(n):
+            logits = model(ids, logits_to_keep=1)[:, -1].float().cpu()  # [row, d_vocab]
+            logits[:, banned] = -math.inf
+            top = logits.topk(config.context_top_k, dim=-1)
+            pick = torch.multinomial(top.values.softmax(-1), 1, generator=g)  # [row, 1]
+            ids = torch.cat([ids, top.indices.gather(1, pick).to(device)], 1)
+        for row in ids[:, 1:].tolist():
+            text = tok.decode(row, skip_special_tokens=True)
+            text = " ".join(text.replace("{", " ").replace("}", " ").split())
+            out.append(text + ". {}")
+    memo[key] = tuple(out)
+    return memo[key]
+
+
+# --------------------------------------------------------------------------- k* and v*
+
+
+def _batch(model: Any, request: EditRequest, templates: tuple[str, ...], essence: str):
+    """Left-padded rows: every template + prompt + target_new[:-1], then the essence prompt.
+
+    Returns ids ``[row, pos]``, mask, the subject's last token per row ``[row]``, the target ids and
+    how many final positions hold the target's predictions.
+    """
+    tgt = target_ids(model, request.target_new)
+    tok = tokenizer_of(model)
+    texts = [t.format(request.prompt) for t in templates]
+    rows, last = [], []
+    for text in texts:
+        _, s1 = subject_span(model, Fact(text, request.subject))
+        rows.append(encode(model, text.format(request.subject)) + tgt[:-1])
+        last.append(s1 - 1)
+    _, s1 = subject_span(model, Fact(essence, request.subject))
+    rows.append(encode(model, essence.format(request.subject)))
+    last.append(s1 - 1)
+    T = max(map(len, rows))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else rows[0][0]
+    ids = torch.tensor([[pad] * (T - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows])
+    lookup = torch.tensor([T - len(r) + i for r, i in zip(rows, last)])
+    return ids, mask, lookup, torch.tensor(tgt), len(tgt)
+
+
+@torch.no_grad()
+def compute_k_star(model: Any, request: EditRequest, layer: int,
+                   templates: tuple[str, ...]) -> Float[Tensor, "d_mlp"]:
+    """k*: the MLP key at the subject's last token, averaged over the template prompts (float64)."""
+    a = arch_of(model)
+    dev = next(model.parameters()).device
+    ids, mask, lookup, _, _ = _batch(model, request, templates, "{}")  # the target tokens follow: causal, no effect
+    R = len(templates)
+    got: list[Tensor] = []
+    model.run_with_hooks(ids[:R].to(dev), attention_mask=mask[:R].to(dev), stop_at_layer=layer + 1,
+                         fwd_hooks=[(a.hook("mlp_key", layer), lambda act, hook: got.append(act.detach()))])
+    keys = got[0][torch.arange(R, device=dev), lookup[:R].to(dev)].double()  # [row, d_mlp]
+    return keys.mean(0).cpu()
+
+
+@dataclass(frozen=True)
+class VStar:
+    """The result of the δ optimisation: ``v_star = k* @ W_out (+ bias) + delta`` (float64)."""
+
+    delta: Float[Tensor, "d_model"]
+    v0_norm: float
+    losses: tuple[float, ...]
+    p_new: tuple[float, ...]  # mean p(target_new tokens) over the template prompts, per step
+
+
+def compute_v_star(model: Any, request: EditRequest, layer: int, templates: tuple[str, ...],
+                   config: ROMEConfig = ROMEConfig(), *, progress: bool = False, reuse_prefix: bool = True) -> VStar:
+    """Optimise δ at the MLP's raw output of ``layer`` (see the module docstring). Model untouched.
+
+    ``reuse_prefix=False`` runs every prompt in full at every step: the plain reference for the
+    prefix reuse, which gives the same numbers.
+    """
+    from tqdm.auto import tqdm
+
+    a = arch_of(model)
+    dev = next(model.parameters()).device
+    ids, mask, lookup, tgt, n = _batch(model, request, templates, config.essence_prompt)
+    ids, mask, lookup, tgt = ids.to(dev), mask.to(dev), lookup.to(dev), tgt.to(dev)
+    R = ids.shape[0] - 1  # rewriting rows; the last row is the essence prompt
+    hook = a.hook("mlp_raw_out", layer)
+    delta = torch.zeros(a.d_model, device=dev, requires_grad=True)
+    v0: list[Tensor] = []
+
+    def adder(rows: Tensor, pos: Tensor):
+        def add(act, hook):  # act: [row, pos, d_model]
+            if not v0:
+                v0.append(act[0, pos[0]].detach().clone())  # the bare prompt's value (ROME's ‖v₀‖)
+            act = act.clone()
+            act[rows, pos] = act[rows, pos] + delta.to(act.dtype)
+            return act
+        return add
+
+    # Positions before the subject's last token do not see δ. When that token sits in one column for
+    # every template row (left padding aligns the equal-length suffixes), their keys and values are
+    # computed once and each step runs only the suffix; otherwise each step runs the whole batch.
+    c = int(lookup[0])
+    prefix = None
+    if reuse_prefix and bool((lookup[:R] == c).all()) and c > 0:
+        with torch.no_grad():
+            _, prefix = model.run_with_hooks(ids[:R, :c], attention_mask=mask[:R, :c], return_type="logits_and_cache")
+    every = torch.arange(R + 1, device=dev)
+
+    def forward() -> tuple[Tensor, Tensor]:
+        """Log-probs at the last n positions of the template rows ``[row, n, d_vocab]`` and after the
+        essence prompt ``[d_vocab]``, with δ added."""
+        if prefix is None:
+            lp = model.run_with_hooks(ids, attention_mask=mask, logits_to_keep=n,
+                                      fwd_hooks=[(hook, adder(every, lookup))]).float().log_softmax(-1)
+            return lp[:R], lp[R, -1]
+        rows = every[:R]
+        lp = model.run_with_hooks(ids[:R, c:], attention_mask=mask[:R], past_key_values=copy.deepcopy(prefix),
+                                  logits_to_keep=n, fwd_hooks=[(hook, adder(rows, torch.zeros_like(rows)))])
+        ess = model.run_with_hooks(ids[R:], attention_mask=mask[R:], logits_to_keep=1,
+                                   fwd_hooks=[(hook, adder(every[:1], lookup[R:]))])
+        return lp.float().log_softmax(-1), ess[0, -1].float().log_softmax(-1)
+
+    with torch.no_grad():
+        kl_ref = forward()[1]  # the essence prompt's next-token log-probs with δ = 0
+    v0_norm = float(v0[0].norm())
+    opt = torch.optim.Adam([delta], lr=config.v_lr)
+    losses, p_new = [], []
+    bar = tqdm(range(config.v_steps), desc="v* (ROME)", disable=not progress)
+    for _ in bar:
+        lp, lp_ess = forward()
+        nll_tok = -lp.gather(2, tgt.expand(R, n)[:, :, None])[:, :, 0]  # [row, n]
+        nll = nll_tok.mean()
+        kl = torch.nn.functional.kl_div(kl_ref, lp_ess, log_target=True, reduction="sum")  # KL(p_δ ‖ p_0)
+        wd = delta.norm() / v0_norm ** 2
+        loss = nll + config.kl_factor * kl + config.v_weight_decay * wd
+        losses.append(float(loss.detach()))
+        p_new.append(float((-nll_tok.detach().sum(1)).exp().mean()))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", p_new=f"{p_new[-1]:.3f}")
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(f"ROME v*: the loss became {losses[-1]} at step {len(losses)}; nothing was "
+                                     f"changed. Try a smaller v_lr than {config.v_lr}.")
+        if float(nll.detach()) < config.early_stop_loss:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            cap = config.clamp_norm_factor * v0_norm
+            if delta.norm() > cap:
+                delta.mul_(cap / delta.norm())
+    d = delta.detach().double().cpu()
+    if not torch.isfinite(d).all():
+        raise FloatingPointError("ROME v*: δ is not finite; nothing was changed")
+    return VStar(delta=d, v0_norm=v0_norm, losses=tuple(losses), p_new=tuple(p_new))
+
+
+# --------------------------------------------------------------------------- the update
+
+
+def rank_one_update(C: Float[Tensor, "d_mlp d_mlp"], k_star: Float[Tensor, "d_mlp"],
+                    delta: Float[Tensor, "d_model"]) -> tuple[Float[Tensor, "d_mlp 1"], Float[Tensor, "1 d_model"]]:
+    """``(u, Λᵀ)`` with ``ΔW = u Λᵀ``, ``u = C⁻¹k*``, ``Λ = δ / (uᵀk*)`` (all float64).
+
+    Then ``k* @ ΔW = δ`` and ``k @ ΔW = 0`` whenever ``uᵀk = 0``. C is solved by Cholesky
+    (it is symmetric positive definite when estimated from more tokens than ``d_mlp``).
+    """
+    C, k, delta = C.double(), k_star.double(), delta.double()
+    if C.shape != (k.shape[0], k.shape[0]):
+        raise ValueError(f"expected C of shape ({k.shape[0]}, {k.shape[0]}), got {tuple(C.shape)}")
+    if not torch.isfinite(C).all():
+        raise ValueError("expected finite key statistics C, got NaN or inf; recompute them (cache=False)")
+    L, info = torch.linalg.cholesky_ex(C)
+    if int(info) != 0:
+        raise ValueError(f"expected a positive definite C, but its Cholesky factorisation failed at column "
+                         f"{int(info)}: estimate it from more tokens (more than d_mlp = {C.shape[0]})")
+    u = torch.cholesky_solve(k[:, None], L)  # [d_mlp, 1]
+    denom = float(u[:, 0] @ k)
+    if not denom > 0 or not math.isfinite(denom):
+        raise ValueError(f"expected k*ᵀC⁻¹k* > 0, got {denom}")
+    return u, (delta / denom)[None]
+
+
+def rome(
+    model: Any,
+    request: EditRequest,
+    *,
+    layer: int | None = None,
+    config: ROMEConfig = ROMEConfig(),
+    C: Float[Tensor, "d_mlp d_mlp"] | None = None,
+    progress: bool = True,
+    verbose: bool = True,
+) -> Any:
+    """Compute a ROME edit of ``request`` (see the module docstring). The model is not changed.
+
+    Args:
+        model: a bridge.
+        request: the fact to rewrite (``prompt``, ``subject``, ``target_new``).
+        layer: the MLP to rewrite. ``None``: the layer `factscope.locate.recommended_layer`
+            picks from this model's causal-tracing profile on the built-in facts (cached on disk).
+        config: `ROMEConfig`.
+        C: key statistics ``E[kkᵀ]`` at ``layer``; default `factscope.edit.covariance` (cached).
+        progress: progress bars. verbose: print the layer used and why.
+
+    Returns:
+        An `Edit` (``edit.apply(model)`` / ``edit.revert(model)`` / ``with edit.applied(model):``);
+        its ``info`` holds the layer and why, the templates, ‖k*‖, ‖δ‖, ‖v₀‖, the loss curve and
+        p(target_new) per step (recompute k* with `compute_k_star`).
+
+    Raises:
+        ValueError: a subject not in the prompt, a layer out of range, bad statistics.
+        FloatingPointError: a non-finite v*. In every case the model is left untouched.
+    """
+    from factscope.edit.handle import Edit
+    from factscope.models import fingerprint
+
+    if not isinstance(request, EditRequest):
+        raise TypeError(f"expected an EditRequest, got {type(request).__name__}")
+    a = arch_of(model)
+    subject_span(model, Fact(request.prompt, request.subject))  # raises if the subject is missing
+    why = "given"
+    if layer is None:
+        from factscope.locate.profile import recommended_layer
+
+        choice = recommended_layer(model, progress=progress)
+        layer, why = choice.layer, choice.reason
+    layer = a.check_layer(layer)
+    if verbose:
+        print(f"ROME: editing the MLP at layer {layer} ({why})")
+    _warn_if_already_answered(model, request)
+    fp = fingerprint(model)
+    templates = context_templates(model, config)
+    k_star = compute_k_star(model, request, layer, templates)
+    v = compute_v_star(model, request, layer, templates, config, progress=progress)
+    if C is None:
+        from factscope.edit.covariance import covariance
+
+        kw = {} if config.n_tokens is None else {"n_tokens": config.n_tokens}
+        C = covariance(model, layer, corpus=config.corpus, progress=progress, **kw)
+    u, lam = rank_one_update(C, k_star, v.delta)
+    if not (torch.isfinite(u).all() and torch.isfinite(lam).all()):
+        raise FloatingPointError("ROME: the update is not finite; nothing was changed")
+    info = dict(layer=layer, layer_reason=why, templates=list(templates), k_star_norm=float(k_star.norm()),
+                delta_norm=float(v.delta.norm()), v0_norm=v.v0_norm, losses=list(v.losses), p_new=list(v.p_new))
+    return Edit(deltas={layer: (u, lam)}, method="rome", requests=(request,), config=dataclasses.asdict(config),
+                fingerprint=fp, info=info)
+
+
+def _warn_if_already_answered(model: Any, request: EditRequest) -> None:
+    from factscope.predict import predict
+
+    p = predict(model, [request.text], [request.target_new], k=1)[0]
+    if p.correct:
+        warnings.warn(f"the model already answers {request.target_new!r} after {request.text!r}; "
+                      f"the edit will only reinforce it", stacklevel=3)

@@ -1,0 +1,176 @@
+"""ROME on tiny random models: the rank-one constraint, the averaged key, v*, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from factscope import EditRequest, Fact, arch_of, encode, subject_span
+from factscope.edit.rome import (ROMEConfig, compute_k_star, compute_v_star, context_templates, rank_one_update,
+                                 rome)
+
+REQ = EditRequest("{} is in downtown", "Space Needle", "Paris")
+FAST = ROMEConfig(context_lengths=((3, 2), (5, 2)), v_steps=5)
+TEXTS = ["The Eiffel Tower is in Paris.", "Michael Jordan played basketball.", "Toyota makes cars in Japan.",
+         "The Space Needle is in downtown Seattle.", "The mother tongue of Danielle Darrieux is French."] * 8
+
+
+def keys_C(model, layer):
+    """E[kkᵀ] over TEXTS, written plainly (float64), with a small ridge so it is well conditioned."""
+    a = arch_of(model)
+    ks = []
+    for t in TEXTS:
+        _, cache = model.run_with_cache(torch.tensor([encode(model, t)]), names_filter=lambda n: n == a.hook("mlp_key", layer))
+        ks.append(cache[a.hook("mlp_key", layer)][0, 1:].double())
+    k = torch.cat(ks)
+    return k.T @ k / len(k) + 1e-3 * torch.eye(k.shape[1], dtype=torch.float64)
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def assert_same(model, snap):
+    for n, p in model.named_parameters():
+        assert torch.equal(p, snap[n]), n
+
+
+def test_rank_one_update_closed_form():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(12, 12, generator=g, dtype=torch.float64)
+    C = A @ A.T + 0.1 * torch.eye(12, dtype=torch.float64)
+    k, d = torch.randn(12, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
+    u, lam = rank_one_update(C, k, d)
+    dW = u @ lam  # [d_mlp, d_model]
+    torch.testing.assert_close(k @ dW, d, atol=1e-12, rtol=0)  # k* maps to v* exactly
+    torch.testing.assert_close(u[:, 0], torch.linalg.inv(C) @ k, atol=1e-10, rtol=0)  # u = C⁻¹k* (checked by inverse)
+    r = torch.randn(12, generator=g, dtype=torch.float64)
+    k_perp = r - (r @ u[:, 0]) / (u[:, 0] @ u[:, 0]) * u[:, 0]  # uᵀk = 0
+    assert (k_perp @ dW).abs().max() < 1e-12
+
+
+def test_rank_one_update_rejects_bad_statistics():
+    k, d = torch.ones(4, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="NaN"):
+        rank_one_update(torch.full((4, 4), float("nan")), k, d)
+    with pytest.raises(ValueError, match="positive definite"):
+        rank_one_update(torch.zeros(4, 4), k, d)
+    with pytest.raises(ValueError, match="shape"):
+        rank_one_update(torch.eye(3), k, d)
+
+
+def test_templates_are_seeded_and_leave_global_rng(tiny):
+    state = torch.get_rng_state()
+    a = context_templates(tiny, ROMEConfig(context_lengths=((3, 3),), seed=1))
+    assert torch.equal(state, torch.get_rng_state())
+    b = context_templates(tiny, ROMEConfig(context_lengths=((3, 3),), seed=2))
+    assert a[0] == "{}" and len(a) == 4 and all(t.endswith(". {}") for t in a[1:])
+    assert a != b
+    import sys
+
+    sys.modules["factscope.edit.rome"]._TEMPLATES.clear()  # (the package's `rome` attribute is the function)  # recomputed from scratch: identical
+    assert context_templates(tiny, ROMEConfig(context_lengths=((3, 3),), seed=1)) == a
+
+
+def test_k_star_is_the_template_average(tiny):
+    templates = context_templates(tiny, FAST)
+    k = compute_k_star(tiny, REQ, 1, templates)
+    a = arch_of(tiny)
+    name = a.hook("mlp_key", 1)
+    ks = []
+    for t in templates:  # one unpadded run per template
+        text = t.format(REQ.prompt)
+        _, cache = tiny.run_with_cache(torch.tensor([encode(tiny, text.format(REQ.subject))]),
+                                       names_filter=lambda n: n == name)
+        ks.append(cache[name][0, subject_span(tiny, Fact(text, REQ.subject))[1] - 1].double())
+    torch.testing.assert_close(k, torch.stack(ks).mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_v_star_lowers_the_loss_and_respects_the_clamp(tiny):
+    templates = context_templates(tiny, FAST)
+    v = compute_v_star(tiny, REQ, 2, templates, ROMEConfig(v_steps=8, early_stop_loss=0.0))
+    assert len(v.losses) == 8 and v.losses[-1] < v.losses[0]
+    assert v.p_new[-1] > v.p_new[0]
+    tight = compute_v_star(tiny, REQ, 2, templates, ROMEConfig(v_steps=4, v_lr=5.0, clamp_norm_factor=0.01))
+    assert float(tight.delta.norm()) <= 0.01 * tight.v0_norm * (1 + 1e-5)
+    once = compute_v_star(tiny, REQ, 2, templates, ROMEConfig(v_steps=5, early_stop_loss=1e9))
+    assert len(once.losses) == 1 and float(once.delta.norm()) == 0.0  # stopped before any step
+
+
+def test_v_star_prefix_reuse_gives_the_same_numbers(tiny):
+    templates = context_templates(tiny, FAST)
+    cfg = ROMEConfig(v_steps=4, early_stop_loss=0.0)
+    fast = compute_v_star(tiny, REQ, 1, templates, cfg)
+    plain = compute_v_star(tiny, REQ, 1, templates, cfg, reuse_prefix=False)
+    torch.testing.assert_close(torch.tensor(fast.losses), torch.tensor(plain.losses), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.delta, plain.delta, atol=1e-5, rtol=1e-4)
+    assert float(fast.delta.norm()) > 0
+
+
+def test_rome_edit_meets_the_constraint_and_reverts(tiny):
+    layer = 1
+    snap = snapshot(tiny)
+    C = keys_C(tiny, layer)
+    e = rome(tiny, REQ, layer=layer, config=FAST, C=C, progress=False, verbose=False)
+    assert_same(tiny, snap)  # computing an edit changes nothing
+    templates = context_templates(tiny, FAST)
+    k_star = compute_k_star(tiny, REQ, layer, templates)
+    a = arch_of(tiny)
+    W0 = a.W_out(tiny, layer).detach().double().clone()
+    delta = torch.tensor(e.info["delta_norm"])
+    with e.applied(tiny):
+        W1 = a.W_out(tiny, layer).detach().double()
+        # k* @ W_new = k* @ W + δ: the output at the averaged key moves by δ (its norm is recorded)
+        moved = k_star @ W1 - k_star @ W0
+        assert float(moved.norm()) == pytest.approx(float(delta), rel=1e-4)
+        # the same averaged k* in v* and in the update: the mean over template prompts of the MLP
+        # output at the subject's last token moves by exactly what k* does (linearity)
+        outs = []
+        name = a.hook("mlp_key", layer)
+        for t in templates:
+            text = t.format(REQ.prompt)
+            _, cache = tiny.run_with_cache(torch.tensor([encode(tiny, text.format(REQ.subject))]),
+                                           names_filter=lambda n: n == name)
+            outs.append(cache[name][0, subject_span(tiny, Fact(text, REQ.subject))[1] - 1].double())
+        k_mean = torch.stack(outs).mean(0)
+        torch.testing.assert_close(k_mean @ W1 - k_mean @ W0, moved, atol=1e-4, rtol=1e-4)
+        # a key with (C⁻¹k*)ᵀk = 0 maps as before
+        u = torch.linalg.solve(C, k_star)
+        r = torch.randn(k_star.shape[0], generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        k_perp = r - (r @ u) / (u @ u) * u
+        assert float((k_perp @ W1 - k_perp @ W0).abs().max()) < 1e-4 * float(moved.abs().max())
+        assert e.rank(layer) == 1 and e.layers == (layer,)
+    assert_same(tiny, snap)
+
+
+def test_rome_bad_input_leaves_model_untouched(tiny):
+    snap = snapshot(tiny)
+    C = keys_C(tiny, 1)
+    with pytest.raises(ValueError, match="layer"):
+        rome(tiny, REQ, layer=99, config=FAST, C=C, progress=False, verbose=False)
+    with pytest.raises(ValueError, match="NaN"):
+        rome(tiny, REQ, layer=1, config=FAST, C=torch.full_like(C, float("nan")), progress=False, verbose=False)
+    with pytest.raises(TypeError, match="EditRequest"):
+        rome(tiny, Fact("{} is in downtown", "Space Needle", "Seattle"), layer=1, C=C)
+    assert_same(tiny, snap)
+    with pytest.raises(ValueError, match="target"):  # empty or whitespace targets never get this far
+        EditRequest("{} is in downtown", "Space Needle", "  ")
+    with pytest.raises(ValueError):  # no place for the subject
+        EditRequest("Where is it", "Space Needle", "Paris")
+    with pytest.raises(ValueError, match="v_steps"):
+        ROMEConfig(v_steps=0)
+
+
+def test_rome_warns_when_the_target_is_already_the_answer(tiny):
+    from factscope.predict import predict
+
+    # a prompt whose top-1 token is a space-led word, so that it can be stated as a target
+    for prompt in ["{} is in downtown", "{} is", "{} is a", "{} plays", "The {}", "{} in", "{} lives in the"]:
+        top = predict(tiny, [prompt.format(REQ.subject)], k=1)[0].answer.strip()
+        if top and "{" not in top and predict(tiny, [prompt.format(REQ.subject)], [top])[0].correct:
+            break
+    else:
+        pytest.skip("no prompt whose top answer is a stateable target")
+    req = EditRequest(prompt, REQ.subject, top)
+    with pytest.warns(UserWarning, match="already answers"):
+        rome(tiny, req, layer=1, config=FAST, C=keys_C(tiny, 1), progress=False, verbose=False)
