@@ -1,6 +1,13 @@
 """factscope.edit: rewrite a fact. ROME, MEMIT, knowledge-neuron edits, FT-L and AlphaEdit.
 
-Planned (issues 4 to 6): `covariance`, `rome`, `memit`, `kn`, `finetune`, `alphaedit`, `Edit`.
+- `rome` / `ROMEConfig`: one fact by a rank-one update of one MLP's output weights.
+- `covariance` / `covariances` / `sample_corpus`: the key statistics C = E[kkᵀ], cached on disk.
+- `Edit` / `compose`: what every editor returns: ``apply`` / ``revert`` / ``applied``, ``save`` / ``load``.
+- Planned (issues 5 and 6): `kn`, `memit`, `finetune`, `alphaedit`, `EditSession`.
 """
 
-__all__: list[str] = []
+from factscope.edit.covariance import DEFAULT_N_TOKENS, covariance, covariances, sample_corpus
+from factscope.edit.handle import Edit, compose
+from factscope.edit.rome import ROMEConfig, rome
+
+__all__ = ["Edit", "compose", "rome", "ROMEConfig", "covariance", "covariances", "sample_corpus", "DEFAULT_N_TOKENS"]

@@ -4,6 +4,8 @@
     factscope facts [--model NAME]       the model's answers on the built-in facts
     factscope trace PROMPT --subject S   causal-tracing heatmaps of one fact
     factscope profile [--facts builtin]  tracing averaged over facts; the recommended edit layer
+    factscope edit --prompt P --subject S --target-new T   a ROME edit, before/after answers
+    factscope stats --layer N [--corpus C]                 precompute key statistics C = E[kkᵀ]
     factscope demo [--out out/]          the main job end to end
 """
 
@@ -182,14 +184,93 @@ def facts(model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_
 DEMO_FACT = "eiffel_tower_located_in_city"
 
 
-def demo_profile_facts():
-    """One built-in fact per relation: the demo's layer-profile set (a profile of all 86 facts takes ~30 min)."""
+def _request(prompt: str, subject: str, target_new: str, target_true: Optional[str]):
+    """An EditRequest; a built-in fact with the same prompt and subject lends its paraphrases and neighbours."""
     from factscope.datasets import builtin_facts
+    from factscope.facts import EditRequest
 
-    seen: dict[str, object] = {}
-    for f in builtin_facts():
-        seen.setdefault(f.relation, f)
-    return list(seen.values())
+    known = next((f for f in builtin_facts() if f.prompt == prompt and f.subject == subject), None)
+    return EditRequest(prompt, subject, target_new,
+                       target_true=target_true or (known.target_true if known else None),
+                       paraphrases=known.paraphrases if known else (), neighbours=known.neighbours if known else (),
+                       relation=known.relation if known else "")
+
+
+def _before_after(m, e, request) -> str:
+    """A table of top-1 answers and p(target_new) before and after ``e``, on the prompt, paraphrases, neighbours."""
+    from factscope.predict import predict
+
+    rows = [("prompt", request.text)] + [("paraphrase", p) for p in request.paraphrases] + \
+        [("neighbour", p) for p in request.neighbours]
+    prompts = [r[1] for r in rows]
+    before = predict(m, prompts, [request.target_new] * len(rows))
+    with e.applied(m):
+        after = predict(m, prompts, [request.target_new] * len(rows))
+    width = min(48, max(len(p) for p in prompts))
+    lines = [f"{'':<10}  {'prompt':<{width}}  {'before':>18}  {'after':>18}  p({request.target_new}) before -> after"]
+    for (kind, p), b, a in zip(rows, before, after):
+        short = p if len(p) <= width else p[: width - 1] + "…"
+        lines.append(f"{kind:<10}  {short:<{width}}  {b.answer.strip()[:18]:>18}  {a.answer.strip()[:18]:>18}  "
+                     f"{b.p_target:.3f} -> {a.p_target:.3f}")
+    return "\n".join(lines)
+
+
+@app.command()
+def edit(
+    prompt: str = typer.Option(..., "--prompt", "-p", help='Template with {} for the subject, e.g. "{} plays the sport of".'),
+    subject: str = typer.Option(..., "--subject", "-s", help="The subject."),
+    target_new: str = typer.Option(..., "--target-new", "-t", help="The new answer."),
+    target_true: Optional[str] = typer.Option(None, "--target-true", help="The current answer (optional)."),
+    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="MLP layer (default: from the tracing profile)."),
+    corpus: str = typer.Option("auto", help="Key statistics corpus: auto, model, a dataset name or a text file."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Write the edit (safetensors + .json)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+) -> None:
+    """Rewrite one fact with ROME; print the answers before and after on the prompt, paraphrases and neighbours."""
+    from factscope.edit import ROMEConfig, rome
+
+    try:
+        request = _request(prompt, subject, target_new, target_true)
+    except ValueError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    m, _ = _load(model)
+    try:
+        e = rome(m, request, layer=layer, config=ROMEConfig(corpus=corpus))
+    except (ValueError, FloatingPointError) as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(_before_after(m, e, request))
+    if save is not None:
+        e.save(save)
+        typer.echo(f"wrote {save} and {save}.json")
+
+
+@app.command()
+def stats(
+    layer: list[int] = typer.Option(..., "--layer", "-l", help="Layer(s); repeat for several (one shared pass)."),
+    corpus: str = typer.Option("auto", help="auto, model, a dataset name or a text file."),
+    n_tokens: Optional[int] = typer.Option(None, "--n-tokens", help="Tokens to average over (default: the library's)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+) -> None:
+    """Precompute and cache the MLP key statistics C = E[kkᵀ] that ROME and MEMIT use."""
+    from factscope.edit import covariances
+
+    m, _ = _load(model)
+    t = time.perf_counter()
+    kw = {} if n_tokens is None else {"n_tokens": n_tokens}
+    try:
+        out = covariances(m, layer, corpus=corpus, progress=True, **kw)
+    except ValueError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    import torch
+
+    for l, C in out.items():
+        ev = torch.linalg.eigvalsh(C.double())
+        typer.echo(f"layer {l}: C {tuple(C.shape)}, trace {float(C.trace()):.4g}, eigenvalues "
+                   f"{float(ev[0]):.3g} .. {float(ev[-1]):.3g}")
+    typer.echo(f"done in {time.perf_counter() - t:.1f} s (cached: later calls load from disk)")
 
 
 @app.command()
@@ -204,7 +285,7 @@ def demo(
     """
     from factscope.datasets import builtin_fact
     from factscope.figures import plot_profile, plot_trace, save_figure
-    from factscope.locate import layer_profile
+    from factscope.locate import one_per_relation, recommended_layer
     from factscope.locate import trace as run_trace
 
     t0 = time.perf_counter()
@@ -222,11 +303,10 @@ def demo(
     save_figure(plot_trace(result), out / "trace.png", ("png", "svg", "pdf"))
     typer.echo(_summary(result))
 
-    chosen = demo_profile_facts()
-    typer.echo(f"\n[3/3] layer profile (MLP) over {len(chosen)} built-in facts, one per relation")
-    prof = layer_profile(m, chosen, kind="mlp", samples=samples, progress=True)
-    save_figure(plot_profile(prof), out / "profile.png", ("png", "svg", "pdf"))
-    typer.echo(f"recommended edit layer (MLP, last subject token): {prof.best_layer('mlp')}")
+    typer.echo(f"\n[3/3] layer profile (MLP) over {len(one_per_relation())} built-in facts, one per relation")
+    choice = recommended_layer(m, samples=samples, progress=True)
+    save_figure(plot_profile(choice.profile), out / "profile.png", ("png", "svg", "pdf"))
+    typer.echo(f"recommended edit layer: {choice.layer} ({choice.reason})")
     typer.echo(f"\nwrote answers.csv, trace.png/svg/pdf and profile.png/svg/pdf to {out}/; "
                f"total {time.perf_counter() - t0:.0f} s")
 

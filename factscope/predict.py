@@ -17,7 +17,7 @@ from torch import Tensor
 
 from factscope.tokens import encode_batch, str_tokens, target_ids, tokenizer_of
 
-__all__ = ["Prediction", "Predictions", "predict", "next_token_logits"]
+__all__ = ["Prediction", "Predictions", "predict", "next_token_logits", "target_logprob"]
 
 
 @dataclass(frozen=True)
@@ -146,3 +146,38 @@ def predict(
             target=target, p_target=p_target, rank=rank,
         ))
     return Predictions(tuple(rows))
+
+
+@torch.no_grad()
+def target_logprob(
+    model: Any, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 32
+) -> Float[Tensor, "batch"]:
+    """Mean per-token log p(target | prompt), teacher-forced over all of ``" " + target``'s tokens.
+
+    CounterFact's comparison (``p(new) > p(true)`` means a higher mean log-probability of the new
+    target's tokens). Cost: one forward per ``batch_size`` rows of prompt + target, with logits kept
+    only for the target positions.
+    """
+    if isinstance(prompts, str) or isinstance(targets, str):
+        raise TypeError("expected sequences of prompts and targets, got a single str; wrap it in a list")
+    if len(prompts) != len(targets):
+        raise ValueError(f"expected one target per prompt, got {len(targets)} targets for {len(prompts)} prompts")
+    from factscope.tokens import encode
+
+    tok = tokenizer_of(model)
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        rows, tgts = [], []
+        for p, t in zip(prompts[i:i + batch_size], targets[i:i + batch_size]):
+            tgts.append(target_ids(tok, t))
+            rows.append(encode(tok, p) + tgts[-1])
+        T, n = max(map(len, rows)), max(map(len, tgts))
+        pad = tok.pad_token_id if tok.pad_token_id is not None else rows[0][0]
+        ids = torch.tensor([[pad] * (T - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows], device=device)
+        lp = model(ids, attention_mask=mask, logits_to_keep=n + 1)[:, :-1].float().log_softmax(-1)  # [row, n, vocab]
+        for r, t in enumerate(tgts):  # row r's target tokens are its last len(t) tokens
+            pos = torch.arange(n - len(t), n, device=device)
+            out.append(float(lp[r, pos, torch.tensor(t, device=device)].mean()))
+    return torch.tensor(out)

@@ -50,3 +50,19 @@ def test_predict_input_errors(tiny):
         predict(tiny, "The Space Needle is in downtown")
     with pytest.raises(ValueError, match="at least one prompt"):
         predict(tiny, [])
+
+
+def test_target_logprob_matches_single_unpadded_runs(tiny):
+    from factscope import encode, target_ids
+    from factscope.predict import target_logprob
+
+    prompts = ["The Space Needle is in downtown", "Michael Jordan played", "The mother tongue of X is"]
+    targets = ["Seattle", "basketball for the Bulls", "French"]
+    got = target_logprob(tiny, prompts, targets)
+    for g, p, t in zip(got, prompts, targets):
+        ids = encode(tiny, p) + target_ids(tiny, t)
+        with torch.no_grad():
+            lp = tiny(torch.tensor([ids]))[0].log_softmax(-1)
+        n = len(target_ids(tiny, t))
+        want = sum(float(lp[len(ids) - n - 1 + j, ids[len(ids) - n + j]]) for j in range(n)) / n
+        assert float(g) == pytest.approx(want, abs=1e-4)
