@@ -1,6 +1,6 @@
 """ROME quality and cost on the built-in facts: each edit applied alone, measured, and reverted.
 
-    python benchmarks/rome.py [--limit N] [--layer L] [--threads 2] [--skip-smollm2] [--csv out/rome.csv]
+    python benchmarks/rome.py [--limit N] [--stride K] [--layer L] [--threads 2] [--skip-smollm2] [--csv out/rome.csv]
 
 For every built-in request (a counterfactual ``target_new`` per fact), with CounterFact's
 comparison of mean per-token log-probabilities over all target tokens:
@@ -22,7 +22,7 @@ import time
 import torch
 
 
-def run(name: str, limit: int | None, layer: int | None, csv: str | None) -> dict[str, float]:
+def run(name: str, limit: int | None, stride: int, layer: int | None, csv: str | None) -> dict[str, float]:
     from factscope import builtin_facts, load_model
     from factscope.edit import covariance, rome
     from factscope.locate import recommended_layer
@@ -36,7 +36,7 @@ def run(name: str, limit: int | None, layer: int | None, csv: str | None) -> dic
     t = time.perf_counter()
     covariance(model, layer)  # cached after the first call
     print(f"{name}: key statistics at layer {layer} ready in {time.perf_counter() - t:.1f} s")
-    reqs = builtin_facts()[:limit]
+    reqs = builtin_facts()[::stride][:limit]
     rows, times = [], []
     for i, r in enumerate(reqs):
         t = time.perf_counter()
@@ -74,15 +74,16 @@ def run(name: str, limit: int | None, layer: int | None, csv: str | None) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=None, help="only the first N built-in facts")
+    ap.add_argument("--stride", type=int, default=1, help="every k-th built-in fact (spreads a short run over relations)")
     ap.add_argument("--layer", type=int, default=None, help="edit layer (default: the tracing profile's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-smollm2", action="store_true")
     ap.add_argument("--csv", default=None, help="per-edit rows for the default model")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    run("gemma-3-270m", args.limit, args.layer, args.csv)
+    run("gemma-3-270m", args.limit, args.stride, args.layer, args.csv)
     if not args.skip_smollm2:
-        run("smollm2-135m", args.limit, None if args.layer is None else args.layer, None)
+        run("smollm2-135m", args.limit, args.stride, None, None)
 
 
 if __name__ == "__main__":

@@ -223,6 +223,7 @@ def edit(
     target_true: Optional[str] = typer.Option(None, "--target-true", help="The current answer (optional)."),
     layer: Optional[int] = typer.Option(None, "--layer", "-l", help="MLP layer (default: from the tracing profile)."),
     corpus: str = typer.Option("auto", help="Key statistics corpus: auto, model, a dataset name or a text file."),
+    n_tokens: Optional[int] = typer.Option(None, "--n-tokens", help="Tokens for the key statistics (default: the library's)."),
     save: Optional[Path] = typer.Option(None, "--save", help="Write the edit (safetensors + .json)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
 ) -> None:
@@ -236,7 +237,7 @@ def edit(
         raise typer.Exit(2) from None
     m, _ = _load(model)
     try:
-        e = rome(m, request, layer=layer, config=ROMEConfig(corpus=corpus))
+        e = rome(m, request, layer=layer, config=ROMEConfig(corpus=corpus, n_tokens=n_tokens))
     except (ValueError, FloatingPointError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from None
@@ -279,18 +280,21 @@ def demo(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     samples: int = typer.Option(10, help="Corrupted runs per tracing cell."),
 ) -> None:
-    """Run the main job on the bundled model: answers, a causal trace, and a layer profile.
+    """Run the main job on the bundled model: answers, a causal trace, a layer profile and a ROME edit.
 
-    Writes ``answers.csv``, ``trace.{png,svg,pdf}`` (three panels) and ``profile.{png,svg,pdf}``.
+    Writes ``answers.csv``, ``trace.{png,svg,pdf}`` (three panels), ``profile.{png,svg,pdf}``,
+    ``rome_before_after.txt`` and ``rome_edit.safetensors`` (+ ``.json``). The first run also
+    computes the key statistics (a few minutes, then cached).
     """
     from factscope.datasets import builtin_fact
     from factscope.figures import plot_profile, plot_trace, save_figure
+    from factscope.edit import rome
     from factscope.locate import one_per_relation, recommended_layer
     from factscope.locate import trace as run_trace
 
     t0 = time.perf_counter()
     m, secs = _load(model)
-    typer.echo(f"loaded the model in {secs:.1f} s\n\n[1/3] the model's answers on the built-in facts")
+    typer.echo(f"loaded the model in {secs:.1f} s\n\n[1/4] the model's answers on the built-in facts")
     facts, preds, table = _answers(m)
     typer.echo(table)
     out.mkdir(parents=True, exist_ok=True)
@@ -298,17 +302,24 @@ def demo(
     typer.echo(f"\n{preds.accuracy:.1%} of {len(facts)} built-in facts answered correctly (top-1 first token).")
 
     fact = builtin_fact(DEMO_FACT)
-    typer.echo(f"\n[2/3] causal trace of {fact.text!r}")
+    typer.echo(f"\n[2/4] causal trace of {fact.text!r}")
     result = run_trace(m, fact, kind="all", samples=samples, progress=True)
     save_figure(plot_trace(result), out / "trace.png", ("png", "svg", "pdf"))
     typer.echo(_summary(result))
 
-    typer.echo(f"\n[3/3] layer profile (MLP) over {len(one_per_relation())} built-in facts, one per relation")
+    typer.echo(f"\n[3/4] layer profile (MLP) over {len(one_per_relation())} built-in facts, one per relation")
     choice = recommended_layer(m, samples=samples, progress=True)
     save_figure(plot_profile(choice.profile), out / "profile.png", ("png", "svg", "pdf"))
     typer.echo(f"recommended edit layer: {choice.layer} ({choice.reason})")
-    typer.echo(f"\nwrote answers.csv, trace.png/svg/pdf and profile.png/svg/pdf to {out}/; "
-               f"total {time.perf_counter() - t0:.0f} s")
+
+    typer.echo(f"\n[4/4] ROME: {fact.subject!r}: {fact.target_true} -> {fact.target_new} at layer {choice.layer}")
+    e = rome(m, fact, layer=choice.layer)
+    table = _before_after(m, e, fact)
+    typer.echo(table)
+    (out / "rome_before_after.txt").write_text(table + "\n")
+    e.save(out / "rome_edit.safetensors")
+    typer.echo(f"\nwrote answers.csv, trace.png/svg/pdf, profile.png/svg/pdf, rome_before_after.txt and "
+               f"rome_edit.safetensors to {out}/; total {time.perf_counter() - t0:.0f} s")
 
 
 def main() -> None:  # pragma: no cover

@@ -57,3 +57,27 @@ def test_trace_command_bad_input(tiny_folder, tmp_path):
     r = runner.invoke(app, ["trace", "The Space Needle is in downtown", "--subject", "Space Needle", "--window", "99",
                             "--out", str(tmp_path / "x.png"), "--model", folder])
     assert r.exit_code == 2 and "window of 1 to" in r.output
+
+
+def test_stats_and_edit_commands(tiny_folder, tmp_path, monkeypatch):
+    from factscope.edit import Edit
+
+    folder = str(tiny_folder("gemma3"))
+    monkeypatch.setenv("FACTSCOPE_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = runner.invoke(app, ["stats", "--layer", "1", "--layer", "2", "--corpus", "model", "--n-tokens", "1024",
+                            "--model", folder])
+    assert r.exit_code == 0, r.output
+    assert "layer 1: C (" in r.output and "layer 2: C (" in r.output
+    assert list((tmp_path / "c" / "stats").glob("*.safetensors"))
+    out = tmp_path / "edit.safetensors"
+    r = runner.invoke(app, ["edit", "--prompt", "{} plays the sport of", "--subject", "Michael Jordan",
+                            "--target-new", "soccer", "--layer", "1", "--corpus", "model", "--n-tokens", "1024",
+                            "--save", str(out), "--model", folder])
+    assert r.exit_code == 0, r.output
+    assert "editing the MLP at layer 1" in r.output and "p(soccer) before -> after" in r.output
+    e = Edit.load(out, model=load_model(folder))
+    assert e.layers == (1,) and e.requests[0].target_new == "soccer"
+    r = runner.invoke(app, ["edit", "--prompt", "{} plays", "--subject", "X", "--target-new", "y", "--layer", "99",
+                            "--model", folder])
+    assert r.exit_code == 2 and "layer" in r.output

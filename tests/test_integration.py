@@ -187,7 +187,21 @@ def test_demo_command_writes_answers_and_figures(gemma, tmp_path):
     for name in ("trace", "profile"):
         for ext in ("png", "svg", "pdf"):
             assert (tmp_path / f"{name}.{ext}").stat().st_size > 1000
-    assert "recommended edit layer (MLP, last subject token):" in r.output
+    assert "recommended edit layer:" in r.output
+    # the ROME step: the saved edit, applied, makes the model prefer the new answer; reverting restores it
+    from factscope import builtin_fact
+    from factscope.edit import Edit
+    from factscope.predict import target_logprob
+
+    fact = builtin_fact("eiffel_tower_located_in_city")
+    assert (tmp_path / "rome_before_after.txt").read_text().count("\n") == 1 + 1 + len(fact.paraphrases) + len(fact.neighbours)
+    e = Edit.load(tmp_path / "rome_edit.safetensors", model=gemma)
+    before = target_logprob(gemma, [fact.text] * 2, [fact.target_new, fact.target_true])
+    with e.applied(gemma):
+        after = target_logprob(gemma, [fact.text] * 2, [fact.target_new, fact.target_true])
+    assert before[0] < before[1] and after[0] > after[1]
+    torch.testing.assert_close(target_logprob(gemma, [fact.text] * 2, [fact.target_new, fact.target_true]), before,
+                               atol=0, rtol=0)
 
 
 def test_trace_on_real_models(gemma, smollm2):
@@ -205,3 +219,29 @@ def test_trace_on_real_models(gemma, smollm2):
         assert r.clean > r.corrupted  # the corruption destroys the fact
     r = trace(gemma, builtin_fact("eiffel_tower_located_in_city"), kind="mlp", corruption="str", samples=3)
     assert len(r.settings["partners"]) == 3 and r.clean > r.corrupted
+
+
+@pytest.mark.parametrize("name", ["gemma", "smollm2"])
+def test_rome_on_real_models(name, request):
+    """One ROME edit per real model: the rank-one constraint, efficacy, and a bit-exact revert."""
+    from factscope import arch_of, builtin_facts
+    from factscope.edit import rome
+    from factscope.edit.rome import compute_k_star, context_templates, ROMEConfig
+    from factscope.locate import recommended_layer
+    from factscope.predict import target_logprob
+
+    model = request.getfixturevalue(name)
+    req = next(f for f in builtin_facts() if f.subject == "Michael Jordan")
+    layer = recommended_layer(model, samples=2, progress=False).layer  # the demo test's profile when cached
+    snap = {n: p.detach().clone() for n, p in model.named_parameters()}
+    e = rome(model, req, layer=layer, progress=False)
+    a = arch_of(model)
+    k = compute_k_star(model, req, layer, context_templates(model, ROMEConfig()))
+    W0 = a.W_out(model, layer).detach().double().clone()
+    with e.applied(model):
+        moved = k @ a.W_out(model, layer).detach().double() - k @ W0  # = δ: k* maps to v*
+        assert float(moved.norm()) == pytest.approx(e.info["delta_norm"], rel=1e-3)
+        new, true = target_logprob(model, [req.text] * 2, [req.target_new, req.target_true])
+        assert new > true, (name, float(new), float(true))
+    for n, p in model.named_parameters():
+        assert torch.equal(p, snap[n]), n
