@@ -172,10 +172,16 @@ def _hub_online() -> bool:
     return not _offline() and models._hub_reachable()
 
 
+_ANNOUNCED: set[str] = set()  # notices already printed in this process
+
+
 def _notice(msg: str) -> None:
+    """Print ``msg`` to stderr once per process (an editor asks for C on every edit)."""
     from factscope.models import _notice as notice
 
-    notice(msg)
+    if msg not in _ANNOUNCED:
+        _ANNOUNCED.add(msg)
+        notice(msg)
 
 
 # --------------------------------------------------------------------------- checked cache files

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from factscope.arch import arch_of
 from factscope.facts import EditRequest, Fact
-from factscope.tokens import _bos, encode, subject_span, target_ids, tokenizer_of
+from factscope.tokens import _bos, encode, pad_left, subject_span, target_ids, tokenizer_of
 
 __all__ = ["ROMEConfig", "rome", "context_templates", "compute_k_star", "compute_v_star", "rank_one_update"]
 
@@ -151,7 +151,6 @@ def _batch(model: Any, request: EditRequest, templates: tuple[str, ...], essence
     how many final positions hold the target's predictions.
     """
     tgt = target_ids(model, request.target_new)
-    tok = tokenizer_of(model)
     texts = [t.format(request.prompt) for t in templates]
     rows, last = [], []
     for text in texts:
@@ -161,10 +160,8 @@ def _batch(model: Any, request: EditRequest, templates: tuple[str, ...], essence
     _, s1 = subject_span(model, Fact(essence, request.subject))
     rows.append(encode(model, essence.format(request.subject)))
     last.append(s1 - 1)
-    T = max(map(len, rows))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else rows[0][0]
-    ids = torch.tensor([[pad] * (T - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows])
+    ids, mask = pad_left(model, rows)
+    T = ids.shape[1]
     lookup = torch.tensor([T - len(r) + i for r, i in zip(rows, last)])
     return ids, mask, lookup, torch.tensor(tgt), len(tgt)
 

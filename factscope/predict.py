@@ -162,7 +162,7 @@ def target_logprob(
         raise TypeError("expected sequences of prompts and targets, got a single str; wrap it in a list")
     if len(prompts) != len(targets):
         raise ValueError(f"expected one target per prompt, got {len(targets)} targets for {len(prompts)} prompts")
-    from factscope.tokens import encode
+    from factscope.tokens import encode, pad_left
 
     tok = tokenizer_of(model)
     device = next(model.parameters()).device
@@ -172,11 +172,9 @@ def target_logprob(
         for p, t in zip(prompts[i:i + batch_size], targets[i:i + batch_size]):
             tgts.append(target_ids(tok, t))
             rows.append(encode(tok, p) + tgts[-1])
-        T, n = max(map(len, rows)), max(map(len, tgts))
-        pad = tok.pad_token_id if tok.pad_token_id is not None else rows[0][0]
-        ids = torch.tensor([[pad] * (T - len(r)) + r for r in rows], device=device)
-        mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows], device=device)
-        lp = model(ids, attention_mask=mask, logits_to_keep=n + 1)[:, :-1].float().log_softmax(-1)  # [row, n, vocab]
+        n = max(map(len, tgts))
+        ids, mask = pad_left(tok, rows)
+        lp = model(ids.to(device), attention_mask=mask.to(device), logits_to_keep=n + 1)[:, :-1].float().log_softmax(-1)  # [row, n, vocab]
         for r, t in enumerate(tgts):  # row r's target tokens are its last len(t) tokens
             pos = torch.arange(n - len(t), n, device=device)
             out.append(float(lp[r, pos, torch.tensor(t, device=device)].mean()))

@@ -77,14 +77,20 @@ def encode_batch(
     if isinstance(texts, str):
         raise TypeError("expected a sequence of prompts, got a single str; wrap it in a list")
     tok = tokenizer_of(model_or_tokenizer)
-    rows = [encode(tok, t) for t in texts]
+    return pad_left(tok, [encode(tok, t) for t in texts])
+
+
+def pad_left(
+    model_or_tokenizer: Any, rows: Sequence[Sequence[int]]
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Left-pad token-id rows into ``(input_ids, attention_mask)``: every row ends in the last column."""
     if not rows:
         raise ValueError("expected at least one prompt, got an empty sequence")
     width = max(map(len, rows))
-    ids = torch.full((len(rows), width), _pad_id(tok), dtype=torch.long)
+    ids = torch.full((len(rows), width), _pad_id(tokenizer_of(model_or_tokenizer)), dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
         mask[i, width - len(r):] = 1
     return ids, mask
 

@@ -200,10 +200,13 @@ def test_auto_offline_falls_back_to_model(gpt2, monkeypatch, capsys):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(factscope.models, "_hub_reachable", lambda *a, **k: pytest.fail("must not probe offline"))
+    monkeypatch.setattr(sys.modules["factscope.edit.covariance"], "_ANNOUNCED", set())
     kw = dict(n_tokens=200, seq_len=32, sample_batch_size=8, progress=False)
     auto = covariance(gpt2, 1, corpus="auto", **kw)
     err = capsys.readouterr().err
     assert "corpus='auto'" in err and "corpus='model'" in err and len(err.strip().splitlines()) == 1
+    covariance(gpt2, 1, corpus="auto", **kw)  # cached now; the notice is not repeated
+    assert capsys.readouterr().err == ""
     model = covariance(gpt2, 1, corpus="model", cache=False, **kw)
     assert torch.equal(auto, model)
 
