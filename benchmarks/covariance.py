@@ -1,6 +1,7 @@
 """Key-statistics benchmark: sampling from the model, the statistics forward, time to DEFAULT_N_TOKENS.
 
     python benchmarks/covariance.py [--tokens 2048] [--seq-len 16] [--layer 9] [--threads 1]
+    python benchmarks/covariance.py --specificity [--chunks 1,2,4,6] [--stride 4] [--layer L]
 
 On the default model (Gemma 3 270M) it times, in a fresh temporary stats cache:
 1. `sample_corpus`: `--tokens` tokens sampled from BOS (tokens/s);
@@ -14,6 +15,16 @@ cost: the 262k-vocabulary unembedding's weights are read once per step). The def
 130 rows of 128 tokens; `--tokens 2048 --seq-len 16` decodes 137 rows for 15 steps, which gives a
 representative rate in ~30 s. Small `--tokens` with the default `--seq-len` decodes few rows and
 underestimates the rate.
+
+``--specificity`` asks how much the number of tokens behind C matters for ROME. For every k-th
+built-in request it computes k* and δ once (neither depends on C), then, for C estimated from
+``c × DEFAULT_N_TOKENS`` model-sampled tokens (c in ``--chunks``: the mean of the per-seed
+statistics for seeds ``0 … c-1``, an exact pooled second moment since every chunk counts the same
+number of tokens), applies the rank-one update and prints efficacy, paraphrase, neighbourhood and the
+mean neighbour response ``max_pos |kᵀC⁻¹k*| / k*ᵀC⁻¹k*`` (how strongly the update reaches the
+neighbour prompts' keys). Chunks go to the user's stats cache, so reruns and ROME reuse them. Each
+new chunk costs one DEFAULT_N_TOKENS sampling run (minutes on Gemma; 1M tokens would be ~61 chunks,
+hours on 2 CPU cores, so the default stops at ~100k).
 """
 
 from __future__ import annotations
@@ -87,8 +98,78 @@ def main() -> None:
         print(f"  + C at all {a.n_layers} layers instead of one: {(t_all - t_stat) * n / args.tokens / 60:+.1f} min")
 
 
-# specificity vs n_tokens: added once factscope.edit.rome exists
+def specificity(chunks: list[int], stride: int, layer: int | None) -> None:
+    """Edit specificity against the number of tokens behind C (module docstring)."""
+    import statistics
+
+    from factscope import builtin_facts, fingerprint, load_model
+    from factscope.arch import arch_of
+    from factscope.edit.covariance import DEFAULT_N_TOKENS, covariance
+    from factscope.edit.handle import Edit
+    from factscope.edit.rome import ROMEConfig, compute_k_star, compute_v_star, context_templates, rank_one_update
+    from factscope.locate import recommended_layer
+    from factscope.probes.evaluate import rewrite_scores
+    from factscope.tokens import encode, pad_left
+
+    model = load_model()
+    a = arch_of(model)
+    layer = recommended_layer(model, progress=False).layer if layer is None else a.check_layer(layer)
+    cfg = ROMEConfig()
+    templates = context_templates(model, cfg)
+    reqs = builtin_facts()[::stride]
+    print(f"\nSpecificity vs tokens behind C: Gemma 3 270M, layer {layer}, {len(reqs)} requests "
+          f"(every {stride}th built-in), k* and δ computed once per request")
+    kd = []
+    t = time.perf_counter()
+    for r in reqs:
+        kd.append((compute_k_star(model, r, layer, templates), compute_v_star(model, r, layer, templates, cfg).delta))
+    print(f"  k*, δ for {len(reqs)} requests: {time.perf_counter() - t:.0f} s")
+
+    @torch.no_grad()
+    def neighbour_keys(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:  # [row, pos, d_mlp], [row, pos]
+        ids, mask = pad_left(model, [encode(model, p) for p in prompts])
+        got: list[torch.Tensor] = []
+        model.run_with_hooks(ids, attention_mask=mask, stop_at_layer=layer + 1,
+                             fwd_hooks=[(a.hook("mlp_key", layer), lambda act, hook: got.append(act.detach()))])
+        return got[0].double(), mask
+
+    keys = [neighbour_keys(list(r.neighbours)) for r in reqs]
+    print(f"  {'tokens':>9} {'efficacy':>9} {'paraphrase':>11} {'neighbourhood':>14} {'nb response':>12} {'C time':>8}")
+    sums = None
+    for c in range(1, max(chunks) + 1):
+        t = time.perf_counter()
+        C_s = covariance(model, layer, corpus="model", seed=c - 1, progress=False)
+        sums = C_s if sums is None else sums + C_s
+        t_c = time.perf_counter() - t
+        if c not in chunks:
+            continue
+        C = sums / c
+        rows = []
+        for r, (k, d), (K, mask) in zip(reqs, kd, keys):
+            u, lam = rank_one_update(C, k, d)
+            e = Edit(deltas={layer: (u, lam)}, method="rome", requests=(r,), config={},
+                     fingerprint=fingerprint(model), info={})
+            resp = ((K @ u[:, 0]) / float(u[:, 0] @ k)).masked_fill(mask == 0, 0)[:, 1:]  # BOS excluded
+            with e.applied(model):
+                s = rewrite_scores(model, r)
+            rows.append((s.efficacy, s.paraphrase, s.neighbourhood, float(resp.abs().amax(1).mean())))
+        m = [statistics.mean(x) for x in zip(*rows)]
+        print(f"  {c * DEFAULT_N_TOKENS:>9} {m[0]:>9.3f} {m[1]:>11.3f} {m[2]:>14.3f} {m[3]:>12.3f} {t_c:>7.0f}s",
+              flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--specificity" in sys.argv:
+        ap = argparse.ArgumentParser(description="edit specificity vs the tokens behind C")
+        ap.add_argument("--specificity", action="store_true")
+        ap.add_argument("--chunks", default="1,2,4,6", help="C from c x DEFAULT_N_TOKENS tokens, for each c")
+        ap.add_argument("--stride", type=int, default=4, help="every k-th built-in request")
+        ap.add_argument("--layer", type=int, default=None)
+        ap.add_argument("--threads", type=int, default=2)
+        args = ap.parse_args()
+        torch.set_num_threads(args.threads)
+        specificity(sorted({int(c) for c in args.chunks.split(",")}), args.stride, args.layer)
+    else:
+        main()
