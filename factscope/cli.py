@@ -6,6 +6,7 @@
     factscope profile [--facts builtin]  tracing averaged over facts; the recommended edit layer
     factscope edit --prompt P --subject S --target-new T   a ROME edit, before/after answers
     factscope stats --layer N [--corpus C]                 precompute key statistics C = E[kkᵀ]
+    factscope neurons PROMPT --subject S [--html H]        knowledge neurons of one fact, a figure
     factscope demo [--out out/]          the main job end to end
 """
 
@@ -274,27 +275,132 @@ def stats(
     typer.echo(f"done in {time.perf_counter() - t:.1f} s (cached: later calls load from disk)")
 
 
+# Context prefixes that pad a fact without enough paraphrases up to the 3 prompts refinement needs.
+CONTEXTS = ("Here is a fact.", "From an encyclopedia:", "Quiz question, answered correctly:")
+
+
+def _neuron_prompts(prompt: str, subject: str, paraphrases: list[str]) -> tuple[list[str], Optional[str], int]:
+    """The prompts to refine over: the prompt, a matching built-in fact's paraphrases, the given ones,
+    then context-prefixed copies of the prompt up to 3. Also the built-in target (if any) and how
+    many copies were added."""
+    from factscope.datasets import builtin_facts
+
+    known = next((f for f in builtin_facts() if f.text == prompt and f.subject == subject), None)
+    prompts = list(dict.fromkeys([prompt, *(known.paraphrases if known else ()), *paraphrases]))
+    added = 0
+    for ctx in CONTEXTS:
+        if len(prompts) >= 3:
+            break
+        prompts.append(f"{ctx} {prompt}")
+        added += 1
+    return prompts, known.target_true if known else None, added
+
+
+def _neuron_summary(result, before: float, after: float) -> str:
+    s = result.settings
+    lines = [f"{result.prompts[0]!r} -> {result.answer.strip()!r}: {len(result.neurons)} knowledge neuron(s) over "
+             f"{len(result.prompts)} prompts ({s['refine_note']})"]
+    df = result.to_dataframe()
+    for _, r in df.iterrows():
+        lines.append(f"  layer {int(r.layer):>2}  neuron {int(r.neuron):>5}  score {r.score:.4f}  "
+                     f"found in {r.found_in:.0%} of the prompts")
+    if result.neurons:
+        lines.append(f"suppressing them at the answer position: p({result.answer.strip()}) {before:.3f} -> {after:.3f} "
+                     f"(mean over the prompts)")
+    return "\n".join(lines)
+
+
+def _suppression(m, result) -> tuple[float, float]:
+    from factscope.locate import suppress
+    from factscope.predict import next_token_logits
+
+    def p() -> float:
+        return float(next_token_logits(m, list(result.prompts)).softmax(-1)[:, result.answer_id].mean())
+
+    before = p()
+    if not result.neurons:
+        return before, before
+    with suppress(m, result):
+        return before, p()
+
+
+@app.command()
+def neurons(
+    prompt: str = typer.Argument(..., help='The full prompt, e.g. "The Space Needle is in downtown".'),
+    subject: str = typer.Option(..., "--subject", "-s", help="The subject as it appears in the prompt."),
+    target: Optional[str] = typer.Option(None, "--target", "-t",
+                                         help="Answer to attribute (default: a built-in fact's, else the model's top-1)."),
+    paraphrase: list[str] = typer.Option([], "--paraphrase", "-p", help="A paraphrase of the prompt (repeatable)."),
+    steps: int = typer.Option(20, help="Integrated-gradient points per layer."),
+    threshold: float = typer.Option(0.2, help="Coarse threshold, a fraction of each prompt's maximum attribution."),
+    refine: float = typer.Option(0.7, help="Starting fraction of prompts a neuron must be found in."),
+    out: Path = typer.Option(Path("neurons.png"), "--out", "-o", help="Figure path (.png/.svg/.pdf)."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write a circuitsvis view (offline HTML)."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Write the result (safetensors + .json)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+) -> None:
+    """Knowledge neurons of one fact (integrated gradients, refined over paraphrases): a figure and a table.
+
+    Prompts: the prompt, the paraphrases of a built-in fact with the same prompt, each --paraphrase,
+    and, when that makes fewer than 3, the prompt after a neutral context prefix.
+    """
+    from factscope.facts import Fact
+    from factscope.figures import neurons_html, plot_neurons, save_figure
+    from factscope.locate import neurons as find_neurons
+
+    if subject not in prompt:
+        typer.secho(f"error: the subject {subject!r} does not occur in the prompt {prompt!r}", fg="red", err=True)
+        raise typer.Exit(2)
+    prompts, known_target, added = _neuron_prompts(prompt, subject, paraphrase)
+    try:
+        fact = Fact(prompt.replace(subject, "{}", 1), subject, target if target is not None else known_target)
+    except ValueError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    if added:
+        typer.echo(f"note: {added} prompt(s) added with a context prefix to reach 3; pass --paraphrase for real "
+                   f"paraphrases")
+    m, _ = _load(model)
+    try:
+        result = find_neurons(m, fact, prompts=prompts, steps=steps, threshold=threshold, refine=refine)
+    except ValueError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    paths = save_figure(plot_neurons(result), out)
+    typer.echo(_neuron_summary(result, *_suppression(m, result)))
+    if html is not None and result.neurons:
+        neurons_html(result, html)
+        paths.append(html)
+    if save is not None:
+        result.save(save)
+        paths += [save, Path(f"{save}.json")]
+    typer.echo(f"wrote {', '.join(map(str, paths))}")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Folder for the outputs."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     samples: int = typer.Option(10, help="Corrupted runs per tracing cell."),
 ) -> None:
-    """Run the main job on the bundled model: answers, a causal trace, a layer profile and a ROME edit.
+    """Run the main job on the bundled model: answers, a causal trace, a layer profile, a ROME edit and
+    the fact's knowledge neurons.
 
     Writes ``answers.csv``, ``trace.{png,svg,pdf}`` (three panels), ``profile.{png,svg,pdf}``,
-    ``rome_before_after.txt`` and ``rome_edit.safetensors`` (+ ``.json``). The first run also
-    computes the key statistics (a few minutes, then cached).
+    ``rome_before_after.txt``, ``rome_edit.safetensors`` (+ ``.json``), ``neurons.png`` and
+    ``neurons.html`` (the fact's prompt and two paraphrases). The first run also computes the key
+    statistics (a few minutes, then cached).
     """
     from factscope.datasets import builtin_fact
-    from factscope.figures import plot_profile, plot_trace, save_figure
+    from factscope.figures import neurons_html, plot_neurons, plot_profile, plot_trace, save_figure
     from factscope.edit import rome
+    from factscope.locate import neurons as find_neurons
     from factscope.locate import one_per_relation, recommended_layer
     from factscope.locate import trace as run_trace
 
     t0 = time.perf_counter()
     m, secs = _load(model)
-    typer.echo(f"loaded the model in {secs:.1f} s\n\n[1/4] the model's answers on the built-in facts")
+    typer.echo(f"loaded the model in {secs:.1f} s\n\n[1/5] the model's answers on the built-in facts")
     facts, preds, table = _answers(m)
     typer.echo(table)
     out.mkdir(parents=True, exist_ok=True)
@@ -302,24 +408,32 @@ def demo(
     typer.echo(f"\n{preds.accuracy:.1%} of {len(facts)} built-in facts answered correctly (top-1 first token).")
 
     fact = builtin_fact(DEMO_FACT)
-    typer.echo(f"\n[2/4] causal trace of {fact.text!r}")
+    typer.echo(f"\n[2/5] causal trace of {fact.text!r}")
     result = run_trace(m, fact, kind="all", samples=samples, progress=True)
     save_figure(plot_trace(result), out / "trace.png", ("png", "svg", "pdf"))
     typer.echo(_summary(result))
 
-    typer.echo(f"\n[3/4] layer profile (MLP) over {len(one_per_relation())} built-in facts, one per relation")
+    typer.echo(f"\n[3/5] layer profile (MLP) over {len(one_per_relation())} built-in facts, one per relation")
     choice = recommended_layer(m, samples=samples, progress=True)
     save_figure(plot_profile(choice.profile), out / "profile.png", ("png", "svg", "pdf"))
     typer.echo(f"recommended edit layer: {choice.layer} ({choice.reason})")
 
-    typer.echo(f"\n[4/4] ROME: {fact.subject!r}: {fact.target_true} -> {fact.target_new} at layer {choice.layer}")
+    typer.echo(f"\n[4/5] ROME: {fact.subject!r}: {fact.target_true} -> {fact.target_new} at layer {choice.layer}")
     e = rome(m, fact, layer=choice.layer)
     table = _before_after(m, e, fact)
     typer.echo(table)
     (out / "rome_before_after.txt").write_text(table + "\n")
     e.save(out / "rome_edit.safetensors")
-    typer.echo(f"\nwrote answers.csv, trace.png/svg/pdf, profile.png/svg/pdf, rome_before_after.txt and "
-               f"rome_edit.safetensors to {out}/; total {time.perf_counter() - t0:.0f} s")
+
+    prompts = [fact.text, *fact.paraphrases[:2]]
+    typer.echo(f"\n[5/5] knowledge neurons of {fact.text!r} over {len(prompts)} prompts (integrated gradients)")
+    found = find_neurons(m, fact, prompts=prompts)
+    save_figure(plot_neurons(found), out / "neurons.png")
+    if found.neurons:
+        neurons_html(found, out / "neurons.html")
+    typer.echo(_neuron_summary(found, *_suppression(m, found)))
+    typer.echo(f"\nwrote answers.csv, trace.png/svg/pdf, profile.png/svg/pdf, rome_before_after.txt, "
+               f"rome_edit.safetensors, neurons.png and neurons.html to {out}/; total {time.perf_counter() - t0:.0f} s")
 
 
 def main() -> None:  # pragma: no cover

@@ -3,10 +3,13 @@
 - `plot_trace`: ROME-style heatmaps of a `TraceResult` (one panel per kind).
 - `plot_profile`: layer profiles per token bucket with 95% CI bands.
 - `save_figure`: PNG/SVG/PDF output.
-- Planned (issues 5 and 7): `plot_neurons`, `neurons_html`, spillover plots.
+- `plot_neurons`: knowledge-neuron attribution by layer, selected neurons marked.
+- `neurons_html`: a circuitsvis view of the neurons' activations, written as an offline HTML file.
+- Planned (issue 7): spillover plots.
 """
 
+from factscope.figures.neurons import neurons_html, plot_neurons
 from factscope.figures.profile import plot_profile
 from factscope.figures.tracing import CMAPS, plot_trace, save_figure
 
-__all__ = ["plot_trace", "plot_profile", "save_figure", "CMAPS"]
+__all__ = ["plot_trace", "plot_profile", "plot_neurons", "neurons_html", "save_figure", "CMAPS"]

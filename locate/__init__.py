@@ -3,13 +3,19 @@
 - `trace`: causal tracing of one fact (hidden / MLP / attention restoration grids).
 - `layer_profile`: tracing averaged over facts in ROME's six token buckets; `.best_layer()`.
 - `recommended_layer`: the edit layer from a profile, cached on disk per model.
-- Planned (issue 5): `neurons`, `suppress`, `enhance`.
+- `neurons`: knowledge neurons of a fact (integrated gradients, coarse threshold, refinement over
+  paraphrases); `NeuronResult`; `neuron_attribution` for one prompt.
+- `suppress` / `enhance`: context managers that zero or scale chosen neurons' activations.
 """
 
+from factscope.locate.neurons import (NeuronResult, coarse_neurons, enhance, neuron_attribution, neuron_list,
+                                      neurons, refine_neurons, suppress)
 from factscope.locate.profile import (BUCKETS, LayerChoice, ProfileResult, layer_profile, one_per_relation,
                                       recommended_layer, token_buckets)
 from factscope.locate.tracing import KINDS, TraceResult, embedding_sigma, trace
 
 __all__ = ["trace", "TraceResult", "embedding_sigma", "KINDS",
            "layer_profile", "ProfileResult", "token_buckets", "BUCKETS",
-           "recommended_layer", "LayerChoice", "one_per_relation"]
+           "recommended_layer", "LayerChoice", "one_per_relation",
+           "neurons", "NeuronResult", "neuron_attribution", "coarse_neurons", "refine_neurons", "neuron_list",
+           "suppress", "enhance"]

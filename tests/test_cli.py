@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from factscope import arch_of, load_model
@@ -81,3 +82,37 @@ def test_stats_and_edit_commands(tiny_folder, tmp_path, monkeypatch):
     r = runner.invoke(app, ["edit", "--prompt", "{} plays", "--subject", "X", "--target-new", "y", "--layer", "99",
                             "--model", folder])
     assert r.exit_code == 2 and "layer" in r.output
+
+
+@pytest.mark.filterwarnings("ignore:the model's top-1 answer")
+def test_neurons_command_writes_figure_html_and_result(tiny_folder, tmp_path):
+    from factscope.locate import NeuronResult
+
+    folder = str(tiny_folder("llama"))
+    png, page, saved = tmp_path / "neurons.png", tmp_path / "neurons.html", tmp_path / "n.safetensors"
+    r = runner.invoke(app, ["neurons", "The Space Needle is in downtown", "--subject", "Space Needle",
+                            "--target", "Seattle", "--paraphrase", "The Space Needle stands in", "--steps", "3",
+                            "--out", str(png), "--html", str(page), "--save", str(saved), "--model", folder])
+    assert r.exit_code == 0, r.output
+    assert "1 prompt(s) added with a context prefix" in r.output  # the prompt + 1 paraphrase: padded to 3
+    res = NeuronResult.load(saved)
+    assert res.prompts[:2] == ("The Space Needle is in downtown", "The Space Needle stands in")
+    assert len(res.prompts) == 3 and res.target == "Seattle"
+    assert f"{len(res.neurons)} knowledge neuron(s) over 3 prompts" in r.output
+    assert png.stat().st_size > 1000
+    if res.neurons:
+        assert "suppressing them at the answer position" in r.output
+        assert page.read_text(encoding="utf-8").count("CircuitsVis.render(") == 3
+
+
+def test_neurons_command_bad_input(tiny_folder, tmp_path):
+    folder = str(tiny_folder("llama"))
+    r = runner.invoke(app, ["neurons", "The Space Needle is in downtown", "--subject", "Eiffel Tower",
+                            "--model", folder])
+    assert r.exit_code == 2 and "does not occur" in r.output
+    r = runner.invoke(app, ["neurons", "The Space Needle is in downtown", "--subject", "Space Needle",
+                            "--target", " ", "--model", folder])
+    assert r.exit_code == 2 and "target" in r.output
+    r = runner.invoke(app, ["neurons", "The Space Needle is in downtown", "--subject", "Space Needle",
+                            "--steps", "0", "--out", str(tmp_path / "x.png"), "--model", folder])
+    assert r.exit_code == 2 and "steps" in r.output

@@ -45,3 +45,60 @@ def test_single_kind_and_files(result, tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
     with pytest.raises(ValueError, match="expected a kind"):
         plot_trace(result, "neurons")
+
+
+# --------------------------------------------------------------------------- knowledge neurons
+
+
+@pytest.fixture(scope="module")
+def neuron_result():
+    import warnings
+
+    from factscope import EditRequest, tiny_model
+    from factscope.locate import neurons
+
+    req = EditRequest("The {} is in downtown", "Space Needle", "Paris", target_true="Seattle",
+                      paraphrases=("The Space Needle stands in", "The Space Needle is located in"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return neurons(tiny_model("llama"), req, steps=3, progress=False)
+
+
+def test_plot_neurons_marks_the_selected_neurons(neuron_result, tmp_path):
+    from factscope.figures import plot_neurons
+
+    r = neuron_result
+    assert r.neurons
+    fig = plot_neurons(r)
+    panels = [a for a in fig.axes if a.get_title()]
+    assert [a.get_title() for a in panels] == ["largest attribution in the layer", "summed attribution of the layer"]
+    stars = [c for c in panels[0].collections if len(c.get_offsets())]
+    marked = sorted(tuple(map(float, o)) for c in stars for o in c.get_offsets())
+    want = sorted((float(l), s) for l, _, s in r.neurons)
+    assert [m[0] for m in marked] == [w[0] for w in want]
+    assert [m[1] for m in marked] == pytest.approx([w[1] for w in want])
+    lines = panels[0].get_lines()
+    assert len([ln for ln in lines if len(ln.get_xdata()) == r.n_layers]) == len(r.prompts) + 1  # prompts + mean
+    assert save_figure(fig, tmp_path / "n.png")[0].stat().st_size > 1000
+    assert len([a for a in plot_neurons(r, reduce="sum").axes if a.get_title()]) == 1
+    with pytest.raises(ValueError, match="reduce"):
+        plot_neurons(r, reduce="mean")
+
+
+def test_neurons_html_is_offline_and_has_a_panel_per_prompt(neuron_result, tmp_path):
+    import dataclasses
+
+    from factscope.figures import neurons_html
+
+    r = neuron_result
+    out = neurons_html(r, tmp_path / "n.html")
+    text = (tmp_path / "n.html").read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>") and "CircuitsVis.ColoredTokensMulti" in text
+    assert text.count("CircuitsVis.render(") == len(r.prompts)  # one panel per prompt ...
+    assert text.count("var CircuitsVis=") == 1  # ... sharing one inlined bundle
+    assert "<script src=" not in text and "unpkg.com" not in text  # no JavaScript from a CDN
+    for l, i, _ in r.neurons:
+        assert f'"L{l}.{i}"' in text
+    assert out.local_src in text and hasattr(out, "_repr_html_")  # renders inline in a notebook
+    with pytest.raises(ValueError, match="no selected neurons"):
+        neurons_html(dataclasses.replace(r, neurons=()), tmp_path / "none.html")

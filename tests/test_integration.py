@@ -188,6 +188,10 @@ def test_demo_command_writes_answers_and_figures(gemma, tmp_path):
         for ext in ("png", "svg", "pdf"):
             assert (tmp_path / f"{name}.{ext}").stat().st_size > 1000
     assert "recommended edit layer:" in r.output
+    # the knowledge-neuron step: a figure and an offline circuitsvis page of the same fact
+    assert (tmp_path / "neurons.png").stat().st_size > 1000
+    assert (tmp_path / "neurons.html").read_text(encoding="utf-8").count("CircuitsVis.render(") == 3
+    assert "knowledge neuron(s) over 3 prompts" in r.output
     # the ROME step: the saved edit, applied, makes the model prefer the new answer; reverting restores it
     from factscope import builtin_fact
     from factscope.edit import Edit
@@ -245,3 +249,39 @@ def test_rome_on_real_models(name, request):
         assert new > true, (name, float(new), float(true))
     for n, p in model.named_parameters():
         assert torch.equal(p, snap[n]), n
+
+
+@pytest.mark.parametrize("name", ["gemma", "smollm2"])
+def test_knowledge_neurons_on_real_models(name, request):
+    """Knowledge neurons of one built-in fact per real model: 2-5 neurons, finite attributions, and a KN
+    edit that changes the answer's odds and reverts bit-exactly."""
+    import warnings
+
+    from factscope import builtin_fact
+    from factscope.edit import kn
+    from factscope.locate import neurons, suppress
+    from factscope.predict import target_logprob
+
+    model = request.getfixturevalue(name)
+    req = builtin_fact("eiffel_tower_located_in_city")
+    snap = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SmolLM2 need not answer every prompt as Gemma does
+        r = neurons(model, req, prompts=[req.text, *req.paraphrases[:2]], progress=False)
+    L, d_mlp = arch_of(model).n_layers, arch_of(model).d_mlp
+    assert r.attributions.shape == (3, L, d_mlp) and torch.isfinite(r.attributions).all()
+    assert 2 <= len(r.neurons) <= 5, r.settings["refine_note"]
+    assert torch.isfinite(r.p_baseline).all()
+    ids = torch.tensor([encode(model, req.text)])
+    with torch.no_grad():
+        clean = model(ids)[0, -1].softmax(-1)[r.answer_id]
+        with suppress(model, r):
+            assert model(ids)[0, -1].softmax(-1)[r.answer_id] != clean
+    e = kn(model, req, neurons=r, verbose=False)
+    before = target_logprob(model, [req.text] * 2, [req.target_new, req.target_true])
+    with e.applied(model):
+        after = target_logprob(model, [req.text] * 2, [req.target_new, req.target_true])
+    assert after[0] > before[0] and after[1] < before[1]  # the odds move as the rule intends
+    for n, p in model.named_parameters():
+        assert torch.equal(p, snap[n]), n
+        assert not p.requires_grad
