@@ -1,7 +1,7 @@
 """ROME quality and cost on the built-in facts: each edit applied alone, measured, and reverted.
 
     python benchmarks/rome.py [--limit N] [--stride K] [--layers traced,2] [--smollm2-layers traced]
-                              [--clamp 4] [--threads 2] [--skip-smollm2] [--csv out/rome.csv]
+                              [--clamp 4] [--threads 2] [--skip-gemma] [--skip-smollm2] [--csv out/rome.csv]
 
 For every built-in request (a counterfactual ``target_new`` per fact), with CounterFact's
 comparison of mean per-token log-probabilities over all target tokens
@@ -115,10 +115,12 @@ def main() -> None:
     ap.add_argument("--clamp", type=float, default=ROME_CLAMP, help="ROMEConfig.clamp_norm_factor (paper: 4)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-smollm2", action="store_true")
+    ap.add_argument("--skip-gemma", action="store_true")
     ap.add_argument("--csv", default=None, help="per-edit rows (the default model's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    run("gemma-3-270m", args.limit, args.stride, args.layers.split(","), args.csv, args.clamp)
+    if not args.skip_gemma:
+        run("gemma-3-270m", args.limit, args.stride, args.layers.split(","), args.csv, args.clamp)
     if not args.skip_smollm2:
         run("smollm2-135m", args.limit, args.stride, args.smollm2_layers.split(","), None, args.clamp)
 
