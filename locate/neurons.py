@@ -496,15 +496,8 @@ def _ig_batch(model: Any, a: Any, ids: Tensor, kv: Any, act: Float[Tensor, "laye
     hooks = [(a.hook("mlp_key", l), patch(l)) for l in sorted(set(row_layer.tolist()))]
     if s_clean is not None:
         hooks += _freeze_hooks(model, a, row_layer, s_clean)
-    T = ids.shape[1]
     with torch.enable_grad():
-        if kv is None:
-            logits = model.run_with_hooks(ids.expand(R, -1), fwd_hooks=hooks, logits_to_keep=1)
-        else:
-            logits = model.run_with_hooks(ids[:, -1:].expand(R, 1), past_key_values=_rows_cache(kv, R),
-                                          attention_mask=torch.ones(R, T, dtype=torch.long, device=dev),
-                                          fwd_hooks=hooks, logits_to_keep=1)
-        z = logits[:, -1]  # [row, d_vocab]
+        z = _last_logits(model, ids, kv, R, hooks)  # [row, d_vocab]
         with torch.no_grad():  # ∂p_y/∂z = p_y (e_y − softmax(z)), written out: half the vocabulary-sized work
             g = torch.softmax(z.float(), -1)
             p = g[:, answer_id].clone()
@@ -514,6 +507,16 @@ def _ig_batch(model: Any, a: Any, ids: Tensor, kv: Any, act: Float[Tensor, "laye
     return grad
 
 
+def _last_logits(model: Any, ids: Tensor, kv: Any, R: int, hooks: list) -> Float[Tensor, "row d_vocab"]:
+    """Last-position logits of ``R`` copies of the prompt ``ids`` ``[1, pos]`` under ``hooks``: the whole
+    prompt when ``kv`` is None, else only its last token against the cached prefix."""
+    if kv is None:
+        return model.run_with_hooks(ids.expand(R, -1), fwd_hooks=hooks, logits_to_keep=1)[:, -1]
+    mask = torch.ones(R, ids.shape[1], dtype=torch.long, device=ids.device)
+    return model.run_with_hooks(ids[:, -1:].expand(R, 1), past_key_values=_rows_cache(kv, R), attention_mask=mask,
+                                fwd_hooks=hooks, logits_to_keep=1)[:, -1]
+
+
 @torch.no_grad()
 def _baseline_p(model: Any, a: Any, ids: Tensor, kv: Any, answer_id: int, layers: list[int],
                 batch_size: int, scale: Tensor | None = None) -> Float[Tensor, "layer"]:
@@ -521,7 +524,7 @@ def _baseline_p(model: Any, a: Any, ids: Tensor, kv: Any, answer_id: int, layers
     (NaN for layers not in ``layers``). With ``scale``, under that layer's frozen post-norm scale (the
     same p on Gemma, whose MLP has no bias: a zero key gives a zero output either way)."""
     out = torch.full((arch_of(model).n_layers,), math.nan)
-    dev, T = ids.device, ids.shape[1]
+    dev = ids.device
     for i in range(0, len(layers), batch_size):
         chunk = layers[i:i + batch_size]
         R = len(chunk)
@@ -536,13 +539,7 @@ def _baseline_p(model: Any, a: Any, ids: Tensor, kv: Any, answer_id: int, layers
         hooks = [(a.hook("mlp_key", l), zero(r)) for r, l in enumerate(chunk)]
         if scale is not None:
             hooks += _freeze_hooks(model, a, torch.tensor(chunk, device=dev), scale)
-        if kv is None:
-            logits = model.run_with_hooks(ids.expand(R, -1), fwd_hooks=hooks, logits_to_keep=1)
-        else:
-            logits = model.run_with_hooks(ids[:, -1:].expand(R, 1), past_key_values=_rows_cache(kv, R),
-                                          attention_mask=torch.ones(R, T, dtype=torch.long, device=dev),
-                                          fwd_hooks=hooks, logits_to_keep=1)
-        out[chunk] = torch.softmax(logits[:, -1].float(), -1)[:, answer_id].cpu()
+        out[chunk] = torch.softmax(_last_logits(model, ids, kv, R, hooks).float(), -1)[:, answer_id].cpu()
     return out
 
 
