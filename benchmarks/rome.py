@@ -1,6 +1,6 @@
 """ROME quality and cost on the built-in facts: each edit applied alone, measured, and reverted.
 
-    python benchmarks/rome.py [--limit N] [--stride K] [--layers traced,2] [--smollm2-layers traced]
+    python benchmarks/rome.py [--limit N] [--stride K] [--offset I] [--layers traced,2] [--smollm2-layers traced]
                               [--clamp 4] [--threads 2] [--skip-gemma] [--skip-smollm2] [--csv out/rome.csv]
 
 For every built-in request (a counterfactual ``target_new`` per fact), with CounterFact's
@@ -45,7 +45,8 @@ def neighbour_response(model, request, layer: int, k_star: torch.Tensor, u: torc
     return float(resp.masked_fill(mask == 0, 0)[:, 1:].abs().amax(1).mean())
 
 
-def run(name: str, limit: int | None, stride: int, layers: list[str], csv: str | None, clamp: float) -> None:
+def run(name: str, limit: int | None, stride: int, layers: list[str], csv: str | None, clamp: float,
+        offset: int = 0) -> None:
     from factscope.edit import covariance, rome
     from factscope.edit.rome import ROMEConfig, compute_k_star, context_templates
     from factscope.locate import recommended_layer
@@ -54,7 +55,7 @@ def run(name: str, limit: int | None, stride: int, layers: list[str], csv: str |
     from factscope import builtin_facts, load_model
 
     model = load_model(name)
-    reqs = builtin_facts()[::stride][:limit]
+    reqs = builtin_facts()[offset::stride][:limit]
     config = ROMEConfig(clamp_norm_factor=clamp)
     templates = context_templates(model, config)
     rows = []
@@ -110,6 +111,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=None, help="only the first N built-in facts")
     ap.add_argument("--stride", type=int, default=1, help="every k-th built-in fact (spreads a short run over relations)")
+    ap.add_argument("--offset", type=int, default=0, help="start at the k-th built-in fact (held-out subsets)")
     ap.add_argument("--layers", default="traced,2", help="Gemma edit layers: numbers or 'traced' (default: traced,2)")
     ap.add_argument("--smollm2-layers", default="traced,2", help="SmolLM2 edit layers (default: traced,2)")
     ap.add_argument("--clamp", type=float, default=ROME_CLAMP, help="ROMEConfig.clamp_norm_factor (paper: 4)")
@@ -120,9 +122,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if not args.skip_gemma:
-        run("gemma-3-270m", args.limit, args.stride, args.layers.split(","), args.csv, args.clamp)
+        run("gemma-3-270m", args.limit, args.stride, args.layers.split(","), args.csv, args.clamp, args.offset)
     if not args.skip_smollm2:
-        run("smollm2-135m", args.limit, args.stride, args.smollm2_layers.split(","), None, args.clamp)
+        run("smollm2-135m", args.limit, args.stride, args.smollm2_layers.split(","), None, args.clamp, args.offset)
 
 
 if __name__ == "__main__":
