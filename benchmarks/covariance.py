@@ -106,10 +106,10 @@ def specificity(chunks: list[int], stride: int, layer: int | None) -> None:
     from factscope.arch import arch_of
     from factscope.edit.covariance import DEFAULT_N_TOKENS, covariance
     from factscope.edit.handle import Edit
-    from factscope.edit.rome import ROMEConfig, compute_k_star, compute_v_star, context_templates, rank_one_update
+    from factscope.edit.rome import (ROMEConfig, compute_k_star, compute_v_star, context_templates, rank_one_update,
+                                     update_response)
     from factscope.locate import recommended_layer
     from factscope.probes.evaluate import rewrite_scores
-    from factscope.tokens import encode, pad_left
 
     model = load_model()
     a = arch_of(model)
@@ -125,15 +125,6 @@ def specificity(chunks: list[int], stride: int, layer: int | None) -> None:
         kd.append((compute_k_star(model, r, layer, templates), compute_v_star(model, r, layer, templates, cfg).delta))
     print(f"  k*, δ for {len(reqs)} requests: {time.perf_counter() - t:.0f} s")
 
-    @torch.no_grad()
-    def neighbour_keys(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:  # [row, pos, d_mlp], [row, pos]
-        ids, mask = pad_left(model, [encode(model, p) for p in prompts])
-        got: list[torch.Tensor] = []
-        model.run_with_hooks(ids, attention_mask=mask, stop_at_layer=layer + 1,
-                             fwd_hooks=[(a.hook("mlp_key", layer), lambda act, hook: got.append(act.detach()))])
-        return got[0].double(), mask
-
-    keys = [neighbour_keys(list(r.neighbours)) for r in reqs]
     print(f"  {'tokens':>9} {'efficacy':>9} {'paraphrase':>11} {'neighbourhood':>14} {'nb response':>12} {'C time':>8}")
     sums = None
     for c in range(1, max(chunks) + 1):
@@ -145,14 +136,14 @@ def specificity(chunks: list[int], stride: int, layer: int | None) -> None:
             continue
         C = sums / c
         rows = []
-        for r, (k, d), (K, mask) in zip(reqs, kd, keys):
+        for r, (k, d) in zip(reqs, kd):
             u, lam = rank_one_update(C, k, d)
             e = Edit(deltas={layer: (u, lam)}, method="rome", requests=(r,), config={},
                      fingerprint=fingerprint(model), info={})
-            resp = ((K @ u[:, 0]) / float(u[:, 0] @ k)).masked_fill(mask == 0, 0)[:, 1:]  # BOS excluded
+            resp = update_response(model, list(r.neighbours), layer, u[:, 0], k)
             with e.applied(model):
                 s = rewrite_scores(model, r)
-            rows.append((s.efficacy, s.paraphrase, s.neighbourhood, float(resp.abs().amax(1).mean())))
+            rows.append((s.efficacy, s.paraphrase, s.neighbourhood, float(resp.mean())))
         m = [statistics.mean(x) for x in zip(*rows)]
         print(f"  {c * DEFAULT_N_TOKENS:>9} {m[0]:>9.3f} {m[1]:>11.3f} {m[2]:>14.3f} {m[3]:>12.3f} {t_c:>7.0f}s",
               flush=True)

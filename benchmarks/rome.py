@@ -30,25 +30,10 @@ import time
 import torch
 
 
-@torch.no_grad()
-def neighbour_response(model, request, layer: int, k_star: torch.Tensor, u: torch.Tensor) -> float:
-    """max over positions (BOS excluded) of |kᵀu| / k*ᵀu per neighbour prompt, averaged over them."""
-    from factscope.arch import arch_of
-    from factscope.tokens import encode, pad_left
-
-    a = arch_of(model)
-    ids, mask = pad_left(model, [encode(model, p) for p in request.neighbours])
-    got: list[torch.Tensor] = []
-    model.run_with_hooks(ids, attention_mask=mask, stop_at_layer=layer + 1,
-                         fwd_hooks=[(a.hook("mlp_key", layer), lambda act, hook: got.append(act.detach()))])
-    resp = (got[0].double() @ u) / float(u @ k_star)  # [row, pos]
-    return float(resp.masked_fill(mask == 0, 0)[:, 1:].abs().amax(1).mean())
-
-
 def run(name: str, limit: int | None, stride: int, layers: list[str], csv: str | None, clamp: float,
         offset: int = 0) -> None:
     from factscope.edit import covariance, rome
-    from factscope.edit.rome import ROMEConfig, compute_k_star, context_templates
+    from factscope.edit.rome import ROMEConfig, compute_k_star, context_templates, update_response
     from factscope.locate import recommended_layer
     from factscope.probes.evaluate import rewrite_scores
 
@@ -77,7 +62,7 @@ def run(name: str, limit: int | None, stride: int, layers: list[str], csv: str |
             with e.applied(model):
                 s = rewrite_scores(model, r)
             k = compute_k_star(model, r, layer, templates)
-            resp = neighbour_response(model, r, layer, k, torch.cholesky_solve(k[:, None], L)[:, 0])
+            resp = float(update_response(model, list(r.neighbours), layer, torch.cholesky_solve(k[:, None], L)[:, 0], k).mean())
             rows.append(dict(model=name, layer=layer, clamp=clamp, subject=r.subject, relation=r.relation,
                              target_true=r.target_true, target_new=r.target_new, efficacy=s.efficacy,
                              paraphrase=s.paraphrase, neighbourhood=s.neighbourhood, neighbour_response=resp,

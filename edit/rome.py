@@ -47,7 +47,8 @@ from factscope.arch import arch_of
 from factscope.facts import EditRequest, Fact
 from factscope.tokens import _bos, encode, pad_left, subject_span, target_ids, tokenizer_of
 
-__all__ = ["ROMEConfig", "rome", "context_templates", "compute_k_star", "compute_v_star", "rank_one_update"]
+__all__ = ["ROMEConfig", "rome", "context_templates", "compute_k_star", "compute_v_star", "rank_one_update",
+           "update_response"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -300,6 +301,29 @@ def rank_one_update(C: Float[Tensor, "d_mlp d_mlp"], k_star: Float[Tensor, "d_ml
     if not denom > 0 or not math.isfinite(denom):
         raise ValueError(f"expected k*ᵀC⁻¹k* > 0, got {denom}")
     return u, (delta / denom)[None]
+
+
+@torch.no_grad()
+def update_response(model: Any, prompts: list[str], layer: int, u: Float[Tensor, "d_mlp"],
+                    k_star: Float[Tensor, "d_mlp"]) -> Float[Tensor, "prompt"]:
+    """How much of δ the update ``ΔW = u Λᵀ`` writes into each prompt: ``max_pos |kᵀu| / k*ᵀu``.
+
+    ``k @ ΔW = (kᵀu / k*ᵀu) · δ``, so a response of 1 moves that position's MLP output by all of δ and
+    0 leaves it alone. Maximised over each prompt's positions (BOS and padding excluded). It does not
+    depend on δ; for ROME's ``u = C⁻¹k*`` it measures how well C separates the prompt's keys from k*
+    (neighbourhood failures come from large responses). One forward up to ``layer`` per batch.
+    """
+    a = arch_of(model)
+    dev = next(model.parameters()).device
+    ids, mask = pad_left(model, [encode(model, p) for p in prompts])
+    got: list[Tensor] = []
+    model.run_with_hooks(ids.to(dev), attention_mask=mask.to(dev), stop_at_layer=layer + 1,
+                         fwd_hooks=[(a.hook("mlp_key", layer), lambda act, hook: got.append(act.detach()))])
+    u, k_star = u.double().to(dev), k_star.double().to(dev)
+    keep = mask.clone()
+    keep[torch.arange(len(prompts)), mask.argmax(1)] = 0  # each row's BOS: its first unpadded column
+    resp = (got[0].double() @ u).abs() / float(u @ k_star)  # [prompt, pos]
+    return resp.masked_fill(keep.to(dev) == 0, 0).amax(1).cpu()
 
 
 def rome(

@@ -7,7 +7,7 @@ import torch
 
 from factscope import EditRequest, Fact, arch_of, encode, subject_span
 from factscope.edit.rome import (ROMEConfig, compute_k_star, compute_v_star, context_templates, rank_one_update,
-                                 rome)
+                                 rome, update_response)
 
 REQ = EditRequest("{} is in downtown", "Space Needle", "Paris")
 FAST = ROMEConfig(context_lengths=((3, 2), (5, 2)), v_steps=5)
@@ -175,3 +175,33 @@ def test_rome_warns_when_the_target_is_already_the_answer(tiny):
     req = EditRequest(prompt, REQ.subject, top)
     with pytest.warns(UserWarning, match="already answers"):
         rome(tiny, req, layer=1, config=FAST, C=keys_C(tiny, 1), progress=False, verbose=False)
+
+
+def test_update_response_is_the_fraction_of_delta_the_edit_writes(tiny):
+    """max over positions of ‖k @ ΔW‖ / ‖δ‖ per prompt, from plain unpadded keys and the edit's factors;
+    and, where the response is large, what the applied edit really does to the MLP's output."""
+    layer = 1
+    C = keys_C(tiny, layer)
+    e = rome(tiny, REQ, layer=layer, config=FAST, C=C, progress=False, verbose=False)
+    k_star = compute_k_star(tiny, REQ, layer, context_templates(tiny, FAST))
+    u, lam = e.deltas[layer]
+    prompts = [REQ.text, "The Pike Place Market is in downtown", "Toyota makes cars in Japan."]
+    got = update_response(tiny, prompts, layer, u[:, 0], k_star)  # batched, left-padded
+    a = arch_of(tiny)
+    delta = e.info["delta_norm"]
+
+    def cached(p, kind):
+        name = a.hook(kind, layer)
+        _, cache = tiny.run_with_cache(torch.tensor([encode(tiny, p)]), names_filter=lambda n: n == name)
+        return cache[name][0, 1:].double()  # BOS excluded
+
+    want = torch.tensor([float((cached(p, "mlp_key") @ u @ lam).norm(dim=-1).max()) / delta for p in prompts],
+                        dtype=torch.float64)
+    torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-5)
+    i = int(got.argmax())
+    assert got[i] > 0.1  # large enough to measure above float32 rounding of W
+    before = cached(prompts[i], "mlp_raw_out")
+    with e.applied(tiny):
+        after = cached(prompts[i], "mlp_raw_out")
+    measured = float((after - before).norm(dim=-1).max()) / delta
+    assert measured == pytest.approx(float(got[i]), rel=2e-2)
