@@ -41,6 +41,7 @@ from factscope.models import (
     tiny_model,
 )
 from factscope.predict import Prediction, predict
+from factscope.synthetic import synthetic_requests
 from factscope.tokens import encode, encode_batch, str_tokens, subject_span, target_ids
 
 __version__ = "0.1.0"
@@ -53,7 +54,7 @@ __all__ = [
     "Arch", "arch_of", "UnsupportedArchitectureError",
     # facts and datasets
     "Fact", "EditRequest", "FactGroup", "builtin_facts", "builtin_fact", "builtin_groups",
-    "load_counterfact", "load_zsre", "load_known", "DatasetNotAvailableError",
+    "load_counterfact", "load_zsre", "load_known", "DatasetNotAvailableError", "synthetic_requests",
     # tokens and predictions
     "encode", "encode_batch", "target_ids", "subject_span", "str_tokens", "predict", "Prediction",
     # cache
