@@ -337,7 +337,7 @@ def _z_chunk(model: Any, reqs: Sequence[EditRequest], layer: int, templates: Seq
         if not bool(torch.isfinite(loss_r[active]).all()):
             raise FloatingPointError(f"MEMIT z: the loss became non-finite at step {step + 1}; nothing was changed. "
                                      f"Try a smaller v_lr than {config.v_lr}.")
-        converged = [j for j in active if float(nll[j]) < config.early_stop_loss]
+        converged = [j for j in active if float(nll[j].detach()) < config.early_stop_loss]
         still = [j for j in active if j not in converged]
         if not still:
             break

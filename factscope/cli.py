@@ -4,7 +4,9 @@
     factscope facts [--model NAME]       the model's answers on the built-in facts
     factscope trace PROMPT --subject S   causal-tracing heatmaps of one fact
     factscope profile [--facts builtin]  tracing averaged over facts; the recommended edit layer
-    factscope edit --prompt P --subject S --target-new T   a ROME edit, before/after answers
+    factscope edit --method M --requests FILE [--layers 3-7] --save OUT.safetensors
+                                         rewrite facts (rome, memit, alphaedit, ft-l, kn)
+    factscope edit --prompt P --subject S --target-new T   one request (ROME by default), before/after
     factscope stats --layer N [--corpus C]                 precompute key statistics C = E[kkᵀ]
     factscope neurons PROMPT --subject S [--html H]        knowledge neurons of one fact, a figure
     factscope demo [--out out/]          the main job end to end
@@ -216,36 +218,309 @@ def _before_after(m, e, request) -> str:
     return "\n".join(lines)
 
 
+EDIT_METHODS = ("rome", "memit", "alphaedit", "ft-l", "kn")
+
+
+def _fail(msg: str) -> None:
+    """Print ``error: msg`` in red and exit with status 2."""
+    typer.secho(f"error: {msg}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def parse_layers(spec: str) -> list[int]:
+    """``"3-7"`` (inclusive), ``"3,5,7"``, ``"6"`` or a mix (``"2-4,7"``) as a sorted list without duplicates.
+
+    Raises ValueError (saying which forms are accepted) for anything else, e.g. ``"7-3"``, ``"a"``, ``""``.
+    """
+    forms = "a layer (6), an inclusive range (3-7) or a comma-separated list (3,5,7)"
+    out: set[int] = set()
+    parts = [p.strip() for p in str(spec).split(",")]
+    if not any(parts):
+        raise ValueError(f"expected --layers to be {forms}, got an empty value")
+    for part in parts:
+        lo, sep, hi = part.partition("-")
+        if not lo.strip().isdecimal() or (sep and not hi.strip().isdecimal()):
+            raise ValueError(f"expected --layers to be {forms} of non-negative integers, got {spec!r} "
+                             f"(bad part {part!r})")
+        a, b = int(lo), int(hi) if sep else int(lo)
+        if b < a:
+            raise ValueError(f"expected an increasing range in --layers, got {part!r} (write {b}-{a})")
+        out.update(range(a, b + 1))
+    return sorted(out)
+
+
+REQUEST_FIELDS = ("prompt", "subject", "target_new", "target_true", "paraphrases", "neighbours", "relation",
+                  "locality", "portability")
+
+
+def _our_request(r: dict):
+    """One record of factscope's JSON request format (the built-in facts' fields) as an EditRequest."""
+    from factscope.facts import EditRequest
+
+    missing = [k for k in ("prompt", "subject", "target_new") if k not in r]
+    if missing:
+        raise ValueError(f"missing field(s) {', '.join(map(repr, missing))} (expected prompt, subject, target_new "
+                         f"and optionally target_true, paraphrases, neighbours, relation)")
+    kw = {k: r[k] for k in REQUEST_FIELDS if k in r and r[k] is not None}
+    for k in ("locality", "portability"):
+        if k in kw:
+            kw[k] = tuple(tuple(p) if isinstance(p, list) else p for p in kw[k])
+    for k in ("paraphrases", "neighbours"):
+        if isinstance(kw.get(k), list):
+            kw[k] = tuple(kw[k])
+    return EditRequest(**kw)
+
+
+def read_requests(path: Path, limit: Optional[int] = None) -> tuple[list, str]:
+    """The EditRequests in ``path`` and the format's name (``"CounterFact"`` or ``"factscope"``).
+
+    Formats, detected from the first record: CounterFact records (with ``requested_rewrite``; read by
+    `factscope.datasets`' CounterFact reader, also as JSON lines), or factscope's own: a list of objects
+    with ``prompt`` (a ``{}`` template), ``subject``, ``target_new`` and optionally ``target_true``,
+    ``paraphrases``, ``neighbours``, ``relation`` (the built-in facts' format), possibly under a
+    ``"facts"`` key. ``limit`` keeps the first N records (later ones are not read).
+
+    Raises ValueError with the file name (and the record index) for anything that does not fit:
+    a missing file, invalid JSON, no records, a bad record.
+    """
+    import json
+
+    from factscope.datasets import _counterfact_record
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".jsonl":
+            data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from None
+    if isinstance(data, dict):
+        lists = {k: v for k, v in data.items() if isinstance(v, list)}
+        if "facts" in lists:
+            data = lists["facts"]
+        elif len(lists) == 1:  # e.g. {"data": [...]}
+            data = next(iter(lists.values()))
+        else:
+            raise ValueError(f"{path}: expected a JSON list of requests (or an object with a \"facts\" list), got an "
+                             f"object with keys {list(data)}")
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of requests, got {type(data).__name__}")
+    if not data:
+        raise ValueError(f"{path}: the list of requests is empty")
+    if limit is not None:
+        data = data[:limit]
+    counterfact = isinstance(data[0], dict) and "requested_rewrite" in data[0]
+    convert = _counterfact_record if counterfact else _our_request
+    out = []
+    for i, rec in enumerate(data):
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}: record {i}: expected a JSON object, got {type(rec).__name__}: {rec!r:.80}")
+        try:
+            out.append(convert(rec))
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            why = f"missing field {e.args[0]!r}" if isinstance(e, KeyError) else f"{e}"
+            raise ValueError(f"{path}: record {i} ({'CounterFact' if counterfact else 'factscope'} format): "
+                             f"{why}") from None
+    return out, "CounterFact" if counterfact else "factscope"
+
+
+def _edit_config(method: str, corpus: str, n_tokens: Optional[int], steps: Optional[int]):
+    from factscope.edit import AlphaEditConfig, FTConfig, MEMITConfig, ROMEConfig
+
+    if method == "ft-l":
+        return FTConfig() if steps is None else FTConfig(steps=steps)
+    if method == "kn":
+        return None
+    cls = {"rome": ROMEConfig, "memit": MEMITConfig, "alphaedit": AlphaEditConfig}[method]
+    return cls(corpus=corpus, n_tokens=n_tokens, **({} if steps is None else {"v_steps": steps}))
+
+
+def _sequential(m, requests, make_one):
+    """Compute and apply one edit per request (each on the model with the earlier ones applied), then
+    revert them all; returns them composed into one Edit for the unedited model."""
+    from factscope.edit import compose
+
+    done = []
+    try:
+        for r in requests:
+            done.append(make_one(r).apply(m))
+    finally:
+        for e in reversed(done):
+            e.revert(m)
+    return compose(done)
+
+
+def _kn_prompts(r) -> tuple[list[str], int]:
+    """KN's prompts for request ``r``: its prompt and paraphrases, padded with context-prefixed copies of the
+    prompt up to the 3 that the refinement needs; also how many copies were added."""
+    prompts = list(dict.fromkeys([r.text, *r.paraphrases]))
+    added = 0
+    for ctx in CONTEXTS:
+        if len(prompts) >= 3:
+            break
+        prompts.append(f"{ctx} {r.text}")
+        added += 1
+    return prompts, added
+
+
+def _run_editor(m, method: str, requests: list, layers: Optional[list[int]], config, steps: Optional[int],
+                progress: bool):
+    """The Edit of ``requests`` by ``method`` (not applied; the model is left as it was)."""
+    from factscope.edit import EditSession, alphaedit, finetune, kn, memit, rome
+
+    if method == "memit":
+        return memit(m, requests, layers=layers, config=config, progress=progress)
+    if method == "alphaedit":
+        return alphaedit(m, requests, layers=layers, config=config, progress=progress)
+    if method == "ft-l":
+        return finetune(m, requests, layer=layers[0], config=config, progress=progress)
+    if method == "kn":
+        kw = {} if steps is None else {"steps": steps}
+        padded = sum(_kn_prompts(r)[1] for r in requests)
+        if padded:
+            typer.echo(f"note: {padded} prompt(s) added with a context prefix so that every request has the 3 "
+                       f"prompts the neuron refinement needs (give requests paraphrases to avoid it)")
+
+        def one(r):
+            return kn(m, r, prompts=_kn_prompts(r)[0], progress=progress, **kw)
+
+        if len(requests) == 1:
+            return one(requests[0])
+        typer.echo(f"KN: {len(requests)} requests, edited one after another (each on the model with the earlier "
+                   f"ones applied), then composed into one edit")
+        return _sequential(m, requests, one)
+    layer = None if layers is None else layers[0]
+    if len(requests) == 1:
+        return rome(m, requests[0], layer=layer, config=config, progress=progress)
+    session = EditSession(m, "rome", layers=layer, config=config, progress=progress)
+    typer.echo(f"ROME: editing the MLP at layer {session.layers[0]}; {len(requests)} requests applied one after "
+               f"another, then composed into one edit")
+    try:
+        session.edit(requests)
+        return session.compose()
+    finally:
+        session.revert()
+
+
+def _edit_summary(m, e, requests: list) -> str:
+    """One line per request (before/after answer and p(target_new)), the success count and ΔW norms per layer."""
+    from factscope.predict import predict
+
+    prompts, targets = [r.text for r in requests], [r.target_new for r in requests]
+    before = predict(m, prompts, targets)
+    with e.applied(m):
+        after = predict(m, prompts, targets)
+    lines = []
+    for r, b, a in zip(requests, before, after):
+        old = r.target_true if r.target_true is not None else "?"
+        lines.append(f"  {'yes' if a.correct else 'NO ':<3}  {r.subject}: {old} -> {r.target_new}   answer "
+                     f"{b.answer.strip()!r} -> {a.answer.strip()!r}, p({r.target_new}) {b.p_target:.3f} -> "
+                     f"{a.p_target:.3f}")
+    ok = sum(bool(a.correct) for a in after)
+    lines.insert(0, f"{ok} of {len(requests)} request(s) now answered with target_new (top-1 first token):")
+    lines.append("ΔW per layer (‖ΔW‖_F, relative to ‖W_out‖_F):")
+    for l, n in e.norms(m).items():
+        lines.append(f"  layer {l:>2}  {n.frobenius:.4g}  ({n.relative:.3%})")
+    return "\n".join(lines)
+
+
 @app.command()
 def edit(
-    prompt: str = typer.Option(..., "--prompt", "-p", help='Template with {} for the subject, e.g. "{} plays the sport of".'),
-    subject: str = typer.Option(..., "--subject", "-s", help="The subject."),
-    target_new: str = typer.Option(..., "--target-new", "-t", help="The new answer."),
-    target_true: Optional[str] = typer.Option(None, "--target-true", help="The current answer (optional)."),
-    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="MLP layer (default: from the tracing profile)."),
-    corpus: str = typer.Option("auto", help="Key statistics corpus: auto, model, a dataset name or a text file."),
-    n_tokens: Optional[int] = typer.Option(None, "--n-tokens", help="Tokens for the key statistics (default: the library's)."),
-    save: Optional[Path] = typer.Option(None, "--save", help="Write the edit (safetensors + .json)."),
+    method: str = typer.Option("rome", "--method", help=f"Editor: {', '.join(EDIT_METHODS)}."),
+    requests_file: Optional[Path] = typer.Option(
+        None, "--requests", "-r",
+        help="JSON file of requests: CounterFact records, or factscope's format (a list of {prompt, subject, "
+             "target_new, target_true, paraphrases, neighbours, relation}, or {\"facts\": [...]}, as the built-in "
+             "facts). Instead of --prompt/--subject/--target-new."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p",
+                                         help='One request: template with {} for the subject, e.g. "{} plays the sport of".'),
+    subject: Optional[str] = typer.Option(None, "--subject", "-s", help="One request: the subject."),
+    target_new: Optional[str] = typer.Option(None, "--target-new", "-t", help="One request: the new answer."),
+    target_true: Optional[str] = typer.Option(None, "--target-true", help="One request: the current answer (optional)."),
+    layers: Optional[str] = typer.Option(
+        None, "--layers", "--layer", "-l",
+        help="MLP layer(s): 6, 3-7 (inclusive) or 3,5,7. ROME and FT-L edit one layer (ROME's default: the traced "
+             "layer; FT-L has none); MEMIT and AlphaEdit a list (default: layers ending at the traced one); KN "
+             "locates its own neurons (no --layers)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Edit only the first N requests of the file."),
+    steps: Optional[int] = typer.Option(
+        None, "--steps", min=1,
+        help="Optimisation steps: Adam steps for v*/z (ROME, MEMIT, AlphaEdit), epochs (FT-L), integrated-gradient "
+             "points (KN). Default: the method's."),
+    corpus: str = typer.Option("auto", help="Key statistics corpus (ROME, MEMIT, AlphaEdit): auto, model, a dataset "
+                                            "name or a text file."),
+    n_tokens: Optional[int] = typer.Option(None, "--n-tokens", min=1,
+                                           help="Tokens for the key statistics (default: the library's)."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Write the edit: OUT.safetensors and OUT.safetensors.json."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the editors' progress bars."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
 ) -> None:
-    """Rewrite one fact with ROME; print the answers before and after on the prompt, paraphrases and neighbours."""
-    from factscope.edit import ROMEConfig, rome
+    """Rewrite facts with ROME, MEMIT, AlphaEdit, FT-L or KN; print each request's answer before and after, the ΔW norms per layer, and optionally save the edit.
 
+    Requests come from --requests FILE.json (CounterFact or factscope's JSON format) or from --prompt/--subject/--target-new (one request; a built-in fact with that prompt and subject lends its paraphrases and neighbours). ROME and KN edit one request at a time: several are applied in sequence and composed into one edit. The model is left unedited; load the saved edit with factscope.edit.Edit.load and apply it.
+
+    Example: factscope edit --method memit --requests facts.json --layers 3-7 --save edits.safetensors
+    """
+    if method not in EDIT_METHODS:
+        _fail(f"expected --method to be one of {', '.join(EDIT_METHODS)}, got {method!r}")
+    inline = {k: v for k, v in (("--prompt", prompt), ("--subject", subject), ("--target-new", target_new),
+                                ("--target-true", target_true)) if v is not None}
+    if requests_file is not None and inline:
+        _fail(f"pass either --requests FILE or --prompt/--subject/--target-new, not both (got --requests and "
+              f"{', '.join(inline)})")
+    if requests_file is None:
+        missing = [k for k, v in (("--prompt", prompt), ("--subject", subject), ("--target-new", target_new)) if v is None]
+        if len(missing) == 3:
+            _fail("expected requests: --requests FILE.json, or one request as --prompt P --subject S --target-new T")
+        if missing:
+            _fail(f"one request needs --prompt, --subject and --target-new; missing {', '.join(missing)}")
+        try:
+            requests = [_request(prompt, subject, target_new, target_true)]
+        except ValueError as e:
+            _fail(str(e))
+    else:
+        try:
+            requests, fmt = read_requests(requests_file, limit)
+        except ValueError as e:
+            _fail(str(e))
+        typer.echo(f"read {len(requests)} request(s) from {requests_file} ({fmt} format)")
     try:
-        request = _request(prompt, subject, target_new, target_true)
+        layer_list = None if layers is None else parse_layers(layers)
     except ValueError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from None
-    m, _ = _load(model)
+        _fail(str(e))
+    name = {"rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit", "ft-l": "FT-L", "kn": "KN"}[method]
+    if method in ("rome", "ft-l") and layer_list is not None and len(layer_list) != 1:
+        _fail(f"{name} rewrites one MLP layer; got --layers {layers} = {layer_list}. Pass one layer (e.g. --layers "
+              f"{layer_list[-1]}), or use --method memit / alphaedit to spread an edit over several layers")
+    if method == "ft-l" and layer_list is None:
+        _fail("FT-L needs --layers with one layer, e.g. --layers 5: it has no default (the reference runs fine-tuned "
+              "different layers), and unlike ROME it does not pick the traced layer")
+    if method == "kn" and layer_list is not None:
+        _fail("KN locates its knowledge neurons over all layers by integrated gradients; --layers does not apply")
     try:
-        e = rome(m, request, layer=layer, config=ROMEConfig(corpus=corpus, n_tokens=n_tokens))
-    except (ValueError, FloatingPointError) as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(_before_after(m, e, request))
+        config = _edit_config(method, corpus, n_tokens, steps)
+    except ValueError as e:
+        _fail(str(e))
+    m, _ = _load(model)
+    t = time.perf_counter()
+    try:
+        e = _run_editor(m, method, requests, layer_list, config, steps, progress)
+    except (ValueError, TypeError, FloatingPointError, MemoryError) as err:
+        _fail(f"{name}: {err}" if not str(err).startswith(name) else str(err))
+    typer.echo(f"computed the edit in {time.perf_counter() - t:.1f} s")
+    if len(requests) == 1:
+        typer.echo(_before_after(m, e, requests[0]))
+    typer.echo(_edit_summary(m, e, list(e.requests)))
     if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
         e.save(save)
         typer.echo(f"wrote {save} and {save}.json")
+    else:
+        typer.echo("not saved (pass --save OUT.safetensors to keep the edit)")
 
 
 @app.command()

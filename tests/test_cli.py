@@ -116,3 +116,155 @@ def test_neurons_command_bad_input(tiny_folder, tmp_path):
     r = runner.invoke(app, ["neurons", "The Space Needle is in downtown", "--subject", "Space Needle",
                             "--steps", "0", "--out", str(tmp_path / "x.png"), "--model", folder])
     assert r.exit_code == 2 and "steps" in r.output
+
+
+# --------------------------------------------------------------------------- edit --method --requests FILE
+
+
+def _write(path, data) -> str:
+    import json
+
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return str(path)
+
+
+OUR_RECORDS = [
+    {"id": "a", "prompt": "{} plays the sport of", "subject": "Michael Jordan", "target_new": "soccer",
+     "target_true": "basketball", "paraphrases": ["Michael Jordan is a professional"],
+     "neighbours": ["Kobe Bryant plays the sport of"], "relation": "P641"},
+    {"prompt": "The {} is in downtown", "subject": "Space Needle", "target_new": "Paris"},
+]
+
+COUNTERFACT_RECORDS = [
+    {"case_id": 0, "requested_rewrite": {"prompt": "{} plays the sport of", "relation_id": "P641",
+                                         "subject": "Michael Jordan", "target_new": {"str": "tennis", "id": "Q1"},
+                                         "target_true": {"str": "basketball", "id": "Q2"}},
+     "paraphrase_prompts": ["Michael Jordan is a professional"],
+     "neighborhood_prompts": ["Kobe Bryant plays the sport of"]},
+    {"case_id": 1, "requested_rewrite": {"prompt": "The {} is in downtown", "subject": "Space Needle",
+                                         "target_new": {"str": "Paris"}, "target_true": {"str": "Seattle"}},
+     "paraphrase_prompts": [], "neighborhood_prompts": []},
+]
+
+
+def test_parse_layers_forms_and_bad_forms():
+    from factscope.cli import parse_layers
+
+    assert parse_layers("3-7") == [3, 4, 5, 6, 7]
+    assert parse_layers("3,5,7") == [3, 5, 7]
+    assert parse_layers("6") == [6]
+    assert parse_layers("7,2-3, 3") == [2, 3, 7]  # mixed, sorted, no duplicates
+    for bad, said in (("", "empty"), ("a", "'a'"), ("7-3", "write 3-7"), ("3-", "'3-'"), ("-1", "non-negative"),
+                      ("3,,4", "bad part ''"), ("1.5", "'1.5'"), ("3-4-5", "'3-4-5'")):
+        with pytest.raises(ValueError, match="--layers") as e:
+            parse_layers(bad)
+        assert said in str(e.value)
+
+
+def test_read_requests_our_format_and_counterfact(tmp_path):
+    from factscope.cli import read_requests
+    from factscope.datasets import load_counterfact
+
+    ours, fmt = read_requests(_write(tmp_path / "ours.json", OUR_RECORDS))
+    assert fmt == "factscope" and len(ours) == 2
+    assert ours[0].subject == "Michael Jordan" and ours[0].target_true == "basketball"
+    assert ours[0].paraphrases == ("Michael Jordan is a professional",) and ours[0].relation == "P641"
+    assert ours[1].target_true is None and ours[1].neighbours == ()
+    wrapped, _ = read_requests(_write(tmp_path / "wrapped.json", {"version": 1, "facts": OUR_RECORDS}), limit=1)
+    assert wrapped == ours[:1]
+    path = _write(tmp_path / "cf.json", COUNTERFACT_RECORDS)
+    cf, fmt = read_requests(path)
+    assert fmt == "CounterFact" and cf == load_counterfact(path)
+    assert cf[0].target_new == "tennis" and cf[0].neighbours == ("Kobe Bryant plays the sport of",)
+    assert cf[0].relation == "P641"
+
+
+def test_read_requests_errors_name_the_file_and_record(tmp_path):
+    from factscope.cli import read_requests
+
+    cases = [
+        (tmp_path / "missing.json", "no such file"),
+        (tmp_path / "bad.json", "not valid JSON"),
+        (_write(tmp_path / "empty.json", []), "empty"),
+        (_write(tmp_path / "empty_facts.json", {"facts": []}), "empty"),
+        (_write(tmp_path / "scalar.json", 3), "expected a JSON list"),
+        (_write(tmp_path / "nofield.json", [OUR_RECORDS[0], {"prompt": "{} is", "subject": "X"}]),
+         "record 1 (factscope format): missing field(s) 'target_new'"),
+        (_write(tmp_path / "template.json", [{"prompt": "X is", "subject": "X", "target_new": "y"}]),
+         "record 0 (factscope format)"),
+        (_write(tmp_path / "notobj.json", [OUR_RECORDS[0], "text"]), "record 1: expected a JSON object"),
+        (_write(tmp_path / "cfbad.json", [{"requested_rewrite": {"prompt": "{} is", "subject": "X"}}]),
+         "record 0 (CounterFact format): missing field 'target_new'"),
+    ]
+    (tmp_path / "bad.json").write_text("[{", encoding="utf-8")
+    for path, said in cases:
+        with pytest.raises(ValueError) as e:
+            read_requests(path)
+        assert str(path) in str(e.value) and said in str(e.value), str(e.value)
+
+
+def test_edit_command_memit_from_file_writes_a_loadable_edit(tiny_folder, tmp_path, monkeypatch):
+    from factscope.edit import Edit
+
+    folder = str(tiny_folder("gemma3"))
+    monkeypatch.setenv("FACTSCOPE_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    requests = _write(tmp_path / "cf.json", COUNTERFACT_RECORDS)
+    out = tmp_path / "out" / "memit.safetensors"
+    r = runner.invoke(app, ["edit", "--method", "memit", "--requests", requests, "--layers", "1-2", "--steps", "3",
+                            "--corpus", "model", "--n-tokens", "1024", "--no-progress", "--save", str(out),
+                            "--model", folder])
+    assert r.exit_code == 0, r.output
+    assert "read 2 request(s)" in r.output and "(CounterFact format)" in r.output
+    assert "MEMIT: editing the MLPs at layers [1, 2]" in r.output
+    assert "Michael Jordan: basketball -> tennis" in r.output and "Space Needle: Seattle -> Paris" in r.output
+    assert "of 2 request(s) now answered with target_new" in r.output
+    assert "layer  1" in r.output and "layer  2" in r.output
+    assert out.is_file() and (tmp_path / "out" / "memit.safetensors.json").is_file()
+    assert f"wrote {out} and {out}.json" in r.output
+    e = Edit.load(out, model=load_model(folder))
+    assert e.method == "memit" and e.layers == (1, 2) and e.info["layers"] == [1, 2]
+    assert [q.target_new for q in e.requests] == ["tennis", "Paris"]
+
+
+def test_edit_command_rome_applies_several_requests_in_sequence(tiny_folder, tmp_path, monkeypatch):
+    from factscope.edit import Edit
+
+    folder = str(tiny_folder("gemma3"))
+    monkeypatch.setenv("FACTSCOPE_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    requests = _write(tmp_path / "ours.json", {"facts": OUR_RECORDS})
+    out = tmp_path / "rome.safetensors"
+    r = runner.invoke(app, ["edit", "--method", "rome", "--requests", requests, "--layers", "1", "--steps", "2",
+                            "--corpus", "model", "--n-tokens", "1024", "--no-progress", "--save", str(out),
+                            "--model", folder])
+    assert r.exit_code == 0, r.output
+    assert "ROME: editing the MLP at layer 1; 2 requests applied one after another" in r.output
+    assert "Space Needle: ? -> Paris" in r.output  # no target_true in the record
+    e = Edit.load(out)
+    assert e.method == "compose(rome, rome)" and e.layers == (1,) and len(e.requests) == 2
+    # the model was reverted before the summary and the save: the composed edit applies to the unedited model
+    Edit.load(out, model=load_model(folder))
+
+
+def test_edit_command_bad_input_exits_with_message(tiny_folder, tmp_path):
+    folder = str(tiny_folder("gemma3"))
+    good = _write(tmp_path / "ours.json", OUR_RECORDS)
+    cases = [
+        (["--requests", str(tmp_path / "nope.json")], "nope.json: no such file"),
+        (["--requests", _write(tmp_path / "empty.json", [])], "empty"),
+        (["--method", "ft-l", "--requests", good], "FT-L needs --layers with one layer"),
+        (["--method", "rome", "--requests", good, "--layers", "1-2"], "ROME rewrites one MLP layer"),
+        (["--method", "kn", "--requests", good, "--layers", "1"], "--layers does not apply"),
+        (["--method", "memit", "--requests", good, "--layers", "2-1"], "write 1-2"),
+        (["--method", "memit", "--requests", good, "--layers", "x"], "bad part 'x'"),
+        (["--method", "bogus", "--requests", good], "expected --method to be one of"),
+        (["--requests", good, "--prompt", "{} is", "--subject", "X", "--target-new", "y"], "not both"),
+        (["--prompt", "{} is", "--subject", "X"], "missing --target-new"),
+        ([], "expected requests"),
+    ]
+    for args, said in cases:
+        r = runner.invoke(app, ["edit", *args, "--model", folder])
+        assert r.exit_code == 2 and said in r.output, (args, r.output)
+    r = runner.invoke(app, ["edit", "--method", "memit", "--requests", good, "--layers", "1-99", "--model", folder])
+    assert r.exit_code == 2 and "layer" in r.output
