@@ -241,8 +241,9 @@ class ZResult:
 
 
 def _z_chunk(model: Any, reqs: Sequence[EditRequest], layer: int, templates: Sequence[str],
-             config: MEMITConfig) -> tuple[Tensor, Tensor, list[int], list[float]]:
-    """Optimise δ for a few requests at once; returns (z, h, steps, p_new)."""
+             config: MEMITConfig, on_step: Callable[[int, int], None] | None = None
+             ) -> tuple[Tensor, Tensor, list[int], list[float]]:
+    """Optimise δ for a few requests at once; returns (z, h, steps, p_new). ``on_step(step, active)`` reports progress."""
     a = arch_of(model)
     dev = next(model.parameters()).device
     T = len(templates)
@@ -339,6 +340,8 @@ def _z_chunk(model: Any, reqs: Sequence[EditRequest], layer: int, templates: Seq
                                      f"Try a smaller v_lr than {config.v_lr}.")
         converged = [j for j in active if float(nll[j].detach()) < config.early_stop_loss]
         still = [j for j in active if j not in converged]
+        if on_step is not None:
+            on_step(step + 1, len(still))
         if not still:
             break
         before = delta.detach().clone()
@@ -383,7 +386,8 @@ def compute_zs(model: Any, requests: Sequence[EditRequest], layer: int, template
     bar = tqdm(total=n, desc=f"z at layer {layer}", unit="req", disable=not progress)
     for s in range(0, n, config.z_chunk):
         idx = order[s:s + config.z_chunk]
-        zc, hc, st, pn = _z_chunk(model, [requests[i] for i in idx], layer, templates, config)
+        zc, hc, st, pn = _z_chunk(model, [requests[i] for i in idx], layer, templates, config,
+                                  lambda k, m: bar.set_postfix(step=f"{k}/{config.v_steps}", active=m))
         for k, i in enumerate(idx):
             z[i], h[i], steps[i], p_new[i] = zc[k], hc[k], st[k], pn[k]
         bar.update(len(idx))
