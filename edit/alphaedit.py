@@ -65,6 +65,8 @@ def null_space_projection(C: Float[Tensor, "d_mlp d_mlp"], threshold: float) -> 
     C = C.double()
     if C.ndim != 2 or C.shape[0] != C.shape[1]:
         raise ValueError(f"expected a square C, got shape {tuple(C.shape)}")
+    if not bool(torch.isfinite(C).all()):
+        raise ValueError("expected finite key statistics C, got NaN or inf; recompute them (cache=False)")
     evals, evecs = torch.linalg.eigh((C + C.T) / 2)
     U = evecs[:, evals < threshold]
     return U @ U.T

@@ -442,8 +442,8 @@ def collect_keys(model: Any, requests: Sequence[EditRequest], layer: int, target
     raw = torch.zeros(n * T, a.d_model, dtype=torch.float64)
     out = torch.zeros(n * T, a.d_model, dtype=torch.float64)
     h = torch.zeros(n * T, a.d_model, dtype=torch.float64)
-    names = {a.hook("mlp_key", layer): K, a.hook("mlp_raw_out", layer): raw, a.hook("mlp_out", layer): out,
-             a.hook("resid_post", target_layer): h}
+    names = [(a.hook("mlp_key", layer), K), (a.hook("mlp_raw_out", layer), raw), (a.hook("mlp_out", layer), out),
+             (a.hook("resid_post", target_layer), h)]  # raw and out share one hook without a post-norm
     stop = max(layer, target_layer) + 1
     for s in tqdm(range(0, n * T, chunk), desc=f"keys at layer {layer}", disable=not progress):
         ids, mask = pad_left(model, rows[s:s + chunk])
@@ -454,7 +454,7 @@ def collect_keys(model: Any, requests: Sequence[EditRequest], layer: int, target
             return fn
 
         model.run_with_hooks(ids.to(dev), attention_mask=mask.to(dev), stop_at_layer=stop,
-                             fwd_hooks=[(nm, grab(dst, s)) for nm, dst in names.items()])
+                             fwd_hooks=[(nm, grab(dst, s)) for nm, dst in names])
     K = K.view(n, T, -1).mean(1)
     return LayerActs(K=K, raw=raw.view(n, T, -1)[:, bare], out=out.view(n, T, -1)[:, bare],
                      h=h.view(n, T, -1)[:, bare])
@@ -491,23 +491,35 @@ def invert_post_norm(y: Float[Tensor, "request d_model"], g: Float[Tensor, "d_mo
     """Raw outputs v whose RMS-normalised values ``g ⊙ v / rms(v)`` are closest to ``y`` (float64).
 
     ``w = v / rms(v)`` ranges over the sphere ``‖w‖² = d``; the closest point to y solves
-    ``min ‖g ⊙ w − y‖²`` there, ``w = g y / (g² + μ)`` with μ ≥ −min g² found by bisection on
-    ``‖w(μ)‖² = d`` (the trust-region secular equation). When y is reachable this is exact. The norm
-    ignores scale, so ``v = s w`` with s the least-squares fit of ``raw`` (the current output),
-    keeping the raw change small: ``s = max(w·raw / d, rms(raw) / 100)``.
+    ``min ‖g ⊙ w − y‖²`` there: ``w = g y / (g² + μ)`` with μ > −min g² found by bisection on
+    ``‖w(μ)‖² = d`` (the trust-region secular equation). In the "hard case" (y has no component on
+    the smallest gains, e.g. gains of exactly 0, which Gemma 3 270M has at layers 1, 3 and 4) the
+    equation has no root; then μ = −min g² and the missing norm goes onto the smallest-gain
+    coordinates, which do not change the output, signed like ``raw``. When y is reachable the
+    result is exact. The norm ignores scale, so ``v = rms(raw) · w`` keeps the current output's
+    size: the change is a rotation, and a partial step towards v still turns the output towards y.
     """
     y, g, raw = y.double(), g.double(), raw.double()
     d = y.shape[-1]
+    g2 = g * g
+    gmin = float(g2.min())
     gy = g * y  # [request, d]
-    lo = torch.full(y.shape[:-1], -float((g * g).min()), dtype=torch.float64)
-    hi = gy.norm(dim=-1) / math.sqrt(d) + 1e-12
-    lo = lo + 1e-12 * (1 + hi)
+    lo = torch.full(y.shape[:-1], -gmin, dtype=torch.float64)
+    hi = gy.norm(dim=-1) / math.sqrt(d) + float(g2.max()) + 1e-300
     for _ in range(iters):
         mid = (lo + hi) / 2
-        w2 = (gy / (g * g + mid[..., None])).pow(2).sum(-1)
+        w2 = (gy / (g2 + mid[..., None])).pow(2).sum(-1)
         lo = torch.where(w2 > d, mid, lo)
         hi = torch.where(w2 > d, hi, mid)
-    w = gy / (g * g + hi[..., None])
+    w = gy / (g2 + hi[..., None])
+    short = d - w.pow(2).sum(-1)  # > 0 only in the hard case
+    Z = g2 <= gmin + 1e-12 * float(g2.max())  # the smallest gain's coordinates
+    hard = short > 1e-9 * d
+    if bool(hard.any()):
+        fill = torch.where(Z, raw, torch.zeros_like(raw))
+        fill = torch.where(fill.norm(dim=-1, keepdim=True) > 0, fill, Z.double().expand_as(raw))
+        fill = fill / fill.norm(dim=-1, keepdim=True)
+        w = torch.where(hard[..., None], torch.where(Z, 0.0, w) + short.clamp(min=0).sqrt()[..., None] * fill, w)
     w = w * math.sqrt(d) / w.norm(dim=-1, keepdim=True)
     return raw.pow(2).mean(-1, keepdim=True).sqrt() * w
 
