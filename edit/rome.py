@@ -226,7 +226,8 @@ def compute_v_star(model: Any, request: EditRequest, layer: int, templates: tupl
     prefix = None
     if reuse_prefix and bool((lookup[:R] == c).all()) and c > 0:
         with torch.no_grad():
-            _, prefix = model.run_with_hooks(ids[:R, :c], attention_mask=mask[:R, :c], return_type="logits_and_cache")
+            _, prefix = model.run_with_hooks(ids[:R, :c], attention_mask=mask[:R, :c], return_type="logits_and_cache",
+                                             logits_to_keep=1)  # only the KV cache is wanted
     every = torch.arange(R + 1, device=dev)
 
     def forward() -> tuple[Tensor, Tensor]:

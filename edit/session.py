@@ -147,7 +147,8 @@ class EditSession:
 
     def _push(self, e: Any, keys: dict[int, Tensor] | None) -> None:
         self.history.append(e)
-        self._keys.append(keys) if keys is not None else None
+        if keys is not None:
+            self._keys.append(keys)
 
     def revert(self, steps: int | None = None) -> None:
         """Revert the last ``steps`` edits (all by default), newest first; the weights return bit-exactly."""

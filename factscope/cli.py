@@ -357,14 +357,7 @@ def _sequential(m, requests, make_one):
 def _kn_prompts(r) -> tuple[list[str], int]:
     """KN's prompts for request ``r``: its prompt and paraphrases, padded with context-prefixed copies of the
     prompt up to the 3 that the refinement needs; also how many copies were added."""
-    prompts = list(dict.fromkeys([r.text, *r.paraphrases]))
-    added = 0
-    for ctx in CONTEXTS:
-        if len(prompts) >= 3:
-            break
-        prompts.append(f"{ctx} {r.text}")
-        added += 1
-    return prompts, added
+    return _pad_prompts([r.text, *r.paraphrases])
 
 
 def _run_editor(m, method: str, requests: list, layers: Optional[list[int]], config, steps: Optional[int],
@@ -561,14 +554,20 @@ def _neuron_prompts(prompt: str, subject: str, paraphrases: list[str]) -> tuple[
     from factscope.datasets import builtin_facts
 
     known = next((f for f in builtin_facts() if f.text == prompt and f.subject == subject), None)
-    prompts = list(dict.fromkeys([prompt, *(known.paraphrases if known else ()), *paraphrases]))
+    prompts, added = _pad_prompts([prompt, *(known.paraphrases if known else ()), *paraphrases])
+    return prompts, known.target_true if known else None, added
+
+
+def _pad_prompts(prompts: list[str]) -> tuple[list[str], int]:
+    """``prompts`` without repeats, padded with context-prefixed copies of the first up to 3; and how many were added."""
+    out = list(dict.fromkeys(prompts))
     added = 0
     for ctx in CONTEXTS:
-        if len(prompts) >= 3:
+        if len(out) >= 3:
             break
-        prompts.append(f"{ctx} {prompt}")
+        out.append(f"{ctx} {prompts[0]}")
         added += 1
-    return prompts, known.target_true if known else None, added
+    return out, added
 
 
 def _neuron_summary(result, before: float, after: float) -> str:

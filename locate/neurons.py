@@ -434,7 +434,7 @@ def _clean_run(model: Any, a: Any, ids: Tensor, answer_id: int | None, *, post_n
     scale = torch.stack([_rms(cache[n][0, -1], _norm_eps(model, l)) for l, n in enumerate(raws)]) if frozen else None
     kv = None
     if ids.shape[1] > 1:
-        _, kv = model.run_with_hooks(ids[:, :-1], return_type="logits_and_cache")
+        _, kv = model.run_with_hooks(ids[:, :-1], return_type="logits_and_cache", logits_to_keep=1)  # KV only
     return _Clean(acts, p, answer_id, kv, scale)
 
 
