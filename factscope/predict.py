@@ -9,15 +9,16 @@ first token of ``" " + target``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from factscope.tokens import encode_batch, str_tokens, target_ids, tokenizer_of
 
-__all__ = ["Prediction", "Predictions", "predict", "next_token_logits", "target_logprob"]
+__all__ = ["Prediction", "Predictions", "predict", "next_token_logits", "target_logprob", "target_scores", "TargetScores",
+           "generate"]
 
 
 @dataclass(frozen=True)
@@ -148,15 +149,24 @@ def predict(
     return Predictions(tuple(rows))
 
 
+class TargetScores(NamedTuple):
+    """Per row: ``logprob`` ``[batch]`` mean per-token log p(target | prompt); ``exact`` ``[batch]`` bool,
+    every target token is the argmax at its position (teacher-forced, MEMIT's ``*_correct``)."""
+
+    logprob: Float[Tensor, "batch"]
+    exact: Bool[Tensor, "batch"]
+
+
 @torch.no_grad()
-def target_logprob(
+def target_scores(
     model: Any, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 32
-) -> Float[Tensor, "batch"]:
-    """Mean per-token log p(target | prompt), teacher-forced over all of ``" " + target``'s tokens.
+) -> TargetScores:
+    """Mean per-token log p(target | prompt) and exact match, teacher-forced over all of ``" " + target``'s tokens.
 
     CounterFact's comparison (``p(new) > p(true)`` means a higher mean log-probability of the new
-    target's tokens). Cost: one forward per ``batch_size`` rows of prompt + target, with logits kept
-    only for the target positions.
+    target's tokens) and MEMIT's exact match (each target token is the argmax after the prompt and
+    the target's earlier tokens). Cost: one forward per ``batch_size`` rows of prompt + target, with
+    logits kept only for the target positions.
     """
     if isinstance(prompts, str) or isinstance(targets, str):
         raise TypeError("expected sequences of prompts and targets, got a single str; wrap it in a list")
@@ -166,7 +176,7 @@ def target_logprob(
 
     tok = tokenizer_of(model)
     device = next(model.parameters()).device
-    out = []
+    lps, exact = [], []
     for i in range(0, len(prompts), batch_size):
         rows, tgts = [], []
         for p, t in zip(prompts[i:i + batch_size], targets[i:i + batch_size]):
@@ -177,5 +187,58 @@ def target_logprob(
         lp = model(ids.to(device), attention_mask=mask.to(device), logits_to_keep=n + 1)[:, :-1].float().log_softmax(-1)  # [row, n, vocab]
         for r, t in enumerate(tgts):  # row r's target tokens are its last len(t) tokens
             pos = torch.arange(n - len(t), n, device=device)
-            out.append(float(lp[r, pos, torch.tensor(t, device=device)].mean()))
-    return torch.tensor(out)
+            t_ = torch.tensor(t, device=device)
+            lps.append(float(lp[r, pos, t_].mean()))
+            exact.append(bool((lp[r, pos].argmax(-1) == t_).all()))
+    return TargetScores(torch.tensor(lps), torch.tensor(exact, dtype=torch.bool))
+
+
+def target_logprob(
+    model: Any, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 32
+) -> Float[Tensor, "batch"]:
+    """Mean per-token log p(target | prompt), teacher-forced over all of ``" " + target``'s tokens.
+
+    `target_scores`' ``logprob``: CounterFact's comparison (``p(new) > p(true)`` means a higher mean
+    log-probability of the new target's tokens).
+    """
+    return target_scores(model, prompts, targets, batch_size=batch_size).logprob
+
+
+@torch.no_grad()
+def generate(
+    model: Any, prompts: Sequence[str], *, max_new_tokens: int = 100, batch_size: int = 16, progress: bool = False
+) -> list[str]:
+    """Greedy continuations of ``prompts``: each prompt's text followed by ``max_new_tokens`` argmax tokens.
+
+    No stopping at end-of-text (fixed length, as CounterFact's fluency check assumes). Prompts of
+    equal token length share a batch, so no padding enters the computation and each row equals its
+    own single-prompt run. Cost: ``max_new_tokens`` single-token forwards with a KV cache per batch.
+    """
+    from tqdm.auto import tqdm
+
+    from factscope.tokens import encode
+
+    if isinstance(prompts, str):
+        raise TypeError("expected a sequence of prompts, got a single str; wrap it in a list")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"expected max_new_tokens to be an int >= 1, got {max_new_tokens!r}")
+    tok = tokenizer_of(model)
+    device = next(model.parameters()).device
+    enc = [encode(tok, p) for p in prompts]
+    by_len: dict[int, list[int]] = {}
+    for i, e in enumerate(enc):
+        by_len.setdefault(len(e), []).append(i)
+    groups = [g[j:j + batch_size] for g in by_len.values() for j in range(0, len(g), batch_size)]
+    out: list[str] = [""] * len(prompts)
+    for g in tqdm(groups, desc="greedy generation", disable=not progress):
+        x = torch.tensor([enc[i] for i in g], device=device)  # [row, pos]
+        cols, cache = [], None
+        for _ in range(max_new_tokens):
+            logits, cache = model(x, past_key_values=cache, use_cache=True, logits_to_keep=1,
+                                  return_type="logits_and_cache")
+            x = logits[:, -1].argmax(-1, keepdim=True)  # [row, 1]
+            cols.append(x)
+        new = torch.cat(cols, 1).cpu()  # [row, max_new_tokens]
+        for r, i in enumerate(g):
+            out[i] = prompts[i] + tok.decode(new[r].tolist(), skip_special_tokens=True)
+    return out

@@ -1,25 +1,81 @@
-"""Did the edit work? CounterFact's rewrite scores for one request on the model as it is now.
+"""Did the edit work, and what else did it do? CounterFact-style evaluation of an `Edit`.
 
-``rewrite_scores(model, request)`` compares the mean per-token log-probability of ``target_new``
-and ``target_true`` (teacher-forced over all their tokens, `factscope.predict.target_logprob`):
+``evaluate(model, edit)`` scores every request of the edit on the model as it is (*pre*), applies
+the edit, scores again (*post*) and reverts it (``with edit.applied(model):``: bit-exact, also after
+an error). Per request, before and after:
 
-- efficacy: ``p(new) > p(true)`` on the edit prompt (0 or 1);
-- paraphrase: the fraction of paraphrases with ``p(new) > p(true)``;
-- neighbourhood: the fraction of neighbour prompts with ``p(true) > p(new)``;
+================  =====================================================================================
+metric            definition (targets scored as ``" " + target``; p = exp(mean per-token log p))
+================  =====================================================================================
+efficacy          ES: ``p(new) > p(true)`` on the edit prompt (teacher-forced over all target tokens)
+efficacy_dp       its magnitude: ``p(new) − p(true)``
+paraphrase        PS: the fraction of paraphrases with ``p(new) > p(true)``; ``paraphrase_dp`` the mean Δp
+neighbourhood     NS: the fraction of neighbour prompts with ``p(true) > p(new)``; ``neighbourhood_dp``
+                  the mean ``p(true) − p(new)``
+efficacy_em       exact match: every token of ``target_new`` is the argmax (MEMIT's ``*_correct``);
+                  ``paraphrase_em`` likewise on paraphrases, ``neighbourhood_em`` of ``target_true``
+                  on neighbours
+neighbourhood_kl  mean KL(post ‖ pre) of the next-token distributions on neighbour prompts (nats;
+                  0 before the edit by definition)
+nplus             CounterFact+ (N+): NS on neighbour prompts prefixed by the edit prompt and its new
+                  target, ``f"{prompt} {target_new}. {neighbour}"``; ``nplus_dp`` its magnitude
+portability       exact match of each portability pair's answer (Yao et al.: questions whose answer
+                  follows from the edit); ``portability_logp`` mean per-token log p(answer)
+locality          exact match of each locality pair's answer (zsRE's ``loc``: should stay)
+fluency           CounterFact's generation entropy: greedy ``n_gen_tokens``-token continuations of
+                  the subject's prompt, word n-gram entropies (log₂) weighted 2/3 (bigrams) and
+                  4/3 (trigrams), averaged (ROME's ``compute_n_gram_entropy``; words by a regex
+                  tokenizer instead of NLTK's)
+================  =====================================================================================
 
-plus the magnitudes (mean log-probability differences). Apply an edit first (``with
-edit.applied(model):``) to score it; call it on the bare model for the baseline. Every prompt and
-both targets go through one batched call: ``2 × (1 + n_paraphrases + n_neighbours)`` rows.
+Metrics a request has no prompts for are NaN and left out of the means. A request without
+``target_true`` (zsRE-style) gets the exact-match metrics only (and ``locality`` from its pairs). The aggregate score S is
+the harmonic mean of mean ES, PS and NS. `EditReport` holds the per-request values
+(``.to_dataframe()``: one row per request, ``{metric}_pre`` / ``{metric}_post`` columns) and
+``.summary()``: means with percentile-bootstrap 95% CIs resampled by request (``S`` recomputed per
+resample; ``Δ`` the paired post − pre change with its own CI).
+
+``rewrite_scores(model, request)`` is the lightweight piece: ES/PS/NS and the log-probability
+margins of one request on the model as it is now.
+
+Cost: two batched teacher-forced passes (pre, post) over ``2 × (1 + n_paraphrases + 2 n_neighbours)
++ n_portability + n_locality`` rows per request, two next-token passes over the neighbours, and,
+with ``fluency=True``, ``2 × n_gen_tokens`` single-token forwards per batch of equal-length prompts
+(Gemma 3 270M, 10 requests: about 1 min on 2 CPU cores, most of it generation; ``fluency=False``
+takes seconds). Memory: one batch of activations (``batch_size`` rows).
+
+Dimension names: ``request``, ``resample``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from factscope.facts import EditRequest
 
-__all__ = ["RewriteScores", "rewrite_scores"]
+__all__ = ["RewriteScores", "rewrite_scores", "EditReport", "evaluate", "METRICS", "ngram_entropy",
+           "harmonic_mean", "NPLUS_FORMAT"]
+
+METRICS: tuple[str, ...] = (
+    "efficacy", "paraphrase", "neighbourhood", "efficacy_dp", "paraphrase_dp", "neighbourhood_dp",
+    "efficacy_em", "paraphrase_em", "neighbourhood_em", "neighbourhood_kl", "nplus", "nplus_dp",
+    "portability", "portability_logp", "locality", "fluency",
+)
+NPLUS_FORMAT = "{prompt} {target_new}. {neighbour}"
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+# --------------------------------------------------------------------------- one request, as the model is
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,10 +101,16 @@ class RewriteScores:
         return asdict(self)
 
 
-def rewrite_scores(model: Any, request: EditRequest) -> RewriteScores:
-    """Efficacy, paraphrase and neighbourhood of ``request`` on ``model`` as it is (see the module docstring)."""
-    import torch
+def _mean(x: Tensor) -> float:
+    return float(x.double().mean()) if len(x) else float("nan")
 
+
+def rewrite_scores(model: Any, request: EditRequest) -> RewriteScores:
+    """Efficacy, paraphrase and neighbourhood of ``request`` on ``model`` as it is (no edit applied by this call).
+
+    Every prompt and both targets go through one batched call: ``2 × (1 + n_paraphrases +
+    n_neighbours)`` rows.
+    """
     from factscope.predict import target_logprob
 
     if not isinstance(request, EditRequest):
@@ -59,10 +121,335 @@ def rewrite_scores(model: Any, request: EditRequest) -> RewriteScores:
     margin = lp[:n] - lp[n:]  # [prompt] log p(new) − log p(true)
     para = margin[1:1 + len(request.paraphrases)]
     nb = margin[1 + len(request.paraphrases):]
+    return RewriteScores(efficacy=float(margin[0] > 0), paraphrase=_mean(para > 0),
+                         neighbourhood=_mean(nb < 0), efficacy_margin=float(margin[0]),
+                         paraphrase_margin=_mean(para), neighbourhood_margin=_mean(nb))
 
-    def mean(x: torch.Tensor) -> float:
-        return float(x.mean()) if len(x) else float("nan")
 
-    return RewriteScores(efficacy=float(margin[0] > 0), paraphrase=mean((para > 0).double()),
-                         neighbourhood=mean((nb < 0).double()), efficacy_margin=float(margin[0]),
-                         paraphrase_margin=mean(para), neighbourhood_margin=mean(nb))
+# --------------------------------------------------------------------------- fluency
+
+
+def ngram_entropy(text: str, ns: tuple[int, ...] = (2, 3), weights: tuple[float, ...] = (2 / 3, 4 / 3)) -> float:
+    """CounterFact's generation entropy: ``mean_n(w_n · H_n)``, H_n the entropy (bits) of the word n-gram frequencies.
+
+    Words are ``\\w+`` runs and single punctuation marks. A text with no n-grams of some order
+    contributes 0 for that order (a constant text has entropy 0).
+    """
+    words = _WORD.findall(text)
+    hs = []
+    for n, w in zip(ns, weights, strict=True):
+        counts = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+        total = sum(counts.values())
+        h = -sum(c / total * math.log2(c / total) for c in counts.values()) if total else 0.0
+        hs.append(w * h)
+    return float(np.mean(hs))
+
+
+def harmonic_mean(*xs: float) -> float:
+    """The harmonic mean (0 if any is 0, NaN if any is NaN): CounterFact's score S of ES, PS and NS."""
+    if any(math.isnan(x) for x in xs):
+        return float("nan")
+    if any(x <= 0 for x in xs):
+        return 0.0
+    return len(xs) / sum(1 / x for x in xs)
+
+
+# --------------------------------------------------------------------------- the per-request metrics
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Every prompt of every request, flattened, with owners: one teacher-forced batch."""
+
+    prompts: list[str]
+    targets: list[str]
+    kind: list[str]  # es_new es_true ps_new ps_true ns_new ns_true np_new np_true port loc
+    owner: list[int]
+
+
+def _rows(requests: Sequence[EditRequest]) -> _Rows:
+    P: list[str] = []
+    T: list[str] = []
+    K: list[str] = []
+    O: list[int] = []
+
+    def add(i: int, kind: str, prompts: Sequence[str], target: str) -> None:
+        P.extend(prompts)
+        T.extend([target] * len(prompts))
+        K.extend([kind] * len(prompts))
+        O.extend([i] * len(prompts))
+
+    for i, r in enumerate(requests):
+        nplus = [NPLUS_FORMAT.format(prompt=r.text, target_new=r.target_new, neighbour=nb) for nb in r.neighbours]
+        for name, prompts in (("es", [r.text]), ("ps", r.paraphrases), ("ns", r.neighbours), ("np", nplus)):
+            if r.target_true is None and name in ("ns", "np"):
+                continue  # zsRE-style: no true object to keep on neighbours (their checks are in `locality`)
+            add(i, f"{name}_new", prompts, r.target_new)
+            if r.target_true is not None:
+                add(i, f"{name}_true", prompts, r.target_true)
+        for p, ans in r.portability:
+            add(i, "port", [p], ans)
+        for p, ans in r.locality:
+            add(i, "loc", [p], ans)
+    return _Rows(P, T, K, O)
+
+
+def _per_request(model: Any, requests: Sequence[EditRequest], rows: _Rows, batch_size: int) -> dict[str, np.ndarray]:
+    """``{metric: [request]}`` for every metric but the KL and fluency, on the model as it is."""
+    from factscope.predict import target_scores
+
+    s = target_scores(model, rows.prompts, rows.targets, batch_size=batch_size) if rows.prompts else None
+    kind, owner = np.array(rows.kind), np.array(rows.owner)
+    lp = s.logprob.double().numpy() if s is not None else np.zeros(0)
+    em = s.exact.numpy().astype(float) if s is not None else np.zeros(0)
+    out = {m: np.full(len(requests), np.nan) for m in METRICS if m not in ("neighbourhood_kl", "fluency")}
+    for i in range(len(requests)):
+        def get(k: str, x: np.ndarray = lp) -> np.ndarray:
+            return x[(kind == k) & (owner == i)]
+
+        for name, m in (("es", "efficacy"), ("ps", "paraphrase"), ("ns", "neighbourhood"), ("np", "nplus")):
+            new, true = get(f"{name}_new"), get(f"{name}_true")
+            if not len(new):
+                continue
+            if len(true):
+                dp = np.exp(new) - np.exp(true)  # p(new) − p(true), p the per-token geometric mean
+                sign = -1.0 if name in ("ns", "np") else 1.0  # neighbours: the true target should win
+                out[m][i] = float(np.mean(sign * (new - true) > 0))
+                out[f"{m}_dp"][i] = float(np.mean(sign * dp))
+            if name != "np":
+                out[f"{m}_em"][i] = float(np.mean(get(f"{name}_true" if name == "ns" else f"{name}_new", em)))
+        if len(get("port")):
+            out["portability"][i] = float(get("port", em).mean())
+            out["portability_logp"][i] = float(get("port").mean())
+        if len(get("loc")):
+            out["locality"][i] = float(get("loc", em).mean())
+    return out
+
+
+def _fluency(model: Any, requests: Sequence[EditRequest], n_tokens: int, batch_size: int,
+             progress: bool) -> tuple[np.ndarray, list[str]]:
+    from factscope.predict import generate
+
+    texts = generate(model, [r.text for r in requests], max_new_tokens=n_tokens, batch_size=batch_size,
+                     progress=progress)
+    return np.array([ngram_entropy(t) for t in texts]), texts
+
+
+def _neighbour_logprobs(model: Any, requests: Sequence[EditRequest], batch_size: int) -> Float[Tensor, "prompt d_vocab"]:
+    from factscope.predict import next_token_logits
+
+    prompts = [p for r in requests for p in r.neighbours]
+    if not prompts:
+        return torch.zeros(0, 0)
+    return next_token_logits(model, prompts, batch_size=batch_size).double().log_softmax(-1)
+
+
+def _kl_per_request(requests: Sequence[EditRequest], pre: Tensor, post: Tensor) -> np.ndarray:
+    """Mean over each request's neighbours of KL(post ‖ pre), in nats."""
+    out = np.full(len(requests), np.nan)
+    if pre.numel() == 0:
+        return out
+    kl = (post.exp() * (post - pre)).sum(-1).numpy()  # [prompt]
+    j = 0
+    for i, r in enumerate(requests):
+        n = len(r.neighbours)
+        if n:
+            out[i] = float(kl[j:j + n].mean())
+        j += n
+    return out
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@dataclass(frozen=True)
+class EditReport:
+    """Every metric of every request, before (``pre``) and after (``post``) an edit.
+
+    Attributes:
+        method: the editor's name (``edit.method``), or a label given to `evaluate`.
+        requests: the requests scored, one per row.
+        pre, post: ``{metric: [request]}`` float64 arrays (NaN where a request has no such prompts).
+        generations: ``{"pre": [...], "post": [...]}`` the greedy texts behind ``fluency`` (empty without it).
+        settings: n_gen_tokens, fluency, n_boot, seed, level, the edit's layers and fingerprint.
+    """
+
+    method: str
+    requests: tuple[EditRequest, ...]
+    pre: dict[str, np.ndarray]
+    post: dict[str, np.ndarray]
+    generations: dict[str, list[str]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dataframe(self) -> Any:
+        """One row per request: subject, prompt, targets, then ``{metric}_pre`` and ``{metric}_post``."""
+        import pandas as pd
+
+        df = pd.DataFrame({
+            "subject": [r.subject for r in self.requests], "prompt": [r.text for r in self.requests],
+            "target_true": [r.target_true for r in self.requests], "target_new": [r.target_new for r in self.requests],
+        })
+        for m in METRICS:
+            df[f"{m}_pre"] = self.pre[m]
+            df[f"{m}_post"] = self.post[m]
+        df.insert(0, "method", self.method)
+        return df
+
+    def score(self, which: str = "post") -> float:
+        """S: the harmonic mean of mean efficacy, paraphrase and neighbourhood (NaNs left out of the means)."""
+        d = self.pre if which == "pre" else self.post
+        return harmonic_mean(*(float(np.nanmean(d[m])) if np.isfinite(d[m]).any() else float("nan")
+                               for m in ("efficacy", "paraphrase", "neighbourhood")))
+
+    def summary(self, *, n_boot: int | None = None, level: float | None = None, seed: int | None = None) -> Any:
+        """One row per metric (and S): pre, post and post − pre, each with its bootstrap CI over requests.
+
+        Columns: ``n`` (requests with the metric), ``pre``, ``pre_lo``, ``pre_hi``, ``post``,
+        ``post_lo``, ``post_hi``, ``delta``, ``delta_lo``, ``delta_hi``. All requests are resampled
+        together, so the pre and post values of a request stay paired.
+        """
+        import pandas as pd
+
+        from factscope.probes.stats import bootstrap, percentile_ci
+
+        n_boot = self.settings.get("n_boot", 2000) if n_boot is None else n_boot
+        level = self.settings.get("level", 0.95) if level is None else level
+        seed = self.settings.get("seed", 0) if seed is None else seed
+        N = len(self.requests)
+        recs = []
+        for m in (*METRICS, "S"):
+            def stat(idx: np.ndarray, d: dict[str, np.ndarray], m: str = m) -> float:
+                if m == "S":
+                    return harmonic_mean(*(_nanmean(d[k][idx]) for k in ("efficacy", "paraphrase", "neighbourhood")))
+                return _nanmean(d[m][idx])
+
+            row: dict[str, Any] = {"metric": m}
+            row["n"] = N if m == "S" else int(np.isfinite(self.post[m]).sum())
+            for which, d in (("pre", self.pre), ("post", self.post)):
+                row[which] = stat(np.arange(N), d)
+                row[f"{which}_lo"], row[f"{which}_hi"] = percentile_ci(
+                    bootstrap(lambda i, d=d: stat(i, d), N, n_boot=n_boot, seed=seed), level)
+            row["delta"] = row["post"] - row["pre"]
+            row["delta_lo"], row["delta_hi"] = percentile_ci(
+                bootstrap(lambda i: stat(i, self.post) - stat(i, self.pre), N, n_boot=n_boot, seed=seed), level)
+            recs.append(row)
+        return pd.DataFrame.from_records(recs).set_index("metric")
+
+    def table(self) -> str:
+        """The summary as a printable table (metrics with data only)."""
+        s = self.summary()
+        s = s[s["n"] > 0]
+        lines = [f"{self.method}: {len(self.requests)} request(s); {int(self.settings.get('level', 0.95) * 100)}% "
+                 f"bootstrap CIs over requests",
+                 f"{'metric':<18} {'n':>3}  {'pre':>22}  {'post':>22}  {'post − pre':>22}"]
+
+        def ci(v: float, lo: float, hi: float) -> str:
+            return f"{v:7.3f} [{lo:6.3f}, {hi:6.3f}]" if math.isfinite(v) else f"{'–':>22}"
+
+        for m, r in s.iterrows():
+            lines.append(f"{m:<18} {int(r['n']):>3}  {ci(r['pre'], r['pre_lo'], r['pre_hi'])}  "
+                         f"{ci(r['post'], r['post_lo'], r['post_hi'])}  {ci(r['delta'], r['delta_lo'], r['delta_hi'])}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else float("nan")
+
+
+def _check_requests(requests: Any) -> tuple[EditRequest, ...]:
+    if isinstance(requests, EditRequest):
+        requests = (requests,)
+    reqs = tuple(requests)
+    if not reqs:
+        raise ValueError("expected at least one EditRequest to evaluate, got none")
+    for i, r in enumerate(reqs):
+        if not isinstance(r, EditRequest):
+            raise TypeError(f"expected EditRequests, got {type(r).__name__} at position {i}")
+    return reqs
+
+
+def evaluate(
+    model: Any,
+    edit: Any,
+    requests: Sequence[EditRequest] | EditRequest | None = None,
+    *,
+    fluency: bool = True,
+    n_gen_tokens: int = 100,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+    batch_size: int = 32,
+    method: str | None = None,
+    progress: bool = True,
+) -> EditReport:
+    """Score ``requests`` before and after ``edit`` on ``model`` (see the module docstring).
+
+    Args:
+        model: a bridge, as ``edit`` was computed on (its fingerprint must match) and without the
+            edit applied.
+        edit: an `factscope.edit.Edit`.
+        requests: what to score; default ``edit.requests``. Others may be given (e.g. held-out facts,
+            to see what a batch edit did to them).
+        fluency: run the generation-entropy check (the slow part).
+        n_gen_tokens: greedy tokens generated per request for fluency.
+        n_boot, level, seed: the bootstrap behind `EditReport.summary` (resampled by request).
+        batch_size: rows per forward pass.
+        method: a label for the report; default ``edit.method``.
+        progress: progress bars.
+
+    Returns:
+        `EditReport`. The model is left as it was found, bit for bit, also when scoring fails.
+
+    Raises:
+        TypeError / ValueError: not an Edit, no requests, a request that is not an `EditRequest`.
+        `factscope.edit.handle.EditStateError`: the edit is already applied to this model.
+        `factscope.edit.handle.FingerprintMismatchError`: the model is not the one the edit was
+        computed on. All raised before the model is touched.
+    """
+    from tqdm.auto import tqdm
+
+    from factscope.edit.handle import Edit, EditStateError, FingerprintMismatchError
+    from factscope.models import fingerprint
+
+    if not isinstance(edit, Edit):
+        raise TypeError(f"expected an Edit (what every factscope editor returns), got {type(edit).__name__}")
+    reqs = _check_requests(edit.requests if requests is None else requests)
+    if edit.is_applied(model):
+        raise EditStateError("evaluate applies and reverts the edit itself, but it is already applied to this "
+                             "model; revert it first")
+    if fingerprint(model) != edit.fingerprint:
+        raise FingerprintMismatchError(f"expected the model the edit was computed on (fingerprint "
+                                       f"{edit.fingerprint[:12]}…), got fingerprint {fingerprint(model)[:12]}…")
+    rows = _rows(reqs)
+    steps = ["pre: targets", "pre: neighbours", "pre: fluency", "post: targets", "post: neighbours", "post: fluency"]
+    bar = tqdm(total=len(steps) - (0 if fluency else 2), desc="evaluate", disable=not progress)
+    results: dict[str, dict[str, np.ndarray]] = {}
+    gens: dict[str, list[str]] = {}
+    nb_lp: dict[str, Tensor] = {}
+
+    def score(which: str) -> None:
+        bar.set_postfix_str(which)
+        results[which] = _per_request(model, reqs, rows, batch_size)
+        bar.update()
+        nb_lp[which] = _neighbour_logprobs(model, reqs, batch_size)
+        bar.update()
+        results[which]["fluency"] = np.full(len(reqs), np.nan)
+        if fluency:
+            results[which]["fluency"], gens[which] = _fluency(model, reqs, n_gen_tokens, batch_size, False)
+            bar.update()
+
+    score("pre")
+    with edit.applied(model):
+        score("post")
+    bar.close()
+    results["pre"]["neighbourhood_kl"] = np.where(np.isnan(_kl_per_request(reqs, nb_lp["pre"], nb_lp["pre"])),
+                                                  np.nan, 0.0)
+    results["post"]["neighbourhood_kl"] = _kl_per_request(reqs, nb_lp["pre"], nb_lp["post"])
+    settings = dict(fluency=fluency, n_gen_tokens=n_gen_tokens, n_boot=n_boot, level=level, seed=seed,
+                    layers=sorted(edit.deltas), fingerprint=edit.fingerprint, nplus_format=NPLUS_FORMAT)
+    return EditReport(method=method or edit.method, requests=reqs, pre=results["pre"], post=results["post"],
+                      generations=gens, settings=settings)
