@@ -7,6 +7,8 @@
     factscope edit --method M --requests FILE [--layers 3-7] --save OUT.safetensors
                                          rewrite facts (rome, memit, alphaedit, ft-l, kn)
     factscope edit --prompt P --subject S --target-new T   one request (ROME by default), before/after
+    factscope evaluate --edit OUT.safetensors [--requests FILE] [--out report.png]
+                                         score an edit before/after (CounterFact metrics, CIs)
     factscope stats --layer N [--corpus C]                 precompute key statistics C = E[kkᵀ]
     factscope neurons PROMPT --subject S [--html H]        knowledge neurons of one fact, a figure
     factscope demo [--out out/]          the main job end to end
@@ -514,6 +516,67 @@ def edit(
         typer.echo(f"wrote {save} and {save}.json")
     else:
         typer.echo("not saved (pass --save OUT.safetensors to keep the edit)")
+
+
+@app.command()
+def evaluate(
+    edit_file: Path = typer.Option(..., "--edit", "-e", help="An edit saved by `factscope edit --save` (OUT.safetensors, "
+                                                              "with OUT.safetensors.json beside it)."),
+    requests_file: Optional[Path] = typer.Option(
+        None, "--requests", "-r", help="Score these requests instead of the edit's own (CounterFact or factscope JSON)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N requests."),
+    fluency: bool = typer.Option(True, "--fluency/--no-fluency", help="Greedy generations for the fluency metric "
+                                                                      "(the slow part)."),
+    gen_tokens: int = typer.Option(100, "--gen-tokens", min=1, help="Tokens generated per request for fluency."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the metric bar chart (PNG/SVG/PDF)."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Write the per-request table (one row per request)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+) -> None:
+    """Score a saved edit before and after: efficacy, paraphrase, neighbourhood (rates and Δp), exact match, neighbourhood KL, CounterFact+ N+, portability, locality, fluency and S, with bootstrap 95% CIs over requests.
+
+    The edit is applied and reverted in memory; nothing is written to the model.
+
+    Example: factscope evaluate --edit edits.safetensors --out report.png
+    """
+    from factscope.edit.handle import Edit, EditStateError, FingerprintMismatchError
+    from factscope.probes.evaluate import evaluate as run_evaluate
+
+    requests = None
+    if requests_file is not None:
+        try:
+            requests, fmt = read_requests(requests_file, limit)
+        except ValueError as err:
+            _fail(str(err))
+        typer.echo(f"read {len(requests)} request(s) from {requests_file} ({fmt} format)")
+    m, _ = _load(model)
+    try:
+        e = Edit.load(edit_file, model=m)
+    except (FileNotFoundError, ValueError, FingerprintMismatchError) as err:
+        _fail(str(err))
+    if requests is None:
+        requests = list(e.requests)[:limit]
+    typer.echo(f"{e.method} edit of {len(e.requests)} request(s) at layer(s) {sorted(e.deltas)}; scoring "
+               f"{len(requests)} request(s)")
+    try:
+        rep = run_evaluate(m, e, requests, fluency=fluency, n_gen_tokens=gen_tokens, progress=progress)
+    except (ValueError, TypeError, EditStateError) as err:
+        _fail(str(err))
+    df = rep.to_dataframe()
+    cols = ["subject", "target_true", "target_new"] + [f"{x}_{w}" for x in ("efficacy", "paraphrase", "neighbourhood")
+                                                       for w in ("pre", "post")]
+    typer.echo(df[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    typer.echo("")
+    typer.echo(rep.table())
+    if out is not None:
+        from factscope.figures import plot_report, save_figure
+
+        save_figure(plot_report(rep), out)
+        typer.echo(f"wrote {out}")
+    if csv is not None:
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(csv, index=False)
+        typer.echo(f"wrote {csv}")
 
 
 @app.command()

@@ -3,9 +3,13 @@
 - `neuron_effect`: the change in p(answer) when a fact's knowledge neurons are suppressed or
   enhanced, on the fact, related and unrelated facts, against random neuron sets matched by layer
   and count; `NeuronEffect`.
-- Planned (issue 7): `evaluate`, `spillover`.
+- `evaluate` / `EditReport`: CounterFact's metrics (ES, PS, NS with magnitudes, exact match,
+  neighbourhood KL, N+, portability, locality, fluency, S) before and after an edit, with bootstrap
+  CIs by request; `rewrite_scores` for one request on the model as it is.
+- `stats`: the bootstrap, least squares and F-tests the probes share.
 """
 
+from factscope.probes.evaluate import METRICS, EditReport, RewriteScores, evaluate, rewrite_scores
 from factscope.probes.neurons import (
     GROUPS,
     NeuronEffect,
@@ -13,4 +17,5 @@ from factscope.probes.neurons import (
     random_controls,
 )
 
-__all__ = ["neuron_effect", "NeuronEffect", "random_controls", "GROUPS"]
+__all__ = ["evaluate", "EditReport", "METRICS", "rewrite_scores", "RewriteScores",
+           "neuron_effect", "NeuronEffect", "random_controls", "GROUPS"]

@@ -338,7 +338,7 @@ class EditReport:
     def table(self) -> str:
         """The summary as a printable table (metrics with data only)."""
         s = self.summary()
-        s = s[s["n"] > 0]
+        s = s[(s["n"] > 0) & s[["pre", "post"]].notna().any(axis=1)]
         lines = [f"{self.method}: {len(self.requests)} request(s); {int(self.settings.get('level', 0.95) * 100)}% "
                  f"bootstrap CIs over requests",
                  f"{'metric':<18} {'n':>3}  {'pre':>22}  {'post':>22}  {'post − pre':>22}"]

@@ -14,7 +14,7 @@ runner = CliRunner()
 def test_help_lists_commands():
     r = runner.invoke(app, ["--help"])
     assert r.exit_code == 0
-    for cmd in ("info", "facts", "demo"):
+    for cmd in ("info", "facts", "demo", "evaluate"):
         assert cmd in r.output
 
 
@@ -82,6 +82,18 @@ def test_stats_and_edit_commands(tiny_folder, tmp_path, monkeypatch):
     r = runner.invoke(app, ["edit", "--prompt", "{} plays", "--subject", "X", "--target-new", "y", "--layer", "99",
                             "--model", folder])
     assert r.exit_code == 2 and "layer" in r.output
+    # evaluate the saved edit: tables, a figure, a CSV; a missing file is a clean error
+    r = runner.invoke(app, ["evaluate", "--edit", str(out), "--gen-tokens", "5", "--out", str(tmp_path / "rep.png"),
+                            "--csv", str(tmp_path / "rep.csv"), "--no-progress", "--model", folder])
+    assert r.exit_code == 0, r.output
+    assert "efficacy_em" in r.output and "fluency" in r.output and "Michael Jordan" in r.output  # no target_true: EM only
+    assert (tmp_path / "rep.png").stat().st_size > 0
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "rep.csv")
+    assert len(df) == 1 and df.loc[0, "subject"] == "Michael Jordan"
+    r = runner.invoke(app, ["evaluate", "--edit", str(tmp_path / "missing.safetensors"), "--model", folder])
+    assert r.exit_code == 2 and "missing" in r.output
 
 
 @pytest.mark.filterwarnings("ignore:the model's top-1 answer")
