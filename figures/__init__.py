@@ -5,12 +5,15 @@
 - `save_figure`: PNG/SVG/PDF output.
 - `plot_neurons`: knowledge-neuron attribution by layer, selected neurons marked.
 - `neurons_html`: a circuitsvis view of the neurons' activations, written as an offline HTML file.
+- `plot_spillover`: spillover against key similarity (whitened and raw) per category, the stay fit
+  with its bootstrap band.
 - `plot_report`: edit-evaluation metrics with 95% CIs, editors side by side.
 """
 
 from factscope.figures.neurons import neurons_html, plot_neurons
 from factscope.figures.profile import plot_profile
 from factscope.figures.report import plot_report
+from factscope.figures.spillover import plot_spillover
 from factscope.figures.tracing import CMAPS, plot_trace, save_figure
 
-__all__ = ["plot_trace", "plot_profile", "plot_report", "plot_neurons", "neurons_html", "save_figure", "CMAPS"]
+__all__ = ["plot_trace", "plot_profile", "plot_report", "plot_spillover", "plot_neurons", "neurons_html", "save_figure", "CMAPS"]
