@@ -9,6 +9,8 @@
     factscope edit --prompt P --subject S --target-new T   one request (ROME by default), before/after
     factscope evaluate --edit OUT.safetensors [--requests FILE] [--out report.png]
                                          score an edit before/after (CounterFact metrics, CIs)
+    factscope probe spillover [--group G | --prompt P --subject S --target-new T] [--editor rome] --out spill.png
+                                         does the edit spill into related facts? (locality)
     factscope stats --layer N [--corpus C]                 precompute key statistics C = E[kkᵀ]
     factscope neurons PROMPT --subject S [--html H]        knowledge neurons of one fact, a figure
     factscope demo [--out out/]          the main job end to end
@@ -187,6 +189,7 @@ def facts(model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_
 
 
 DEMO_FACT = "eiffel_tower_located_in_city"
+DEMO_GROUP = "president_vs_secretary_of_state"
 
 
 def _request(prompt: str, subject: str, target_new: str, target_true: Optional[str]):
@@ -579,6 +582,80 @@ def evaluate(
         typer.echo(f"wrote {csv}")
 
 
+probe_app = typer.Typer(help="Locality probes: spillover of an edit, localization vs editing.", no_args_is_help=True)
+app.add_typer(probe_app, name="probe")
+
+
+def _group_request(group: Optional[str], prompt: Optional[str], subject: Optional[str], target_new: Optional[str],
+                   target_true: Optional[str]):
+    """The request to probe: a built-in group's edit (by name), or one given inline."""
+    from factscope.datasets import builtin_groups
+
+    inline = [k for k, v in (("--prompt", prompt), ("--subject", subject), ("--target-new", target_new)) if v]
+    names = [g.name for g in builtin_groups()]
+    if group is not None and inline:
+        _fail(f"pass either --group or --prompt/--subject/--target-new, not both (got --group and {', '.join(inline)})")
+    if inline:
+        if len(inline) != 3:
+            missing = sorted({"--prompt", "--subject", "--target-new"} - set(inline))
+            _fail(f"one request needs --prompt, --subject and --target-new; missing {', '.join(missing)}")
+        try:
+            return _request(prompt, subject, target_new, target_true)
+        except ValueError as err:
+            _fail(str(err))
+    name = group or DEMO_GROUP
+    if name not in names:
+        _fail(f"expected --group to be one of {', '.join(names)}, got {name!r}")
+    return next(g for g in builtin_groups() if g.name == name).edit
+
+
+@probe_app.command("spillover")
+def probe_spillover(
+    group: Optional[str] = typer.Option(None, "--group", "-g", help=f"A built-in group (default {DEMO_GROUP})."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Or one request: template with {} for the subject."),
+    subject: Optional[str] = typer.Option(None, "--subject", "-s", help="One request: the subject."),
+    target_new: Optional[str] = typer.Option(None, "--target-new", "-t", help="One request: the new answer."),
+    target_true: Optional[str] = typer.Option(None, "--target-true", help="One request: the current answer."),
+    editor: str = typer.Option("rome", "--editor", help="rome, memit, kn or finetune."),
+    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Edited layer (ROME, FT-L; MEMIT: the top of its "
+                                                                   "range). Default: the traced layer."),
+    effect: str = typer.Option("abs_delta_logp", "--effect", help="Plotted effect: abs_delta_logp or kl."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the figure (PNG/SVG/PDF)."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="Write the per-probe table."),
+    seed: int = typer.Option(0, help="Seeds the unrelated-fact sample and the bootstrap."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+) -> None:
+    """Edit one fact and measure how far paraphrases, same-subject, related-entity, same-relation and unrelated facts move, against the similarity of their keys to the edited key (raw and whitened), with bootstrap CIs and a verdict on locality.
+
+    Example: factscope probe spillover --group president_vs_secretary_of_state --editor rome --out spill.png
+    """
+    from factscope.probes.spillover import EDITORS
+
+    if editor not in EDITORS:
+        _fail(f"expected --editor to be one of {', '.join(EDITORS)}, got {editor!r}")
+    if effect not in ("abs_delta_logp", "kl"):
+        _fail(f"expected --effect abs_delta_logp or kl, got {effect!r}")
+    request = _group_request(group, prompt, subject, target_new, target_true)
+    m, _ = _load(model)
+    from factscope.probes import spillover as run_spillover
+
+    try:
+        res = run_spillover(m, request, editor=editor, layer=layer, seed=seed, progress=progress)
+    except (ValueError, TypeError, FloatingPointError) as err:
+        _fail(str(err))
+    typer.echo(res.table(effect))
+    if out is not None:
+        from factscope.figures import plot_spillover, save_figure
+
+        save_figure(plot_spillover(res, effect=effect), out)
+        typer.echo(f"wrote {out}")
+    if csv is not None:
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        res.to_dataframe().to_csv(csv, index=False)
+        typer.echo(f"wrote {csv}")
+
+
 @app.command()
 def stats(
     layer: list[int] = typer.Option(..., "--layer", "-l", help="Layer(s); repeat for several (one shared pass)."),
@@ -720,24 +797,32 @@ def demo(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     samples: int = typer.Option(10, help="Corrupted runs per tracing cell."),
 ) -> None:
-    """Run the main job on the bundled model: answers, a causal trace, a layer profile, a ROME edit and
-    the fact's knowledge neurons.
+    """Run the main job on the bundled model: answers, a causal trace, a layer profile, a ROME edit and its evaluation, the fact's knowledge neurons, and the spillover probe (President / Secretary of State).
 
     Writes ``answers.csv``, ``trace.{png,svg,pdf}`` (three panels), ``profile.{png,svg,pdf}``,
-    ``rome_before_after.txt``, ``rome_edit.safetensors`` (+ ``.json``), ``neurons.png`` and
-    ``neurons.html`` (the fact's prompt and two paraphrases). The first run also computes the key
-    statistics (a few minutes, then cached).
+    ``rome_before_after.txt``, ``rome_edit.safetensors`` (+ ``.json``), ``rome_report.{png,txt}``,
+    ``neurons.png`` and ``neurons.html`` (the fact's prompt and two paraphrases), ``spillover.png``
+    and ``spillover.csv``. The first run also computes the key statistics (a few minutes, then cached).
     """
-    from factscope.datasets import builtin_fact
-    from factscope.figures import neurons_html, plot_neurons, plot_profile, plot_trace, save_figure
+    from factscope.datasets import builtin_fact, builtin_groups
     from factscope.edit import rome
+    from factscope.figures import (
+        neurons_html,
+        plot_neurons,
+        plot_profile,
+        plot_report,
+        plot_spillover,
+        plot_trace,
+        save_figure,
+    )
+    from factscope.probes import evaluate, spillover
     from factscope.locate import neurons as find_neurons
     from factscope.locate import one_per_relation, recommended_layer
     from factscope.locate import trace as run_trace
 
     t0 = time.perf_counter()
     m, secs = _load(model)
-    typer.echo(f"loaded the model in {secs:.1f} s\n\n[1/5] the model's answers on the built-in facts")
+    typer.echo(f"loaded the model in {secs:.1f} s\n\n[1/6] the model's answers on the built-in facts")
     facts, preds, table = _answers(m)
     typer.echo(table)
     out.mkdir(parents=True, exist_ok=True)
@@ -745,32 +830,44 @@ def demo(
     typer.echo(f"\n{preds.accuracy:.1%} of {len(facts)} built-in facts answered correctly (top-1 first token).")
 
     fact = builtin_fact(DEMO_FACT)
-    typer.echo(f"\n[2/5] causal trace of {fact.text!r}")
+    typer.echo(f"\n[2/6] causal trace of {fact.text!r}")
     result = run_trace(m, fact, kind="all", samples=samples, progress=True)
     save_figure(plot_trace(result), out / "trace.png", ("png", "svg", "pdf"))
     typer.echo(_summary(result))
 
-    typer.echo(f"\n[3/5] layer profile (MLP) over {len(one_per_relation())} built-in facts, one per relation")
+    typer.echo(f"\n[3/6] layer profile (MLP) over {len(one_per_relation())} built-in facts, one per relation")
     choice = recommended_layer(m, samples=samples, progress=True)
     save_figure(plot_profile(choice.profile), out / "profile.png", ("png", "svg", "pdf"))
     typer.echo(f"recommended edit layer: {choice.layer} ({choice.reason})")
 
-    typer.echo(f"\n[4/5] ROME: {fact.subject!r}: {fact.target_true} -> {fact.target_new} at layer {choice.layer}")
+    typer.echo(f"\n[4/6] ROME: {fact.subject!r}: {fact.target_true} -> {fact.target_new} at layer {choice.layer}")
     e = rome(m, fact, layer=choice.layer)
     table = _before_after(m, e, fact)
     typer.echo(table)
     (out / "rome_before_after.txt").write_text(table + "\n")
     e.save(out / "rome_edit.safetensors")
+    report = evaluate(m, e)
+    typer.echo(report.table())
+    (out / "rome_report.txt").write_text(report.table() + "\n")
+    save_figure(plot_report(report), out / "rome_report.png")
 
     prompts = [fact.text, *fact.paraphrases[:2]]
-    typer.echo(f"\n[5/5] knowledge neurons of {fact.text!r} over {len(prompts)} prompts (integrated gradients)")
+    typer.echo(f"\n[5/6] knowledge neurons of {fact.text!r} over {len(prompts)} prompts (integrated gradients)")
     found = find_neurons(m, fact, prompts=prompts)
     save_figure(plot_neurons(found), out / "neurons.png")
     if found.neurons:
         neurons_html(found, out / "neurons.html")
     typer.echo(_neuron_summary(found, *_suppression(m, found)))
+
+    group = next(g for g in builtin_groups() if g.name == DEMO_GROUP)
+    typer.echo(f"\n[6/6] spillover: {group.description}")
+    spill = spillover(m, group.edit, editor="rome", layer=choice.layer)
+    typer.echo(spill.table())
+    save_figure(plot_spillover(spill), out / "spillover.png")
+    spill.to_dataframe().to_csv(out / "spillover.csv", index=False)
     typer.echo(f"\nwrote answers.csv, trace.png/svg/pdf, profile.png/svg/pdf, rome_before_after.txt, "
-               f"rome_edit.safetensors, neurons.png and neurons.html to {out}/; total {time.perf_counter() - t0:.0f} s")
+               f"rome_edit.safetensors, rome_report.png/txt, neurons.png, neurons.html, spillover.png and "
+               f"spillover.csv to {out}/; total {time.perf_counter() - t0:.0f} s")
 
 
 def main() -> None:  # pragma: no cover

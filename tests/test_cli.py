@@ -280,3 +280,23 @@ def test_edit_command_bad_input_exits_with_message(tiny_folder, tmp_path):
         assert r.exit_code == 2 and said in r.output, (args, r.output)
     r = runner.invoke(app, ["edit", "--method", "memit", "--requests", good, "--layers", "1-99", "--model", folder])
     assert r.exit_code == 2 and "layer" in r.output
+
+
+def test_probe_spillover_command(tiny_folder, tmp_path, monkeypatch):
+    folder = str(tiny_folder("llama"))
+    monkeypatch.setenv("FACTSCOPE_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = runner.invoke(app, ["probe", "spillover", "--group", "michael_jordan_vs_bulls_and_peers", "--layer", "1",
+                            "--out", str(tmp_path / "spill.png"), "--csv", str(tmp_path / "spill.csv"),
+                            "--no-progress", "--model", folder])
+    assert r.exit_code == 0, r.output
+    assert "verdict" in r.output.lower() or "trend" in r.output
+    assert "related" in r.output and (tmp_path / "spill.png").stat().st_size > 1000
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "spill.csv")
+    assert {"category", "delta_logp", "kl", "cos_white", "cos_raw"} <= set(df.columns)
+    r = runner.invoke(app, ["probe", "spillover", "--group", "nope", "--model", folder])
+    assert r.exit_code == 2 and "president_vs_secretary_of_state" in r.output
+    r = runner.invoke(app, ["probe", "spillover", "--editor", "magic", "--model", folder])
+    assert r.exit_code == 2 and "rome" in r.output
