@@ -206,6 +206,14 @@ def test_demo_command_writes_answers_and_figures(gemma, tmp_path):
     assert before[0] < before[1] and after[0] > after[1]
     torch.testing.assert_close(target_logprob(gemma, [fact.text] * 2, [fact.target_new, fact.target_true]), before,
                                atol=0, rtol=0)
+    # its evaluation report, and the spillover probe of the President / Secretary of State group
+    assert (tmp_path / "rome_report.png").stat().st_size > 1000
+    assert "efficacy" in (tmp_path / "rome_report.txt").read_text()
+    assert (tmp_path / "spillover.png").stat().st_size > 1000
+    spill = pd.read_csv(tmp_path / "spillover.csv")
+    assert set(spill["category"]) >= {"paraphrase", "same_subject", "related", "unrelated"}
+    assert "Secretary of State" in set(spill["subject"])
+    assert "whitened key similarity" in r.output
 
 
 def test_trace_on_real_models(gemma, smollm2):
@@ -247,6 +255,19 @@ def test_rome_on_real_models(name, request):
         assert float(moved.norm()) == pytest.approx(e.info["delta_norm"], rel=1e-3)
         new, true = target_logprob(model, [req.text] * 2, [req.target_new, req.target_true])
         assert new > true, (name, float(new), float(true))
+    for n, p in model.named_parameters():
+        assert torch.equal(p, snap[n]), n
+    if name != "gemma":
+        return
+    # the evaluation report of the same edit: the recorded facts give known pre-edit values
+    from factscope.probes import evaluate
+
+    rep = evaluate(model, e, n_gen_tokens=30, progress=False, n_boot=200)
+    assert rep.pre["efficacy"][0] == 0 and rep.post["efficacy"][0] == 1
+    assert rep.pre["neighbourhood"][0] == 1  # neighbours are answered with target_true (verified on Gemma)
+    assert rep.pre["neighbourhood_kl"][0] == 0 and rep.post["neighbourhood_kl"][0] > 0
+    assert rep.post["fluency"][0] > 0 and len(rep.generations["post"][0]) > len(req.text)
+    assert 0 <= rep.score("post") <= 1
     for n, p in model.named_parameters():
         assert torch.equal(p, snap[n]), n
 
