@@ -7,13 +7,15 @@
 - `neurons_html`: a circuitsvis view of the neurons' activations, written as an offline HTML file.
 - `plot_spillover`: spillover against key similarity (whitened and raw) per category, the stay fit
   with its bootstrap band.
+- `plot_localization`: tracing effect against edit score per layer, per-layer means with CIs, R² bars.
 - `plot_report`: edit-evaluation metrics with 95% CIs, editors side by side.
 """
 
 from factscope.figures.neurons import neurons_html, plot_neurons
+from factscope.figures.localization import plot_localization
 from factscope.figures.profile import plot_profile
 from factscope.figures.report import plot_report
 from factscope.figures.spillover import plot_spillover
 from factscope.figures.tracing import CMAPS, plot_trace, save_figure
 
-__all__ = ["plot_trace", "plot_profile", "plot_report", "plot_spillover", "plot_neurons", "neurons_html", "save_figure", "CMAPS"]
+__all__ = ["plot_trace", "plot_profile", "plot_report", "plot_spillover", "plot_localization", "plot_neurons", "neurons_html", "save_figure", "CMAPS"]

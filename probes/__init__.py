@@ -10,6 +10,10 @@
   paraphrases, same-subject, related-entity, same-relation and unrelated facts moved, against the
   similarity (raw and whitened) of their keys to the edited key; fitted slopes with bootstrap CIs
   and a verdict. `default_bank` builds the bank from the built-in groups.
+- `localization_vs_editing` / `LocalizationResult`: Hase et al.'s test: regress per-layer edit
+  success on layer, on the causal-tracing effect, and on both (R², nested F-tests).
+- `neuron_overlap` / `OverlapResult`: are knowledge neurons stable? Jaccard overlap of the sets
+  found on disjoint halves of the prompts and across seeds, against matched random sets.
 - `stats`: the bootstrap, least squares and F-tests the probes share.
 """
 
@@ -20,12 +24,14 @@ from factscope.probes.evaluate import (
     evaluate,
     rewrite_scores,
 )
+from factscope.probes.localization import LocalizationResult, localization_vs_editing
 from factscope.probes.neurons import (
     GROUPS,
     NeuronEffect,
     neuron_effect,
     random_controls,
 )
+from factscope.probes.overlap import OverlapResult, neuron_overlap
 from factscope.probes.spillover import (
     EXPECTED,
     SpilloverFit,
@@ -36,5 +42,6 @@ from factscope.probes.spillover import (
 )
 
 __all__ = ["evaluate", "EditReport", "METRICS", "rewrite_scores", "RewriteScores",
-           "spillover", "SpilloverResult", "SpilloverProbe", "SpilloverFit", "default_bank", "EXPECTED",
+           "spillover", "SpilloverResult",
+           "localization_vs_editing", "LocalizationResult", "neuron_overlap", "OverlapResult", "SpilloverProbe", "SpilloverFit", "default_bank", "EXPECTED",
            "neuron_effect", "NeuronEffect", "random_controls", "GROUPS"]

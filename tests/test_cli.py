@@ -300,3 +300,21 @@ def test_probe_spillover_command(tiny_folder, tmp_path, monkeypatch):
     assert r.exit_code == 2 and "president_vs_secretary_of_state" in r.output
     r = runner.invoke(app, ["probe", "spillover", "--editor", "magic", "--model", folder])
     assert r.exit_code == 2 and "rome" in r.output
+
+
+def test_probe_localization_command(tiny_folder, tmp_path, monkeypatch):
+    folder = str(tiny_folder("llama"))
+    monkeypatch.setenv("FACTSCOPE_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = runner.invoke(app, ["probe", "localization", "--limit", "3", "--layers", "0,2", "--editor", "finetune",
+                            "--steps", "2", "--samples", "2", "--window", "2", "--out", str(tmp_path / "loc.png"),
+                            "--csv", str(tmp_path / "loc.csv"), "--no-progress", "--model", folder])
+    assert r.exit_code == 0, r.output
+    assert "3 fact(s) × 2 layer(s) = 6 finetune edits" in r.output and "R²" in r.output
+    assert (tmp_path / "loc.png").stat().st_size > 1000
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "loc.csv")
+    assert len(df) == 6 and set(df["layer"]) == {0, 2}
+    r = runner.invoke(app, ["probe", "localization", "--editor", "kn", "--model", folder])
+    assert r.exit_code == 2 and "rome" in r.output
