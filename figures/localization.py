@@ -33,10 +33,13 @@ def plot_localization(result: Any, *, axes: Any = None) -> Any:
     Returns:
         The matplotlib Figure.
     """
+    import math
+
     import matplotlib.pyplot as plt
     import numpy as np
     from factscope.probes.localization import HASE_ROME_GPTJ
     from factscope.probes.stats import mean_ci
+    from matplotlib.colors import BoundaryNorm
     from matplotlib.ticker import MaxNLocator
 
     if axes is None:
@@ -55,10 +58,11 @@ def plot_localization(result: Any, *, axes: Any = None) -> Any:
 
     # 1. scatter, one colour per layer
     a = axs[0]
-    cmap = plt.get_cmap("viridis")
-    norm = plt.Normalize(layers.min(), max(layers.max(), layers.min() + 1))
-    L = np.broadcast_to(layers, te.shape)
-    sc = a.scatter(te.ravel(), rs.ravel(), c=L.ravel(), cmap=cmap, norm=norm, s=14, alpha=0.8, lw=0)
+    n_l = len(layers)
+    cmap = plt.get_cmap("viridis", n_l)  # one discrete colour per edited layer
+    norm = BoundaryNorm(np.arange(n_l + 1) - 0.5, n_l)
+    col = np.broadcast_to(np.arange(n_l), te.shape)  # each cell's layer position
+    sc = a.scatter(te.ravel(), rs.ravel(), c=col.ravel(), cmap=cmap, norm=norm, s=14, alpha=0.85, lw=0)
     fit = result.fits["tracing"]
     if te.size:
         xs = np.linspace(np.nanmin(te), np.nanmax(te), 2)
@@ -68,8 +72,9 @@ def plot_localization(result: Any, *, axes: Any = None) -> Any:
     cb = fig.colorbar(sc, ax=a, fraction=0.06, pad=0.02)
     cb.set_label("edit layer", fontsize=8)
     cb.ax.tick_params(labelsize=7)
-    cb.locator = MaxNLocator(integer=True)
-    cb.update_ticks()
+    step = max(1, math.ceil(n_l / 10))
+    cb.set_ticks(np.arange(0, n_l, step))
+    cb.set_ticklabels([str(l) for l in layers[::step]])
     a.set_xlabel("tracing effect (fraction of the damage restored)", fontsize=8)
     a.set_ylabel("rewrite score  (p* − p) / (1 − p)", fontsize=8)
     a.set_title("Per (fact, layer)", fontsize=9)
@@ -102,7 +107,7 @@ def plot_localization(result: Any, *, axes: Any = None) -> Any:
     a.scatter(x, [HASE_ROME_GPTJ[k] for k in names], marker="_", s=260, color="k", lw=1.2, zorder=3,
               label="Hase et al. 2023 (ROME, GPT-J)")
     F, p = result.f_tests["tracing_over_layer"]
-    a.annotate(f"does tracing add to layer?\nΔR² = {result.delta_r2:.3f}, F = {F:.2f}, p = {p:.2g}", (0.03, 0.97),
+    a.annotate(f"does tracing add to layer?\nΔR² = {result.delta_r2:.3f}, F = {F:.2g}, p = {p:.3g}", (0.03, 0.97),
                xycoords="axes fraction", va="top", fontsize=7)
     a.set_xticks(x)
     a.set_xticklabels(names, fontsize=8)
