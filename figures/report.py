@@ -15,7 +15,8 @@ _LABELS = {"efficacy": "ES", "paraphrase": "PS", "neighbourhood": "NS", "nplus":
 _PALETTE = ("#08519c", "#d94801", "#238b45", "#6a51a3", "#a50f15", "#525252")
 
 
-def _bars(ax: Any, x: Any, v: Any, lo: Any, hi: Any, color: str, width: float, label: str, hatch: str = "") -> None:
+def _bars(ax: Any, x: Any, v: Any, lo: Any, hi: Any, color: str, width: float, label: str, hatch: str = "",
+          annotate: bool = False) -> None:
     import numpy as np
 
     v, lo, hi = (np.asarray(t, dtype=float) for t in (v, lo, hi))
@@ -24,6 +25,10 @@ def _bars(ax: Any, x: Any, v: Any, lo: Any, hi: Any, color: str, width: float, l
            lw=0.8, label=label)
     ok = np.isfinite(v)
     ax.errorbar(np.asarray(x)[ok], v[ok], yerr=err[:, ok], fmt="none", ecolor="k", elinewidth=0.8, capsize=1.5)
+    if annotate:  # a value label, so a bar of height 0 still reads as a measured 0, not a missing one
+        for xi, vi in zip(np.asarray(x)[ok], v[ok]):
+            ax.annotate(f"{vi:.2f}", (xi, 0), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=5.5, rotation=90, color="k" if hatch or vi < 0.15 else "white")
 
 
 def plot_report(reports: Any, *, metrics: Sequence[str] = RATE_METRICS, labels: Sequence[str] | None = None,
@@ -64,10 +69,10 @@ def plot_report(reports: Any, *, metrics: Sequence[str] = RATE_METRICS, labels: 
     x = np.arange(len(mets))
     s0 = sums[0]
     _bars(axs[0], x - 0.4 + w / 2, s0.loc[mets, "pre"], s0.loc[mets, "pre_lo"], s0.loc[mets, "pre_hi"], "#969696", w,
-          "unedited", hatch="////")
+          "unedited", hatch="////", annotate=True)
     for j, (s, lab) in enumerate(zip(sums, labels)):
         _bars(axs[0], x - 0.4 + w * (j + 1.5), s.loc[mets, "post"], s.loc[mets, "post_lo"], s.loc[mets, "post_hi"],
-              _PALETTE[j % len(_PALETTE)], w, lab)
+              _PALETTE[j % len(_PALETTE)], w, lab, annotate=True)
     axs[0].set_xticks(x, [_LABELS.get(m, m) for m in mets], fontsize=7)
     axs[0].set_ylim(0, 1.05)
     axs[0].set_ylabel("rate", fontsize=8)
