@@ -25,6 +25,23 @@ def tiny(arch_name):
     return tiny_model(arch_name)
 
 
+@pytest.fixture
+def model(tiny):
+    """The session's tiny model, guarded: afterwards no edit may be left applied and every parameter
+    must be unchanged (the test fails if not; the weights are restored either way)."""
+    from factscope.edit import handle
+
+    before = {n: p.detach().clone() for n, p in tiny.named_parameters()}
+    yield tiny
+    leftover = handle._APPLIED.pop(tiny, None)
+    changed = [n for n, p in tiny.named_parameters() if not torch.equal(p, before[n])]
+    with torch.no_grad():
+        for n, p in tiny.named_parameters():
+            p.copy_(before[n])
+    assert not leftover, f"test left edits applied: {leftover}"
+    assert not changed, f"test left weights changed: {changed}"
+
+
 @pytest.fixture(scope="session")
 def gemma():
     """The real default model (slow tests only)."""

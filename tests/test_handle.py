@@ -17,20 +17,6 @@ REQ = EditRequest("The {} is in downtown", "Space Needle", "London", target_true
 REQ2 = EditRequest("The {} is located in the city of", "Eiffel Tower", "Rome", target_true="Paris")
 
 
-@pytest.fixture
-def model(tiny):
-    """The session's tiny model; afterwards every parameter is restored and checked unchanged."""
-    before = {n: p.detach().clone() for n, p in tiny.named_parameters()}
-    yield tiny
-    leftover = handle._APPLIED.pop(tiny, None)
-    changed = [n for n, p in tiny.named_parameters() if not torch.equal(p, before[n])]
-    with torch.no_grad():
-        for n, p in tiny.named_parameters():
-            p.copy_(before[n])
-    assert not leftover, f"test left edits applied: {leftover}"
-    assert not changed, f"test left weights changed: {changed}"
-
-
 @pytest.fixture(scope="module")
 def other(arch_name):
     """A different model of the same architecture (another seed)."""

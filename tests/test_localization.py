@@ -48,20 +48,6 @@ def fake_editor(model, request, layer):
                 requests=(request,))
 
 
-@pytest.fixture
-def model(tiny):
-    """The session's tiny model; afterwards every parameter is checked unchanged (and restored)."""
-    before = {n: p.detach().clone() for n, p in tiny.named_parameters()}
-    yield tiny
-    leftover = handle._APPLIED.pop(tiny, None)
-    changed = [n for n, p in tiny.named_parameters() if not torch.equal(p, before[n])]
-    with torch.no_grad():
-        for n, p in tiny.named_parameters():
-            p.copy_(before[n])
-    assert not leftover, f"edits left applied: {leftover}"
-    assert not changed, f"weights changed: {changed}"
-
-
 def run(model, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # wrong answers and no-damage facts on random models

@@ -8,7 +8,7 @@ import importlib
 import numpy as np
 import pytest
 import torch
-from factscope.edit import Edit, handle
+from factscope.edit import Edit
 from factscope.edit.handle import applied_edits
 from factscope.edit.rome import ROMEConfig
 from factscope.probes.spillover import (
@@ -50,20 +50,6 @@ BANK = {
 N_BOOT = 200
 LAYER = 1
 PRESIDENT = next(g for g in builtin_groups() if g.name == "president_vs_secretary_of_state")
-
-
-@pytest.fixture
-def model(tiny):
-    """The session's tiny model; afterwards every parameter must be unchanged (then it is restored)."""
-    before = {n: p.detach().clone() for n, p in tiny.named_parameters()}
-    yield tiny
-    leftover = handle._APPLIED.pop(tiny, None)
-    changed = [n for n, p in tiny.named_parameters() if not torch.equal(p, before[n])]
-    with torch.no_grad():
-        for n, p in tiny.named_parameters():
-            p.copy_(before[n])
-    assert not leftover, f"test left edits applied: {leftover}"
-    assert not changed, f"test left weights changed: {changed}"
 
 
 def spd(d: int, seed: int = 0) -> torch.Tensor:
