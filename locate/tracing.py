@@ -275,8 +275,13 @@ def trace(
     # One corrupted run gives both its KV cache and the residual entering every block.
     got: dict[str, Tensor] = {}
     grab = [(n, lambda act, hook: got.__setitem__(hook.name, act.detach().clone())) for n in resid]
+    # A cache of full layers only: a sliding-window layer's cache (Gemma) drops positions beyond its
+    # window, so its prefixes could not be cut out below; the masks still apply the window.
+    from transformers.cache_utils import DynamicCache
+
     logits, kv = model.run_with_hooks(ids.expand(samples, -1), fwd_hooks=[(a.embed, _corrupt(eps, s0, s1, 0, every))]
-                                      + grab, return_type="logits_and_cache")
+                                      + grab, past_key_values=DynamicCache(), use_cache=True,
+                                      return_type="logits_and_cache")
     corrupt_last = logits[:, -1].float()  # [sample, d_vocab]
     contrast_id = _contrast(model, fact, corrupt_last, answer_id) if metric == "logit_diff" else None
     score = _scorer(metric, answer_id, contrast_id)

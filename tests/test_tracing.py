@@ -226,3 +226,14 @@ def test_exception_mid_trace_leaves_model_clean(tiny, monkeypatch):
     assert all(not b._forward_pre_hooks for b in tiny.blocks)
     with torch.no_grad():
         assert torch.equal(tiny(ids), before)
+
+
+@pytest.mark.parametrize("kind", ["hidden", "mlp"])
+def test_trace_of_a_prompt_longer_than_the_sliding_window(tiny, kind):
+    """Tiny Gemma 3 attends locally over 16 tokens: a 50-token prompt once crashed the prefix cache's crop."""
+    fact = Fact("Visitors come from all over the world to see it every single day. The {} is located in the city of",
+                "Eiffel Tower")
+    assert len(encode(tiny, fact.text)) > 16
+    got = trace(tiny, fact, kind=kind, noise=3.0, samples=2, window=2, seed=1)
+    ref = reference_trace(tiny, fact, kind, noise=3.0, samples=2, window=2, seed=1)
+    torch.testing.assert_close(got.scores[kind], ref, atol=1e-6, rtol=0)
