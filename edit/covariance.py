@@ -116,6 +116,7 @@ from tqdm.auto import tqdm
 
 from factscope.arch import arch_of
 from factscope.cache import atomic_file, cache_dir, key_digest
+from factscope.checks import check_int
 from factscope.tokens import encode, tokenizer_of
 
 __all__ = ["DEFAULT_N_TOKENS", "covariance", "covariances", "sample_corpus"]
@@ -138,16 +139,8 @@ _IDS_FORMAT = "factscope-samples-v1"
 # --------------------------------------------------------------------------- checks
 
 
-def _check_int(name: str, value: Any, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected {name} to be an integer >= {lo}, got {value!r}")
-    if value < lo:
-        raise ValueError(f"expected {name} >= {lo}, got {value}")
-    return value
-
-
 def _check_seq_len(model: Any, seq_len: Any) -> int:
-    _check_int("seq_len", seq_len, 2)
+    check_int("seq_len", seq_len, 2)
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     if isinstance(n_ctx, int) and seq_len > n_ctx:
         raise ValueError(f"expected seq_len <= {n_ctx} (the model's context length), got {seq_len}")
@@ -329,10 +322,10 @@ def sample_corpus(
     """
     from factscope.models import fingerprint
 
-    _check_int("n_tokens", n_tokens, 1)
+    check_int("n_tokens", n_tokens, 1)
     _check_seq_len(model, seq_len)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("seed", seed, 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("seed", seed, 0)
     rows = math.ceil(n_tokens / (seq_len - 1))
     key = _samples_key(model, fingerprint(model), n_tokens, seq_len, batch_size, seed)
     path = cache_dir("stats", "samples") / f"{key['model']}-{key_digest(key)}.safetensors"
@@ -598,11 +591,11 @@ def covariances(
     wanted = sorted({a.check_layer(l) for l in layers})
     if not wanted:
         raise ValueError("expected at least one layer, got none")
-    _check_int("n_tokens", n_tokens, 1)
+    check_int("n_tokens", n_tokens, 1)
     _check_seq_len(model, seq_len)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("sample_batch_size", sample_batch_size, 1)
-    _check_int("seed", seed, 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("sample_batch_size", sample_batch_size, 1)
+    check_int("seed", seed, 0)
     ident, make_windows = _resolve(model, corpus, n_tokens, seq_len, seed, sample_batch_size, split, progress)
     fp = fingerprint(model)
     keys, paths, out = {}, {}, {}

@@ -43,12 +43,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from factscope.edit.handle import Edit
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from factscope.arch import arch_of
-from factscope.edit.handle import Edit
+from factscope.checks import as_requests
 from factscope.facts import EditRequest
 from factscope.models import fingerprint
 from factscope.tokens import encode, pad_left, subject_span, target_ids
@@ -163,15 +164,8 @@ def _forward_nll(model: Any, layer: int, delta: Tensor, batch: FTBatch) -> Float
 
 
 def _check_requests(model: Any, requests: Any) -> tuple[EditRequest, ...]:
-    reqs = (requests,) if isinstance(requests, EditRequest) else requests
-    if isinstance(reqs, str) or not isinstance(reqs, Sequence):
-        raise TypeError(f"expected an EditRequest or a sequence of them, got {type(requests).__name__}")
-    reqs = tuple(reqs)
-    if not reqs:
-        raise ValueError("expected at least one EditRequest, got an empty sequence")
-    for i, r in enumerate(reqs):
-        if not isinstance(r, EditRequest):
-            raise TypeError(f"expected requests[{i}] to be an EditRequest, got {type(r).__name__}")
+    reqs = as_requests(requests)
+    for r in reqs:
         subject_span(model, r)  # raises if the subject is not a whole run of the prompt's tokens
         target_ids(model, r.target_new)
     return reqs

@@ -60,6 +60,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from factscope.arch import UnsupportedArchitectureError, arch_of
+from factscope.checks import as_requests
 from factscope.facts import EditRequest, Fact
 from factscope.tokens import encode, pad_left, subject_span, target_ids
 
@@ -138,15 +139,10 @@ def check_requests(model: Any, requests: Any, what: str = "MEMIT") -> list[EditR
     Raises ``ValueError`` / ``TypeError`` for an empty list, a non-request, or a subject missing from
     its prompt (before any work).
     """
-    if isinstance(requests, EditRequest):
-        requests = [requests]
-    if isinstance(requests, (str, bytes)) or not isinstance(requests, Sequence):
-        raise TypeError(f"{what}: expected a sequence of EditRequest, got {type(requests).__name__}")
-    if len(requests) == 0:
-        raise ValueError(f"{what}: expected at least one EditRequest, got an empty list")
-    for i, r in enumerate(requests):
-        if not isinstance(r, EditRequest):
-            raise TypeError(f"{what}: expected requests[{i}] to be an EditRequest, got {type(r).__name__}")
+    try:
+        requests = as_requests(requests)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{what}: {e}") from None
     out: list[EditRequest] = []
     seen: dict[str, EditRequest] = {}
     dupes = 0
@@ -647,6 +643,7 @@ def memit(
     """
     from factscope.edit.handle import Edit
     from factscope.edit.rome import context_templates
+
     from factscope.models import fingerprint
 
     reqs, layers, why = prepare(model, requests, layers, config, progress=progress, verbose=verbose, what="MEMIT")

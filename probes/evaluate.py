@@ -199,13 +199,15 @@ def _per_request(model: Any, requests: Sequence[EditRequest], rows: _Rows, batch
     from factscope.predict import target_scores
 
     s = target_scores(model, rows.prompts, rows.targets, batch_size=batch_size) if rows.prompts else None
-    kind, owner = np.array(rows.kind), np.array(rows.owner)
     lp = s.logprob.double().numpy() if s is not None else np.zeros(0)
     em = s.exact.numpy().astype(float) if s is not None else np.zeros(0)
+    at: dict[tuple[int, str], list[int]] = {}  # (request, row kind) -> row indices, built in one pass
+    for j, (i, k) in enumerate(zip(rows.owner, rows.kind)):
+        at.setdefault((i, k), []).append(j)
     out = {m: np.full(len(requests), np.nan) for m in METRICS if m not in ("neighbourhood_kl", "fluency")}
     for i in range(len(requests)):
-        def get(k: str, x: np.ndarray = lp) -> np.ndarray:
-            return x[(kind == k) & (owner == i)]
+        def get(k: str, x: np.ndarray = lp, i: int = i) -> np.ndarray:
+            return x[at.get((i, k), [])]
 
         for name, m in (("es", "efficacy"), ("ps", "paraphrase"), ("ns", "neighbourhood"), ("np", "nplus")):
             new, true = get(f"{name}_new"), get(f"{name}_true")
@@ -309,7 +311,6 @@ class EditReport:
         together, so the pre and post values of a request stay paired.
         """
         import pandas as pd
-
         from factscope.probes.stats import bootstrap, percentile_ci
 
         n_boot = self.settings.get("n_boot", 2000) if n_boot is None else n_boot
@@ -360,18 +361,6 @@ def _nanmean(x: np.ndarray) -> float:
     return float(x.mean()) if x.size else float("nan")
 
 
-def _check_requests(requests: Any) -> tuple[EditRequest, ...]:
-    if isinstance(requests, EditRequest):
-        requests = (requests,)
-    reqs = tuple(requests)
-    if not reqs:
-        raise ValueError("expected at least one EditRequest to evaluate, got none")
-    for i, r in enumerate(reqs):
-        if not isinstance(r, EditRequest):
-            raise TypeError(f"expected EditRequests, got {type(r).__name__} at position {i}")
-    return reqs
-
-
 def evaluate(
     model: Any,
     edit: Any,
@@ -410,14 +399,15 @@ def evaluate(
         `factscope.edit.handle.FingerprintMismatchError`: the model is not the one the edit was
         computed on. All raised before the model is touched.
     """
+    from factscope.edit.handle import Edit, EditStateError, FingerprintMismatchError
     from tqdm.auto import tqdm
 
-    from factscope.edit.handle import Edit, EditStateError, FingerprintMismatchError
+    from factscope.checks import as_requests
     from factscope.models import fingerprint
 
     if not isinstance(edit, Edit):
         raise TypeError(f"expected an Edit (what every factscope editor returns), got {type(edit).__name__}")
-    reqs = _check_requests(edit.requests if requests is None else requests)
+    reqs = as_requests(edit.requests if requests is None else requests)
     if edit.is_applied(model):
         raise EditStateError("evaluate applies and reverts the edit itself, but it is already applied to this "
                              "model; revert it first")
@@ -446,8 +436,7 @@ def evaluate(
     with edit.applied(model):
         score("post")
     bar.close()
-    results["pre"]["neighbourhood_kl"] = np.where(np.isnan(_kl_per_request(reqs, nb_lp["pre"], nb_lp["pre"])),
-                                                  np.nan, 0.0)
+    results["pre"]["neighbourhood_kl"] = np.array([0.0 if r.neighbours else np.nan for r in reqs])  # KL(pre ‖ pre)
     results["post"]["neighbourhood_kl"] = _kl_per_request(reqs, nb_lp["pre"], nb_lp["post"])
     settings = dict(fluency=fluency, n_gen_tokens=n_gen_tokens, n_boot=n_boot, level=level, seed=seed,
                     layers=sorted(edit.deltas), fingerprint=edit.fingerprint, nplus_format=NPLUS_FORMAT)

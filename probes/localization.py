@@ -59,6 +59,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from factscope.arch import arch_of
+from factscope.checks import as_requests, check_int
 from factscope.facts import EditRequest
 
 __all__ = ["LocalizationResult", "localization_vs_editing", "tracing_effect", "rewrite_score", "hase_regressions",
@@ -248,16 +249,8 @@ def _check_facts(model: Any, facts: Any) -> tuple[EditRequest, ...]:
     from factscope.facts import Fact
     from factscope.tokens import subject_span
 
-    if isinstance(facts, EditRequest):
-        facts = [facts]
-    if isinstance(facts, (str, bytes)) or not isinstance(facts, Sequence):
-        raise TypeError(f"expected a sequence of EditRequests (e.g. factscope.builtin_facts()), got "
-                        f"{type(facts).__name__}")
-    if len(facts) == 0:
-        raise ValueError("expected at least one EditRequest in facts, got an empty sequence")
+    facts = as_requests(facts, "facts")
     for i, r in enumerate(facts):
-        if not isinstance(r, EditRequest):
-            raise TypeError(f"expected facts[{i}] to be an EditRequest, got {type(r).__name__}")
         if r.target_true is None:
             raise ValueError(f"expected facts[{i}] ({r.subject!r}) to have a target_true (tracing follows it), "
                              "got None")
@@ -306,12 +299,6 @@ def _resolve_editor(editor: Any, config: Any, edit_fn: EditFn | None) -> tuple[s
     }
     fns["ft-l"] = fns["finetune"]
     return ("ft-l" if editor == "finetune" else editor), fns[editor], dataclasses.asdict(cfg)
-
-
-def _check_int(name: str, v: Any, lo: int, hi: int | None = None) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-        rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"expected {name} to be an integer {rng}, got {v!r}")
 
 
 # --------------------------------------------------------------------------- the probe
@@ -365,9 +352,9 @@ def localization_vs_editing(
     reqs = _check_facts(model, facts)
     Ls = _check_layers(model, layers)
     name, fn, cfg = _resolve_editor(editor, config, edit_fn)
-    _check_int("window", window, 1, arch_of(model).n_layers)
-    _check_int("samples", samples, 1)
-    _check_int("seed", seed, 0)
+    check_int("window", window, 1, arch_of(model).n_layers)
+    check_int("samples", samples, 1)
+    check_int("seed", seed, 0)
     fp = fingerprint(model)
     n_f, n_l = len(reqs), len(Ls)
     if verbose:

@@ -90,6 +90,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from factscope.arch import arch_of
+from factscope.checks import check_int
 from factscope.datasets import builtin_facts, builtin_groups
 from factscope.facts import EditRequest, Fact
 from factscope.predict import next_token_logits, target_logprob
@@ -693,12 +694,6 @@ def _verdict(probes: Sequence[SpilloverProbe], fits: Sequence[SpilloverFit], not
     return " ".join(parts)
 
 
-def _check_int(name: str, value: Any, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"expected {name} to be an integer >= {lo}, got {value!r}")
-    return value
-
-
 def spillover(
     model: Any,
     request: EditRequest,
@@ -755,10 +750,10 @@ def spillover(
         raise TypeError(f"expected request to be an EditRequest, got {type(request).__name__}")
     a = arch_of(model)
     name = _check_editor(editor)
-    _check_int("n_unrelated", n_unrelated, 0)
-    _check_int("seed", seed, 0)
-    _check_int("n_boot", n_boot, 1)
-    _check_int("batch_size", batch_size, 1)
+    check_int("n_unrelated", n_unrelated, 0)
+    check_int("seed", seed, 0)
+    check_int("n_boot", n_boot, 1)
+    check_int("batch_size", batch_size, 1)
     subject_span(model, Fact(request.prompt, request.subject))  # raises if the subject is not a token run
     if layer is not None:
         layer = a.check_layer(layer)
