@@ -42,7 +42,9 @@ __all__ = ["AlphaEditConfig", "alphaedit", "null_space_projection", "alphaedit_s
 
 @dataclass(frozen=True, kw_only=True)
 class AlphaEditConfig(MEMITConfig):
-    """`MEMITConfig` plus AlphaEdit's two settings.
+    """`MEMITConfig` plus AlphaEdit's two settings (defaults: the authors' Llama3-8B ones).
+
+    The other fields are `MEMITConfig`'s, with its defaults. Cost: negligible (plain data).
 
     Attributes:
         null_space_threshold: eigenvalues of C below this span the null space P projects onto (2e-2).
@@ -93,18 +95,27 @@ def alphaedit(
     progress: bool = True,
     verbose: bool = True,
 ) -> Any:
-    """Compute an AlphaEdit edit of ``requests`` (module docstring). The model is not changed.
+    """Compute an AlphaEdit edit: MEMIT's update projected onto the null space of preserved keys.
+
+    See the module docstring for the algorithm. The model is not changed.
 
     Args:
         model, requests, layers, progress, verbose: as `factscope.edit.memit`.
-        config: `AlphaEditConfig`.
-        C: ``{layer: E[kkᵀ]}`` of the unedited model, used only to build P when ``P`` is not given.
-        P: ``{layer: projection}``; default from C and ``config.null_space_threshold``.
-        cache_c: ``{layer: Σ KᵀK}`` of earlier batches (sequential editing; `EditSession` keeps it).
+        config: `AlphaEditConfig` (default: the authors' settings).
+        C: ``{layer: E[kkᵀ]}`` ``[d_mlp, d_mlp]`` of the unedited model, used only to build P when
+            ``P`` is not given; default ``None``: `factscope.edit.covariances` (cached on disk).
+        P: ``{layer: projection}`` ``[d_mlp, d_mlp]``; default ``None``: from C and
+            ``config.null_space_threshold``.
+        cache_c: ``{layer: Σ KᵀK}`` ``[d_mlp, d_mlp]`` of earlier batches (sequential editing;
+            `EditSession` keeps it); default ``None``: none.
 
     Returns:
         An `Edit`; ``info`` holds MEMIT's fields plus the null-space dimension per layer. Its keys
         per layer (needed to grow ``cache_c``) are returned by `alphaedit_with_keys`.
+
+    Cost: `memit`'s (z dominates: ~10 s per request on Gemma 3 270M, 2 CPU threads), plus per
+    layer one ``eigh`` of C when P is not given (~2 s on Gemma) and one ``d_mlp²`` LU solve.
+    Memory: MEMIT's plus P per layer (``d_mlp² · 8`` B: 32 MiB on Gemma).
     """
     return alphaedit_with_keys(model, requests, layers=layers, config=config, C=C, P=P, cache_c=cache_c,
                                progress=progress, verbose=verbose)[0]

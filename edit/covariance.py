@@ -122,7 +122,7 @@ from factscope.tokens import encode, tokenizer_of
 __all__ = ["DEFAULT_N_TOKENS", "covariance", "covariances", "sample_corpus"]
 
 DEFAULT_N_TOKENS = 16384
-"""Keys counted per statistic: 8 × d_mlp on Gemma 3 270M, ~3.3 minutes of first-time sampling (see above)."""
+"""Keys counted per statistic: 8 × d_mlp on Gemma 3 270M (~3.3 min of first-time sampling)."""
 DEFAULT_SEQ_LEN = 128
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_SAMPLE_BATCH_SIZE = 256
@@ -318,7 +318,10 @@ def sample_corpus(
     Returns:
         ``[seq, pos]`` int64 ids on the CPU, column 0 = BOS; no special token after it.
 
-    Cost: see the module docstring (Gemma 3 270M: 70-90 tokens/s on one CPU thread).
+    Cost: one decoding step over the batch per position, each through every block and the
+    unembedding (Gemma 3 270M: 70-90 tokens/s on one CPU thread, so ~3.3 min for the default
+    16,384 tokens); cached after. Memory: the batch's KV cache (Gemma: 37 KB per token, ~0.6 GB by
+    default) plus a ``[rows, d_vocab]`` float64 CDF per step (~0.5 GB for 130 rows).
     """
     from factscope.models import fingerprint
 
@@ -577,6 +580,11 @@ def covariances(
     Returns:
         ``{layer: C}``, keyed by the non-negative layer index; each C float64 ``[d_mlp, d_mlp]`` on the CPU.
 
+    Cost: cached layers are a file read each (32 MiB on Gemma 3 270M). Otherwise the corpus (for
+    ``"model"``: sampling, ~3.3 min for the default 16,384 tokens on Gemma, one CPU thread, once) and
+    one statistics forward over it up to the deepest missing layer (~30 s to a middle layer, ~1.8 min
+    for all 18). Memory: one ``d_mlp²`` float64 accumulator per missing layer (32 MiB on Gemma).
+
     Raises:
         ValueError / TypeError: bad layer, ``n_tokens < 1``, an empty corpus, a corpus of an unknown
             type, or NaN/inf keys.
@@ -644,10 +652,21 @@ def covariance(
     cache: bool = True,
     progress: bool = True,
 ) -> Float[Tensor, "d_mlp d_mlp"]:
-    """C = E[k kᵀ], the uncentred second moment of MLP keys at ``layer`` (float64 ``[d_mlp, d_mlp]``, CPU).
+    """C = E[k kᵀ], the uncentred second moment of MLP keys at one layer: float64 ``[d_mlp, d_mlp]``.
 
-    A thin wrapper of `covariances` (same arguments; see there and the module docstring). Cached
-    on disk; the first call on Gemma 3 270M with the offline default corpus takes a few minutes.
+    A thin wrapper of `covariances` (see there and the module docstring); returned on the CPU.
+
+    Args:
+        layer: the layer (negative counts from the end).
+        model, corpus, n_tokens, seq_len, batch_size, seed, sample_batch_size, split, cache, progress:
+            as for `covariances` (defaults: ``corpus="auto"``, ``n_tokens`` `DEFAULT_N_TOKENS`
+            = 16384, ``seq_len`` 128, ``batch_size`` 32, ``seed`` 0, ``sample_batch_size`` 256,
+            ``split="train"``, ``cache=True``, ``progress=True``).
+
+    Cost: cached on disk: later calls read 32 MiB (Gemma 3 270M). First call, offline default corpus
+    on Gemma: sampling 16,384 tokens, ~3.3 min on one CPU thread (once per model and seed), then
+    ~30 s for the statistics forward up to ``layer``. Memory: see the module docstring (sampling
+    ~1 GB; the accumulator ``d_mlp² × 8`` bytes).
 
     Example:
         >>> C = covariance(model, 6, corpus="model")   # doctest: +SKIP

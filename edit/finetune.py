@@ -59,9 +59,10 @@ __all__ = ["FTConfig", "finetune", "ft_batch", "ft_nll"]
 
 @dataclass(frozen=True, kw_only=True)
 class FTConfig:
-    """FT-L's settings. Defaults: ROME's constrained fine-tuning of GPT-2 XL (kmeng01/rome),
-    ``hparams/FT/gpt2-xl_constr.json``: ``num_steps`` 25, ``lr`` 5e-4, ``norm_constraint`` 5e-4,
-    ``weight_decay`` 0 (``kl_factor`` 0 is unused there); ``batch_size`` 128 from
+    """FT-L's settings (defaults: ROME's constrained fine-tuning of GPT-2 XL).
+
+    From kmeng01/rome's ``hparams/FT/gpt2-xl_constr.json``: ``num_steps`` 25, ``lr`` 5e-4,
+    ``norm_constraint`` 5e-4, ``weight_decay`` 0 (``kl_factor`` 0 is unused there); ``batch_size`` 128 from
     ``baselines/ft/ft_hparams.py``; the early stop at 1e-2 from ``baselines/ft/ft_main.py``. (The
     JSON was read in forks that carry it unchanged, e.g. google/belief-localization; their
     ``layers`` differ, [0] or [17], so ``layer`` has no default here.)
@@ -75,6 +76,9 @@ class FTConfig:
         early_stop_loss: a chunk whose NLL is below this takes no step; stop after an epoch whose
             mean NLL is below it. >= 0 (0: never stop early).
         batch_size: requests per chunk (one Adam step each), a positive integer.
+
+    Cost: negligible (plain data, validated on construction); ``steps`` and ``batch_size`` set
+    `finetune`'s number of passes.
     """
 
     norm_bound: float = 5e-4
@@ -192,15 +196,19 @@ def finetune(
     progress: bool = True,
     verbose: bool = True,
 ) -> Edit:
-    """Compute an FT-L edit of ``requests`` at ``layer`` (see the module docstring). The model is not changed.
+    """Compute an FT-L edit: L∞-constrained fine-tuning of one layer's ``W_out``. Model unchanged.
+
+    See the module docstring for the method.
 
     Args:
         model: a bridge.
         requests: one `EditRequest` or a sequence of them (``prompt``, ``subject``, ``target_new``).
         layer: the MLP whose ``W_out`` is fine-tuned (negative values count from the end).
-        norm_bound: ε, overrides ``config.norm_bound``. steps: overrides ``config.steps``.
-        config: `FTConfig`.
-        progress: a progress bar over the steps. verbose: print one line with the layer.
+        norm_bound: ε, overrides ``config.norm_bound`` (default ``None``: the config's 5e-4).
+        steps: overrides ``config.steps`` (default ``None``: the config's 25).
+        config: `FTConfig` (default: ROME's FT-L settings).
+        progress: a progress bar over the steps (default ``True``). verbose: print one line with
+            the layer (default ``True``).
 
     Returns:
         An `Edit` with one dense float32 ΔW ``[d_mlp, d_model]`` at ``layer``, method ``"ft-l"``,
@@ -215,6 +223,11 @@ def finetune(
             of its prompt's tokens, a bad layer, bad settings (all checked before any work).
         FloatingPointError: a non-finite loss or ΔW.
         The model is left untouched in every case.
+
+    Cost: per epoch (at most ``steps``), one forward and one backward down to ``layer`` per chunk
+    of ``batch_size`` requests (Gemma 3 270M, 2 CPU threads: about 0.3 s per step for one request).
+    Memory: the chunk's activations above ``layer``, plus ΔW and Adam's two moments,
+    ``3 · d_mlp · d_model`` float32 (Gemma: 15 MB).
     """
     cfg = _resolve_config(config, norm_bound, steps)
     a = arch_of(model)

@@ -193,7 +193,10 @@ def _request_text(r: EditRequest) -> str:
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class Edit:
-    """A weight edit of the MLP output projections (see the module docstring for the semantics).
+    """A weight edit of the MLP output projections: apply, revert, compose, save, inspect.
+
+    What every editor returns; see the module docstring for the semantics. Cost: constructing and
+    inspecting one is negligible (no model passes); `apply` / `revert` and `save` / `load` say theirs.
 
     Args:
         method: the editor's name, e.g. ``"rome"``.
@@ -276,17 +279,30 @@ class Edit:
         return self.deltas[layer]
 
     def is_low_rank(self, layer: int) -> bool:
-        """Whether ``layer``'s ΔW is stored as factors ``(U, V)``."""
+        """Whether ``layer``'s ΔW is stored as factors ``(U, V)``.
+
+        Args:
+            layer: one of ``self.layers``.
+        """
         return isinstance(self._get(layer), tuple)
 
     def delta(self, layer: int) -> Delta:
-        """ΔW of ``layer`` as a dense float32 ``[d_mlp, d_model]`` tensor (U @ V computed in float64)."""
+        """ΔW of ``layer`` as a dense float32 ``[d_mlp, d_model]`` tensor (U @ V computed in float64).
+
+        Args:
+            layer: one of ``self.layers``.
+        """
         return _dense64(self._get(layer)).float()
 
     def rank(self, layer: int) -> int:
-        """Rank of ``layer``'s ΔW: the factors' ``rank`` for low-rank layers (an upper bound: it counts
-        columns, e.g. ``compose`` adds them up), the numerical rank (`torch.linalg.matrix_rank`) for
-        dense ones."""
+        """Rank of ``layer``'s ΔW: the factors' column count, or the numerical rank of a dense ΔW.
+
+        For low-rank layers it is an upper bound (``compose`` adds the columns up); for dense ones
+        `torch.linalg.matrix_rank` (an SVD of ``[d_mlp, d_model]``: about a second on Gemma 3 270M).
+
+        Args:
+            layer: one of ``self.layers``.
+        """
         d = self._get(layer)
         if isinstance(d, tuple):
             return int(d[0].shape[1])
@@ -297,6 +313,9 @@ class Edit:
 
         ``W_out`` is the weight the edit is computed against: the saved original while this edit is
         applied to ``model``, the current weight otherwise.
+
+        Args:
+            model: a bridge (default ``None``: no relative norms).
         """
         out: dict[int, DeltaNorm] = {}
         saved = next((e.originals for e in _APPLIED.get(model, ()) if e.edit is self), {}) if model is not None else {}
@@ -318,8 +337,11 @@ class Edit:
         return out
 
     def to_dataframe(self, model: Any = None) -> Any:
-        """One row per layer: ``layer``, ``kind`` (low-rank/dense), ``rank``, ``norm`` (‖ΔW‖_F), and
-        with ``model`` also ``relative_norm`` (‖ΔW‖_F / ‖W_out‖_F)."""
+        """One row per layer: ``layer``, ``kind`` (low-rank/dense), ``rank``, ``norm`` (‖ΔW‖_F).
+
+        Args:
+            model: a bridge (default ``None``); given, adds ``relative_norm`` (‖ΔW‖_F / ‖W_out‖_F).
+        """
         import pandas as pd
 
         rows = []
@@ -343,7 +365,11 @@ class Edit:
     # ------------------------------------------------------------------ apply / revert
 
     def is_applied(self, model: Any) -> bool:
-        """Whether this edit is currently applied to ``model``."""
+        """Whether this edit is currently applied to ``model``.
+
+        Args:
+            model: a bridge.
+        """
         return any(e.edit is self for e in _APPLIED.get(model, ()))
 
     def _checked_weights(self, model: Any, a: Any, layers: Iterable[int]) -> dict[int, Tensor]:
@@ -365,6 +391,12 @@ class Edit:
     @torch.no_grad()
     def apply(self, model: Any) -> Edit:
         """Write this edit into ``model``'s weights (see the module docstring). Returns the edit.
+
+        Args:
+            model: the bridge the edit was computed on, with the same earlier edits applied.
+
+        Cost: two fingerprints (milliseconds) and, per layer, ``W_out + ΔW`` in float64; memory while
+        applied: a saved copy of each touched ``W_out`` (Gemma 3 270M: 5 MB per layer in float32).
 
         Raises (with the weights untouched):
             EditStateError: already applied to this model.
@@ -417,6 +449,11 @@ class Edit:
     def revert(self, model: Any) -> None:
         """Restore the ``W_out`` tensors this edit replaced, bit-exactly.
 
+        Args:
+            model: the bridge it is applied to.
+
+        Cost: a fingerprint (milliseconds) and one copy per layer; frees the saved copies.
+
         Raises (with the weights untouched):
             EditStateError: this edit is not applied to ``model``, or edits applied after it still are
                 (they are named: revert them first, newest first).
@@ -443,7 +480,11 @@ class Edit:
 
     @contextlib.contextmanager
     def applied(self, model: Any) -> Iterator[Any]:
-        """Context manager: apply on entry, revert on exit (also after an exception). Yields the model."""
+        """Context manager: apply on entry, revert on exit (also after an exception). Yields the model.
+
+        Args:
+            model: the bridge the edit was computed on. Cost: as `apply` plus `revert`.
+        """
         self.apply(model)
         try:
             yield model
@@ -453,7 +494,14 @@ class Edit:
     # ------------------------------------------------------------------ save / load
 
     def save(self, path: str | Path) -> None:
-        """Write ``path`` (safetensors) and ``path + ".json"`` (see the module docstring), atomically."""
+        """Write ``path`` (safetensors) and ``path + ".json"`` (see the module docstring), atomically.
+
+        Args:
+            path: the safetensors file; its folder must exist.
+
+        Cost: writing the factors (ROME on Gemma 3 270M: ~21 KB, float64) or dense deltas
+        (``d_mlp × d_model`` each: 5 MB in float32), plus a SHA-256 of the file.
+        """
         from safetensors.torch import save_file
 
         from factscope.cache import atomic_file, write_json
@@ -482,6 +530,12 @@ class Edit:
     @classmethod
     def load(cls, path: str | Path, model: Any = None) -> Edit:
         """Read an edit written by `save`; with ``model``, refuse one computed on another model.
+
+        Args:
+            path: the safetensors file (``path + ".json"`` must sit beside it).
+            model: a bridge to check the fingerprint against (default ``None``: no check).
+
+        Cost: reading both files and a SHA-256 of the tensors; with ``model``, a fingerprint.
 
         Raises:
             FileNotFoundError: either file is missing.
@@ -544,7 +598,7 @@ def _sidecar(path: Path) -> Path:
 
 
 def compose(edits: Sequence[Edit]) -> Edit:
-    """One edit whose ΔW per layer is the sum of ``edits``' (see the module docstring).
+    """Merge edits into one whose ΔW per layer is the sum of theirs (see the module docstring).
 
     Low-rank factors are concatenated (``U = [U_1 U_2 ...]``, ``V = [V_1; V_2; ...]``, in the
     promoted dtype); a layer with any dense part becomes dense (summed in float64, stored in the
@@ -556,6 +610,12 @@ def compose(edits: Sequence[Edit]) -> Edit:
     in sequence the weights are rounded to their dtype after every edit, here once. The fingerprints
     of the later edits are not checked (that needs the model); compose edits that were computed in
     sequence, each on the model with the previous ones applied.
+
+    Args:
+        edits: one or more `Edit`s, in the order they were computed.
+
+    Cost: negligible for low-rank edits (concatenation); a float64 ``[d_mlp, d_model]`` sum per
+    dense layer. No model passes.
     """
     edits = list(edits)
     if not edits:

@@ -94,18 +94,22 @@ def kn(
     progress: bool = True,
     verbose: bool = True,
 ) -> Any:
-    """Compute a knowledge-neuron edit of ``request`` (see the module docstring). The model is not changed.
+    """Compute a knowledge-neuron edit: move the neurons' value slots from the old answer to the new.
+
+    See the module docstring for the rule. The model is not changed.
 
     Args:
         model: a bridge.
         request: the fact to rewrite (``prompt``, ``subject``, ``target_new``; ``target_true`` gives
             e_old and is the answer the neurons are located for).
         neurons: a `factscope.locate.NeuronResult` or ``(layer, index[, score])`` items; ``None``
-            locates them first with `factscope.locate.neurons` (``prompts``, ``steps``,
-            ``threshold``, ``refine``, ``batch_size`` are passed on).
-        lambda_erase, lambda_insert: λ₁ and λ₂ (the paper's 1 and 8).
-        direction: ``"embedding"`` (the official rule) or ``"unembedding"``.
-        progress: progress bars. verbose: print the neurons edited.
+            (default) locates them first with `factscope.locate.neurons`.
+        prompts, steps, threshold, refine, batch_size: passed on to `factscope.locate.neurons` when
+            ``neurons`` is ``None`` (its defaults: the request's prompt and paraphrases, 20, 0.2,
+            0.7, automatic); ignored otherwise.
+        lambda_erase, lambda_insert: λ₁ and λ₂ (defaults: the paper's 1 and 8).
+        direction: ``"embedding"`` (default: the official rule) or ``"unembedding"``.
+        progress: progress bars (default ``True``). verbose: print the neurons edited (default ``True``).
 
     Returns:
         An `Edit` (``apply`` / ``revert`` / ``applied`` / ``save``); its ``info`` holds the neurons,
@@ -115,6 +119,10 @@ def kn(
         TypeError: not an `EditRequest`. ValueError: no neurons found or given, a neuron out of
         range, negative or non-finite λ, old and new targets sharing their first token. The model
         is left untouched in every case.
+
+    Cost: with ``neurons=None``, that of `factscope.locate.neurons` (about 20 s per fact on Gemma 3
+    270M, one CPU thread, 3 prompts); given the neurons, microseconds (one forward only when the
+    request has no ``target_true``).
     """
     from factscope.edit.handle import Edit
     from factscope.locate.neurons import NeuronResult, neuron_list

@@ -63,6 +63,8 @@ class UnsupportedArchitectureError(NotImplementedError):
 class Arch:
     """Sizes, hook names and weight accessors of one bridged model (see the module docstring).
 
+    Get one with `arch_of`. Cost: negligible (plain data; its methods run no model passes).
+
     Attributes:
         architecture: HF class name, e.g. ``"Gemma3ForCausalLM"``.
         n_layers, d_model, d_mlp, n_heads, d_vocab: sizes.
@@ -82,7 +84,12 @@ class Arch:
     names: Mapping[str, tuple[str, ...]]
 
     def hook(self, kind: str, layer: int | None = None) -> str:
-        """Canonical hook name of ``kind`` at ``layer`` (``kind="embed"`` takes no layer)."""
+        """Canonical hook name of ``kind`` at ``layer`` (``kind="embed"`` takes no layer).
+
+        Args:
+            kind: ``"embed"`` or one of ``HOOK_KINDS`` (``"resid_pre"`` ... ``"mlp_key"``).
+            layer: block index (negative counts from the end); ``None`` only for ``"embed"``.
+        """
         if kind == "embed":
             return self.embed
         if kind not in self.names:
@@ -90,7 +97,11 @@ class Arch:
         return self.names[kind][self.check_layer(layer)]
 
     def check_layer(self, layer: Any) -> int:
-        """``layer`` as an int in ``[0, n_layers)``; negative values count from the end."""
+        """``layer`` as an int in ``[0, n_layers)``; negative values count from the end.
+
+        Args:
+            layer: the layer to check; a non-integer raises ``TypeError``, one out of range ``ValueError``.
+        """
         if isinstance(layer, bool) or not isinstance(layer, int):
             raise TypeError(f"expected an integer layer, got {layer!r}")
         if not -self.n_layers <= layer < self.n_layers:
@@ -104,6 +115,10 @@ class Arch:
         ``torch.no_grad()``) change the bridge's and the HF model's forward at once. Never use
         ``mlp.W_out += Δ`` (the bridge applies the add, then raises). ``model.W_out`` (stacked) is a
         copy, not a view.
+
+        Args:
+            model: the bridge this `Arch` describes.
+            layer: block index (negative counts from the end).
         """
         W = model.blocks[self.check_layer(layer)].mlp.W_out
         if tuple(W.shape) != (self.d_mlp, self.d_model):
@@ -137,6 +152,11 @@ _CACHE: "weakref.WeakKeyDictionary[Any, Arch]" = weakref.WeakKeyDictionary()
 
 def arch_of(model: Any) -> Arch:
     """The `Arch` of a bridge (computed once per model object).
+
+    Args:
+        model: a `TransformerBridge` (from `load_model`, `tiny_model` or TransformerLens).
+
+    Cost: negligible (a walk over the hook names on first call, then a cached lookup).
 
     Raises:
         UnsupportedArchitectureError: naming every piece that is missing.

@@ -143,9 +143,11 @@ def load_counterfact(source: str | os.PathLike, *, split: str = "train", limit: 
 
     Args:
         source: path to the JSON/JSON-lines file, or a hub dataset name (online only).
-        split: the split, for hub datasets.
-        limit: keep at most this many records.
-        on_error: ``"raise"`` (default) or ``"skip"`` records that do not fit.
+        split: the split, for hub datasets (default ``"train"``).
+        limit: keep at most this many records (default ``None``: all).
+        on_error: ``"raise"`` (default) or ``"skip"`` records that do not fit (one warning counts them).
+
+    Cost: reading and validating the file (no model); a hub name adds a download.
     """
     return _convert(_read_records(source, split=split), _counterfact_record, source=source,
                     on_error=on_error, limit=limit)
@@ -179,6 +181,14 @@ def load_zsre(source: str | os.PathLike, *, split: str = "train", limit: int | N
     answer), ``answers`` (the true ones; the first is ``target_true`` unless it equals ``alt``),
     ``rephrase`` (a paraphrase) and ``loc``/``loc_ans`` (an unrelated question that must keep its
     answer, kept in ``EditRequest.locality``).
+
+    Args:
+        source: path to the JSON/JSON-lines file, or a hub dataset name (online only).
+        split: the split, for hub datasets (default ``"train"``).
+        limit: keep at most this many records (default ``None``: all).
+        on_error: ``"raise"`` (default) or ``"skip"`` records that do not fit (one warning counts them).
+
+    Cost: reading and validating the file (no model); a hub name adds a download.
     """
     return _convert(_read_records(source, split=split), _zsre_record, source=source,
                     on_error=on_error, limit=limit)
@@ -192,7 +202,16 @@ def _known_record(r: dict[str, Any]) -> Fact:
 
 def load_known(source: str | os.PathLike, *, split: str = "train", limit: int | None = None,
                on_error: OnError = "raise") -> list[Fact]:
-    """ROME's ``known_1000.json`` as `Fact`s (``template``, ``subject``, ``attribute``, ``relation_id``)."""
+    """ROME's ``known_1000.json`` as `Fact`s (``template``, ``subject``, ``attribute``, ``relation_id``).
+
+    Args:
+        source: path to the JSON/JSON-lines file, or a hub dataset name (online only).
+        split: the split, for hub datasets (default ``"train"``).
+        limit: keep at most this many records (default ``None``: all).
+        on_error: ``"raise"`` (default) or ``"skip"`` records that do not fit (one warning counts them).
+
+    Cost: reading and validating the file (no model); a hub name adds a download.
+    """
     return _convert(_read_records(source, split=split), _known_record, source=source,
                     on_error=on_error, limit=limit)
 
@@ -202,7 +221,9 @@ def load_known(source: str | os.PathLike, *, split: str = "train", limit: int | 
 
 @dataclass(frozen=True)
 class FactGroup:
-    """A bank of facts around one edit, for spillover probes.
+    """A bank of facts around one edit, for spillover probes (see `builtin_groups`).
+
+    Cost: negligible (plain data).
 
     Attributes:
         name: e.g. ``"president_vs_secretary_of_state"``.
@@ -232,12 +253,25 @@ def _builtin_request(r: dict[str, Any]) -> EditRequest:
 
 
 def builtin_facts() -> list[EditRequest]:
-    """The curated facts (see the module docstring), in file order. Cheap: parsed once."""
+    """The curated facts (86 over 12 relations) as `EditRequest`s, in file order.
+
+    Each has ``target_true`` (Gemma 3 270M's top-1 answer), a counterfactual ``target_new``, 2+
+    paraphrases and 2+ neighbours (see the module docstring).
+
+    Cost: negligible (the JSON is parsed once per process; no model).
+    """
     return [_builtin_request(r) for r in _builtin_json()["facts"]]
 
 
 def builtin_fact(fact_id: str) -> EditRequest:
-    """One built-in fact by its id, e.g. ``builtin_fact("eiffel_tower_located_in_city")``."""
+    """One built-in fact by its id, e.g. ``builtin_fact("eiffel_tower_located_in_city")``.
+
+    Args:
+        fact_id: the fact's ``id`` in ``factscope/data/builtin_facts.json``; an unknown id raises
+            ``KeyError``.
+
+    Cost: negligible (no model).
+    """
     by_id = {r["id"]: r for r in _builtin_json()["facts"]}
     if fact_id not in by_id:
         raise KeyError(f"no built-in fact {fact_id!r}; ids look like {sorted(by_id)[:3]}")
@@ -245,7 +279,13 @@ def builtin_fact(fact_id: str) -> EditRequest:
 
 
 def builtin_groups() -> list[FactGroup]:
-    """Related-entity banks for spillover probes, e.g. ``president_vs_secretary_of_state``."""
+    """The 6 related-entity banks (`FactGroup`) for spillover probes.
+
+    E.g. ``president_vs_secretary_of_state``: the edit moves where the President lives, and facts
+    about the Secretary of State must not move.
+
+    Cost: negligible (no model).
+    """
     data = _builtin_json()
     by_id = {r["id"]: r for r in data["facts"]}
 

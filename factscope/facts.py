@@ -88,6 +88,8 @@ class Fact:
         target: the expected answer without a leading space, e.g. ``"Seattle"``. ``None`` means
             "whatever the model predicts" (tracing then follows the model's own top-1 token).
         relation: optional relation id (CounterFact's ``P17`` and so on) for grouping.
+
+    Cost: negligible (validated on construction; no tokenizer or model).
     """
 
     prompt: str
@@ -123,6 +125,8 @@ class EditRequest:
         locality: ``(prompt, answer)`` pairs unrelated to the edit that must keep their own
             answers (zsRE's ``loc``/``loc_ans``).
         portability: ``(prompt, answer)`` pairs whose answer should follow from the edit.
+
+    Cost: negligible (validated on construction; no tokenizer or model).
     """
 
     prompt: str
@@ -169,7 +173,11 @@ class EditRequest:
         return Fact(self.prompt, self.subject, self.target_true, self.relation)
 
     def replace(self, **changes: Any) -> "EditRequest":
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again).
+
+        Args:
+            **changes: field names and their new values, as for `dataclasses.replace`.
+        """
         return dataclasses.replace(self, **changes)
 
 

@@ -53,7 +53,17 @@ def _bos(tok) -> list[int]:
 
 
 def encode(model_or_tokenizer: Any, text: str) -> list[int]:
-    """Token ids of a prompt under the convention: ``[bos] + ids(text)``."""
+    """Token ids of a prompt under the convention: ``[bos] + ids(text)``.
+
+    Args:
+        model_or_tokenizer: a bridge or a Hugging Face tokenizer.
+        text: a full prompt (non-empty).
+
+    Returns:
+        ``[pos]`` token ids, BOS first (none if the tokenizer has no BOS token).
+
+    Cost: negligible (one tokenisation; no model passes).
+    """
     tok = tokenizer_of(model_or_tokenizer)
     if not isinstance(text, str) or not text:
         raise ValueError(f"expected a non-empty prompt string, got {text!r}")
@@ -73,6 +83,15 @@ def encode_batch(
     """Left-padded ``(input_ids, attention_mask)`` for several prompts (each with one BOS).
 
     The last column holds every row's final prompt token, i.e. the answer position.
+
+    Args:
+        model_or_tokenizer: a bridge or a Hugging Face tokenizer.
+        texts: full prompts (a single ``str`` raises ``TypeError``).
+
+    Returns:
+        ``input_ids`` and ``attention_mask``, both ``[batch, pos]`` int64 (mask 0 on padding).
+
+    Cost: negligible (one tokenisation per prompt; no model passes).
     """
     if isinstance(texts, str):
         raise TypeError("expected a sequence of prompts, got a single str; wrap it in a list")
@@ -96,7 +115,14 @@ def pad_left(
 
 
 def target_ids(model_or_tokenizer: Any, target: str) -> list[int]:
-    """Token ids of an answer continuation: ``ids(" " + target)``, no BOS."""
+    """Token ids of an answer continuation: ``ids(" " + target)``, no BOS.
+
+    Args:
+        model_or_tokenizer: a bridge or a Hugging Face tokenizer.
+        target: the answer without a leading space (surrounding whitespace is stripped).
+
+    Cost: negligible (one tokenisation; no model passes).
+    """
     tok = tokenizer_of(model_or_tokenizer)
     if not isinstance(target, str) or not target.strip():
         raise ValueError(f"expected a non-empty target string, got {target!r}")
@@ -107,7 +133,14 @@ def target_ids(model_or_tokenizer: Any, target: str) -> list[int]:
 
 
 def str_tokens(model_or_tokenizer: Any, ids: Sequence[int] | Tensor) -> list[str]:
-    """Each token id decoded on its own (for axis labels and tables)."""
+    """Each token id decoded on its own (for axis labels and tables).
+
+    Args:
+        model_or_tokenizer: a bridge or a Hugging Face tokenizer.
+        ids: token ids, a list or a 1-D ``[pos]`` tensor.
+
+    Cost: negligible (one decode per token; no model passes).
+    """
     tok = tokenizer_of(model_or_tokenizer)
     if isinstance(ids, Tensor):
         ids = ids.tolist()
@@ -178,8 +211,11 @@ def subject_span(
         text_or_record: a `Fact`/`EditRequest` (the subject is where ``{}`` stands) or a full prompt
             (the first occurrence of ``subject`` is used).
         subject: the subject string; required for a full prompt.
-        use_offsets: use the tokenizer's character offsets (fast tokenizers). ``False`` uses the
-            prefix-tokenisation method, which slow tokenizers need; both agree when both apply.
+        use_offsets: use the tokenizer's character offsets (fast tokenizers; default ``True``).
+            ``False`` uses the prefix-tokenisation method, which slow tokenizers need; both agree
+            when both apply.
+
+    Cost: negligible (one to three tokenisations; no model passes).
 
     Raises:
         ValueError: the subject does not occur, or its boundary falls inside a token (e.g. subject

@@ -9,8 +9,11 @@
   with its bootstrap band.
 - `plot_localization`: tracing effect against edit score per layer, per-layer means with CIs, R² bars.
 - `plot_report`: edit-evaluation metrics with 95% CIs, editors side by side.
+- `write_report` / `render_report`: one self-contained offline HTML page of `Section` s holding
+  `Figure`, `Table`, `Text` and `Html` (circuitsvis) blocks; `remote_urls` checks it loads nothing remote.
 """
 
+from factscope.figures.html import Figure, Html, Section, Table, Text, remote_urls, render_report, write_report
 from factscope.figures.neurons import neurons_html, plot_neurons
 from factscope.figures.localization import plot_localization
 from factscope.figures.profile import plot_profile
@@ -18,4 +21,5 @@ from factscope.figures.report import plot_report
 from factscope.figures.spillover import plot_spillover
 from factscope.figures.tracing import CMAPS, plot_trace, save_figure
 
-__all__ = ["plot_trace", "plot_profile", "plot_report", "plot_spillover", "plot_localization", "plot_neurons", "neurons_html", "save_figure", "CMAPS"]
+__all__ = ["plot_trace", "plot_profile", "plot_report", "plot_spillover", "plot_localization", "plot_neurons", "neurons_html", "save_figure", "CMAPS",
+           "write_report", "render_report", "remote_urls", "Section", "Figure", "Table", "Text", "Html"]

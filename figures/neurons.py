@@ -27,6 +27,8 @@ def plot_neurons(result: Any, *, reduce: str = "both", axes: Any = None) -> Any:
 
     Returns:
         The matplotlib Figure.
+
+    Cost: a fraction of a second (matplotlib only; no model passes).
     """
     import matplotlib.pyplot as plt
     import numpy as np
@@ -75,8 +77,18 @@ def neurons_html(result: Any, path: str | Path | None = None) -> Any:
 
     Each prompt is one ``colored_tokens_multi`` panel: its tokens coloured by the clean activation of
     the chosen neuron (one button per neuron, ``L{layer}.{index}``). With ``path``, the page is
-    written with circuitsvis' JavaScript inlined (``local_src``, about 1.3 MB per panel set), so it
-    opens without network. Returns a ``RenderedHTML`` that renders inline in a notebook.
+    written with circuitsvis' JavaScript inlined once (``local_src``), so it opens without network.
+
+    Args:
+        result: a `factscope.locate.NeuronResult` with selected neurons (its ``activations``,
+            ``[pos, neuron]`` per prompt).
+        path: the HTML file to write (default ``None``: nothing is written).
+
+    Returns:
+        A circuitsvis ``RenderedHTML`` that renders inline in a notebook.
+
+    Cost: no model passes; the page is about 1.3 MB (the inlined JavaScript bundle) plus the
+    activations, written atomically.
 
     Raises:
         ValueError: the result has no selected neurons.

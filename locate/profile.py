@@ -33,10 +33,20 @@ __all__ = ["BUCKETS", "ProfileResult", "layer_profile", "token_buckets", "LayerC
            "one_per_relation"]
 
 BUCKETS: tuple[str, ...] = ("first subject", "middle subject", "last subject", "first subsequent", "further", "last")
+"""ROME's six token buckets (Figure 2), in order: the ``bucket`` rows of a `ProfileResult`."""
 
 
 def token_buckets(n_tokens: int, subject: tuple[int, int]) -> dict[str, list[int]]:
-    """Token indices of each bucket (empty when a prompt has none), BOS and pre-subject tokens excluded."""
+    """Token indices of each of `BUCKETS` in one prompt (empty when it has none).
+
+    BOS and the tokens before the subject belong to no bucket.
+
+    Args:
+        n_tokens: the prompt's length in tokens, BOS included.
+        subject: the subject's ``(start, end)`` token span, as `factscope.subject_span` gives it.
+
+    Cost: negligible (no model passes).
+    """
     s0, s1 = subject
     last = n_tokens - 1
     b = {
@@ -52,7 +62,9 @@ def token_buckets(n_tokens: int, subject: tuple[int, int]) -> dict[str, list[int
 
 @dataclass(frozen=True)
 class ProfileResult:
-    """Average indirect effect per (kind, bucket, layer) over facts.
+    """Average indirect effect per (kind, bucket, layer) over facts (what `layer_profile` returns).
+
+    Cost: negligible to use and save (no model passes).
 
     Attributes:
         mean, lo, hi: kind -> ``[bucket, layer]`` mean indirect effect and its 95% CI bounds.
@@ -71,12 +83,17 @@ class ProfileResult:
 
     @property
     def kinds(self) -> tuple[str, ...]:
+        """The kinds profiled."""
         return tuple(self.mean)
 
     def best_layer(self, kind: str = "mlp", bucket: str = "last subject") -> int:
         """The layer with the largest mean indirect effect for ``kind`` at ``bucket``: the edit layer.
 
         ROME edits the MLP where restoring the last subject token helps most.
+
+        Args:
+            kind: a profiled kind (default ``"mlp"``).
+            bucket: one of `BUCKETS` (default ``"last subject"``).
         """
         if kind not in self.mean:
             raise ValueError(f"expected a traced kind among {list(self.mean)}, got {kind!r}")
@@ -86,6 +103,7 @@ class ProfileResult:
         return int(torch.nan_to_num(row, nan=-math.inf).argmax())
 
     def to_dataframe(self) -> Any:
+        """One row per (kind, bucket, layer): mean, ``ci_low``, ``ci_high`` and ``n``."""
         import pandas as pd
 
         rows = []
@@ -98,7 +116,11 @@ class ProfileResult:
         return pd.DataFrame(rows)
 
     def save(self, path: str | Path) -> None:
-        """Write ``path`` (safetensors) and ``path.json`` (facts, skipped, settings)."""
+        """Write ``path`` (safetensors) and ``path.json`` (facts, skipped, settings).
+
+        Args:
+            path: the safetensors file to write (atomically); its folder must exist.
+        """
         from safetensors.torch import save_file
 
         from factscope.cache import atomic_file, write_json
@@ -113,6 +135,11 @@ class ProfileResult:
 
     @classmethod
     def load(cls, path: str | Path) -> "ProfileResult":
+        """Read a profile written by `save`.
+
+        Args:
+            path: the safetensors file (``path`` + ``.json`` must sit beside it).
+        """
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -139,14 +166,25 @@ def layer_profile(
     seed: int = 0,
     progress: bool = True,
 ) -> ProfileResult:
-    """Average causal-tracing effects over ``facts`` (default: `factscope.builtin_facts`).
+    """Causal-tracing indirect effects averaged over facts, per token bucket and layer, with 95% CIs.
+
+    Facts the model does not answer top-1 are skipped (listed in ``skipped``).
 
     Args:
         model: a bridge.
-        facts: `Fact`s or `EditRequest`s with targets (``target_true`` for requests).
+        facts: `Fact`s or `EditRequest`s with targets (``target_true`` for requests); default
+            ``None``: all of `factscope.builtin_facts`.
         kind: ``"mlp"`` (the default: what locates the edit layer), ``"hidden"``, ``"attn"`` or ``"all"``.
-        noise, samples, window, seed: passed to `trace` (fact i uses seed ``seed + i``).
-        progress: show a progress bar.
+        noise, samples, window, seed: passed to `trace` (defaults 3.0, 10, 10, 0; fact i uses seed
+            ``seed + i``).
+        progress: show a progress bar (default ``True``).
+
+    Returns:
+        `ProfileResult`: ``mean[kind]``, ``lo[kind]``, ``hi[kind]`` are ``[bucket, layer]``.
+
+    Cost: one `predict` batch, then one `trace` per fact answered correctly (Gemma 3 270M,
+    ``kind="mlp"``, 10 samples: tens of seconds per fact on 2 CPU cores; the 86 built-in facts
+    about 30 min). Memory: that of one `trace`.
     """
     from tqdm.auto import tqdm
 
@@ -194,9 +232,14 @@ def layer_profile(
 
 
 def one_per_relation(facts: Sequence[Fact] | None = None) -> list[Fact]:
-    """The first fact of each relation (default: `factscope.builtin_facts`, 12 relations).
+    """The first fact of each relation, in order: the set `recommended_layer` profiles.
 
-    The set `recommended_layer` profiles: all 86 built-in facts would take ~30 min on 2 CPU cores.
+    Profiling all 86 built-in facts would take ~30 min on 2 CPU cores; one per relation is 12.
+
+    Args:
+        facts: facts or requests with a ``relation``; default ``None``: `factscope.builtin_facts`.
+
+    Cost: negligible (no model passes).
     """
     if facts is None:
         from factscope.datasets import builtin_facts
@@ -210,7 +253,15 @@ def one_per_relation(facts: Sequence[Fact] | None = None) -> list[Fact]:
 
 @dataclass(frozen=True)
 class LayerChoice:
-    """The recommended edit layer, why, and the profile it came from."""
+    """The recommended edit layer, why, and the profile it came from (what `recommended_layer` returns).
+
+    Cost: negligible (plain data).
+
+    Attributes:
+        layer: the layer to edit.
+        reason: a sentence saying why (peak effect, number of facts, whether it was cached).
+        profile: the `ProfileResult` the layer was read from.
+    """
 
     layer: int
     reason: str
@@ -228,12 +279,26 @@ def recommended_layer(
     cache: bool = True,
     progress: bool = True,
 ) -> LayerChoice:
-    """The layer whose ``kind`` restoration at the last subject token helps most, over ``facts``.
+    """The edit layer: where restoring ``kind`` at the last subject token helps most, over ``facts``.
 
-    ``facts`` defaults to `one_per_relation` of the built-in facts. The profile is cached on disk
-    (``cache_dir("profiles")``), keyed by the model fingerprint, the facts and every setting, so
-    editors asking again (``rome(layer=None)``) cost nothing. ``window`` defaults to ROME's 10 layers,
-    clipped to the model. First call on Gemma 3 270M: about 3 min.
+    The profile is cached on disk (``cache_dir("profiles")``), keyed by the model fingerprint, the
+    facts and every setting, so editors asking again (``rome(layer=None)``) cost nothing.
+
+    Args:
+        model: a bridge.
+        facts: facts with targets; default ``None``: `one_per_relation` of the built-in facts (12).
+        kind: the kind traced (default ``"mlp"``).
+        samples: noise draws per cell (default 10).
+        window: layers restored together; default ``None``: ROME's 10, clipped to the model.
+        seed: seeds the noise (default 0).
+        cache: read and write the on-disk profile (default ``True``); ``False`` recomputes it.
+        progress: show a progress bar (default ``True``).
+
+    Returns:
+        `LayerChoice`: ``layer``, ``reason`` and the ``profile``.
+
+    Cost: first call, a `layer_profile` of ``facts`` (Gemma 3 270M, the default 12 facts: about
+    3 min on 2 CPU cores); later calls a fingerprint and a file read (milliseconds).
     """
     from factscope.cache import cache_dir, key_digest
     from factscope.models import fingerprint

@@ -54,6 +54,7 @@ from factscope.tokens import encode, str_tokens, subject_span, target_ids
 __all__ = ["TraceResult", "trace", "embedding_sigma", "KINDS"]
 
 KINDS: tuple[str, ...] = ("hidden", "mlp", "attn")
+"""The kinds of state `trace` restores: the residual stream, the MLP output, the attention output."""
 _HOOK_KIND = {"hidden": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
 
 
@@ -67,8 +68,14 @@ def embedding_sigma(model: Any, subjects: Sequence[str] | None = None) -> float:
     """σ for Gaussian corruption: the standard deviation of subject-token embeddings.
 
     As in ROME, one scalar std over the embedding vectors (as they enter block 0, so Gemma's
-    √d_model scaling is included) of the tokens of many subjects: by default the subjects of
-    `factscope.builtin_facts`. Computed once per model object (one embedding lookup).
+    √d_model scaling is included) of the tokens of many subjects.
+
+    Args:
+        model: a bridge.
+        subjects: the subjects whose tokens are pooled; default ``None``: the subjects of
+            `factscope.builtin_facts` (then the result is cached per model object).
+
+    Cost: one embedding lookup (no blocks run); negligible, and free on later default calls.
     """
     default = subjects is None
     if default and model in _SIGMA:
@@ -101,7 +108,9 @@ def _device(model: Any) -> torch.device:
 
 @dataclass(frozen=True)
 class TraceResult:
-    """Scores of a causal trace.
+    """Scores of a causal trace (what `trace` returns); ``.to_dataframe()``, ``.save()``, ``.load()``.
+
+    Cost: negligible to use and save (no model passes; a few KB of scores).
 
     Attributes:
         scores: kind -> ``[tok, layer]`` p(answer) with that cell restored (mean over samples).
@@ -125,10 +134,15 @@ class TraceResult:
 
     @property
     def kinds(self) -> tuple[str, ...]:
+        """The kinds traced, a subset of `KINDS` in their order."""
         return tuple(self.scores)
 
     def indirect_effect(self, kind: str) -> Float[Tensor, "tok layer"]:
-        """Restored score minus corrupted score, per cell."""
+        """Restored score minus corrupted score, per cell: ``[tok, layer]``.
+
+        Args:
+            kind: one of ``self.kinds``.
+        """
         return self.scores[kind] - self.corrupted
 
     @property
@@ -150,7 +164,11 @@ class TraceResult:
         return pd.DataFrame(rows)
 
     def save(self, path: str | Path) -> None:
-        """Write ``path`` (safetensors: the score grids) and ``path`` + ``.json`` (everything else)."""
+        """Write ``path`` (safetensors: the score grids) and ``path`` + ``.json`` (everything else).
+
+        Args:
+            path: the safetensors file to write (atomically); its folder must exist.
+        """
         from safetensors.torch import save_file
 
         from factscope.cache import atomic_file, write_json
@@ -163,6 +181,11 @@ class TraceResult:
 
     @classmethod
     def load(cls, path: str | Path) -> "TraceResult":
+        """Read a result written by `save`.
+
+        Args:
+            path: the safetensors file (``path`` + ``.json`` must sit beside it).
+        """
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -209,19 +232,23 @@ def trace(
     pool: Sequence[str] | None = None,
     progress: bool = False,
 ) -> TraceResult:
-    """Causal trace of one fact (see the module docstring).
+    """Causal trace of one fact: p(answer) with each (token, layer) state restored after corruption.
+
+    See the module docstring for the algorithm.
 
     Args:
         model: a bridge.
         fact: a `Fact` (its ``target``) or `EditRequest` (its ``target_true``). With no target, the
             model's own top-1 answer is traced, as ROME does.
-        kind: ``"all"``, ``"hidden"``, ``"mlp"`` or ``"attn"``.
+        kind: ``"all"`` (default: every kind in `KINDS`), ``"hidden"``, ``"mlp"`` or ``"attn"``.
         corruption: ``"gaussian"``: noise of ``noise`` × σ (`embedding_sigma`) on the subject's token
             embeddings. ``"str"``: symmetric token replacement: each sample swaps the subject for a
             different subject of the same token length, drawn (seeded) from ``pool``.
         noise: Gaussian noise scale in units of σ; ROME uses 3. Ignored for STR.
-        samples: corrupted runs per cell (for STR: distinct partners, at most the pool allows).
-        window: layers restored together for ``mlp``/``attn`` (clipped at the model's ends).
+        samples: corrupted runs per cell (default 10; for STR: distinct partners, at most the pool
+            allows).
+        window: layers restored together for ``mlp``/``attn`` (default 10, ROME's; clipped at the
+            model's ends).
         metric: ``"prob"``: p(answer). ``"logit_diff"``: logit(answer) − logit(contrast), where the
             contrast is ``target_new`` for an `EditRequest`, else the corrupted runs' top answer.
         seed: seeds the noise or the partner draw; the same seed gives bit-identical results.
@@ -230,7 +257,15 @@ def trace(
         progress: show a progress bar over start tokens.
 
     Returns:
-        `TraceResult`. A target the model does not predict top-1 is traced anyway, with a warning.
+        `TraceResult`: ``scores[kind]`` is ``[tok, layer]``. A target the model does not predict
+        top-1 is traced anyway, with a warning.
+
+    Cost: about ``samples × Σ_{t ≥ subject start} (T − t) × Σ_cells (L − first changed block)``
+    token-block evaluations (T prompt tokens, L layers), all without gradients. Gemma 3 270M,
+    ``kind="all"``, 10 samples, a 12-token fact: 88 s on one thread, 57 s on 2 (ROME's
+    reference: 630 s); a 7-token prompt about 40 s; one kind costs less. Memory: one batch of up to
+    ``kinds × layers × samples`` rows over the prompt's suffix (Gemma, ``kind="all"``: 540 rows, a
+    few hundred MB).
 
     Raises:
         ValueError: bad arguments, a subject missing from the prompt, or (STR) no partner of the

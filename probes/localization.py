@@ -138,6 +138,8 @@ def hase_regressions(tracing: Any, edit_score: Any) -> tuple[dict[str, OLS], dic
 class LocalizationResult:
     """Tracing effects and rewrite scores per (fact, layer), and the regressions between them.
 
+    What `localization_vs_editing` returns. Cost: negligible (plain data; the fits are stored).
+
     Attributes:
         facts: the requests, in order.
         layers: the layers edited (columns of every ``[fact, layer]`` array).
@@ -195,8 +197,10 @@ class LocalizationResult:
         return f"{head}: {why}"
 
     def to_dataframe(self) -> Any:
-        """One row per (fact, layer): the fact, layer, tracing effect, rewrite score, p before/after,
-        and whether the cell entered the regressions."""
+        """One row per (fact, layer): tracing effect, rewrite score, p before/after, and use.
+
+        ``used`` says whether the cell entered the regressions.
+        """
         import pandas as pd
 
         used = (torch.isfinite(self.tracing).all(1) & torch.isfinite(self.edit_score).all(1)).tolist()
@@ -342,6 +346,12 @@ def localization_vs_editing(
         TypeError / ValueError: empty or non-`EditRequest` facts, a missing target_true or subject,
             bad layers, an unknown editor, a config of the wrong type, bad window/samples/seed, all
             before any tracing or editing; an ``edit_fn`` that does not return an `Edit`.
+
+    Cost: one MLP trace per fact (window 5, 10 samples: ~5-15 s on Gemma 3 270M, 2 CPU cores) plus
+    ``facts × layers`` edits (ROME: 10-30 s each; FT-L about as much, MEMIT at one layer a little
+    more) and C per layer (cached on disk; minutes the first time). Measured: 8 facts × 6 layers
+    with ROME took 31 min, ~40 s per (fact, layer) cell. Memory: one editor's working set plus one
+    saved ``W_out`` while an edit is applied.
     """
     from factscope.edit.handle import Edit
     from factscope.locate.tracing import trace

@@ -35,12 +35,15 @@ from factscope.facts import EditRequest, Fact
 __all__ = ["NeuronEffect", "neuron_effect", "random_controls", "GROUPS"]
 
 GROUPS: tuple[str, ...] = ("fact", "related", "unrelated")
+"""The prompt groups `neuron_effect` measures, in order: the fact's, its neighbours', unrelated facts'."""
 Record = Fact | EditRequest | tuple[str, str]
 
 
 @dataclass(frozen=True)
 class NeuronEffect:
     """p(answer) per prompt before and during an intervention on found and on random neurons.
+
+    What `neuron_effect` returns. Cost: negligible (plain data; no model passes).
 
     Attributes:
         neurons: the intervened ``(layer, index)`` neurons.
@@ -62,12 +65,19 @@ class NeuronEffect:
 
     @property
     def groups(self) -> tuple[str, ...]:
+        """The groups measured (those of `GROUPS` with prompts), in order."""
         return tuple(self.prompts)
 
     def change(self, group: str, *, relative: bool = True) -> tuple[float, Tensor]:
-        """``(found, controls)``: the mean change in p(answer) over the group's prompts for the found
-        neurons, and per random control ``[control]``. ``relative``: (p_after − p_before) / p_before,
-        the paper's measure; else p_after − p_before."""
+        """``(found, controls)``: mean change in p(answer) over a group, found neurons and per control.
+
+        ``controls`` is ``[control]``: one mean per random set.
+
+        Args:
+            group: one of ``self.groups``.
+            relative: ``True`` (default): (p_after − p_before) / p_before, the paper's measure;
+                ``False``: p_after − p_before.
+        """
         if group not in self.prompts:
             raise ValueError(f"expected a group among {self.groups}, got {group!r}")
         before = self.p_before[group]
@@ -79,8 +89,15 @@ class NeuronEffect:
         return float(ch(self.p_found[group])), ch(self.p_control[group])
 
     def p_value(self, group: str, *, relative: bool = True) -> float | None:
-        """(1 + #controls whose effect is at least the found one's) / (1 + n_controls): at least as
-        large a drop when suppressing, as large a rise when enhancing. ``None`` without controls."""
+        """The controls' p-value: (1 + #controls at least as effective) / (1 + n_controls).
+
+        At least as large a drop when suppressing, as large a rise when enhancing. ``None`` without
+        controls.
+
+        Args:
+            group: one of ``self.groups``.
+            relative: compare relative changes (default ``True``) or absolute ones, as in `change`.
+        """
         found, ctl = self.change(group, relative=relative)
         if ctl.numel() == 0:
             return None
@@ -88,9 +105,15 @@ class NeuronEffect:
         return (1 + int(at_least.sum())) / (1 + ctl.numel())
 
     def to_dataframe(self, *, per_prompt: bool = False) -> Any:
-        """One row per group: prompts, mean p before, the found neurons' mean change (relative and
-        absolute), the controls' mean and std of the same, and ``p_value``. With ``per_prompt=True``:
-        one row per prompt with p before, with the found neurons, and the controls' mean."""
+        """One row per group: mean p before, the found neurons' and the controls' changes, p-value.
+
+        Columns: prompts, mean p before, the found neurons' mean change (relative and absolute), the
+        controls' mean and std of the same, and ``p_value``.
+
+        Args:
+            per_prompt: default ``False``. ``True``: one row per prompt with p before, with the found
+                neurons, and the controls' mean.
+        """
         import pandas as pd
 
         if per_prompt:
@@ -119,7 +142,16 @@ class NeuronEffect:
 
 def random_controls(model: Any, neurons: Sequence[tuple[int, int]], n: int, *,
                     generator: torch.Generator) -> list[tuple[tuple[int, int], ...]]:
-    """``n`` random neuron sets matched to ``neurons`` by layer and count, none of them a found neuron."""
+    """``n`` random neuron sets matched to ``neurons`` by layer and count, none of them a found neuron.
+
+    Args:
+        model: the bridge (for ``d_mlp``).
+        neurons: the found ``(layer, index)`` neurons.
+        n: how many sets.
+        generator: a seeded `torch.Generator`; the global RNG is not touched.
+
+    Cost: negligible (no model passes).
+    """
     d_mlp = arch_of(model).d_mlp
     per_layer: dict[int, set[int]] = {}
     for l, i in neurons:
@@ -192,7 +224,7 @@ def neuron_effect(
     batch_size: int = 32,
     progress: bool = False,
 ) -> NeuronEffect:
-    """The change in p(answer) when ``neurons`` are suppressed (or enhanced), against random controls.
+    """The change in p(answer) when neurons are suppressed (or enhanced), against random controls.
 
     Args:
         model: a bridge.
@@ -202,15 +234,21 @@ def neuron_effect(
         related: more related records (Facts, EditRequests or ``(prompt, answer)`` pairs).
         unrelated: the unrelated records; default: ``n_unrelated`` built-in facts of other relations,
             drawn with ``seed``.
-        control: ``"random"`` (random sets matched by layer and count) or ``None``.
-        n_controls: how many random sets.
-        mode: ``"suppress"`` (activations set to 0) or ``"enhance"`` (multiplied by ``factor``).
-        positions: where to intervene (see `factscope.locate.suppress`; default the last token).
-        seed: seeds the controls and the unrelated sample (nothing else is random).
-        batch_size: prompts per forward pass. progress: a progress bar over the controls.
+        n_unrelated: the size of that default sample (default 16).
+        control: ``"random"`` (default: random sets matched by layer and count) or ``None``.
+        n_controls: how many random sets (default 20).
+        mode: ``"suppress"`` (default: activations set to 0) or ``"enhance"`` (multiplied by ``factor``).
+        factor: the multiplier for ``"enhance"`` (default 2.0, the paper's).
+        positions: where to intervene (see `factscope.locate.suppress`; default ``"last"``, the last token).
+        seed: seeds the controls and the unrelated sample (default 0; nothing else is random).
+        batch_size: prompts per forward pass (default 32). progress: a progress bar over the controls
+            (default ``False``).
 
     Returns:
         `NeuronEffect` (``.to_dataframe()`` gives one row per group). Empty groups are left out.
+
+    Cost: ``2 + n_controls`` batched forward passes over all prompts (Gemma 3 270M, ~30 prompts
+    and 20 controls: about 10 s on 2 CPU cores). Memory: one batch's activations.
     """
     from factscope.locate.neurons import enhance, neuron_list, suppress
     from tqdm.auto import tqdm

@@ -157,6 +157,8 @@ class Pair:
 class OverlapResult:
     """Knowledge-neuron sets per seed and half, their overlaps, and the matched random baseline.
 
+    What `neuron_overlap` returns. Cost: negligible (plain data; the draws are stored).
+
     Attributes:
         fact: the fact.
         prompts: all prompts (halves index into them).
@@ -217,8 +219,10 @@ class OverlapResult:
         return pd.DataFrame(rows)
 
     def summary(self) -> Any:
-        """One row per kind (split-half, across-seed): the mean Jaccard over its pairs, the baseline's
-        mean and 95% interval for that mean, and the p-value of the mean."""
+        """One row per kind (split-half, across-seed): mean Jaccard, baseline mean and 95% interval, p.
+
+        The baseline's mean and interval are for the mean over the kind's pairs, and so is the p-value.
+        """
         import pandas as pd
 
         return pd.DataFrame([self._aggregate(k) for k in ("split-half", "across-seed")])
@@ -304,13 +308,14 @@ def neuron_overlap(
         model: a bridge (not changed).
         fact: a `Fact` (its ``target``) or `EditRequest` (its ``target_true``).
         prompts: at least 6 distinct prompts about the fact; default `overlap_prompts` (``n_prompts``).
-        n_prompts: how many default prompts (at least 6; ignored with ``prompts=``).
-        seeds: one random split of the prompts per seed.
-        n_random: random-baseline draws per compared pair.
+        n_prompts: how many default prompts (default 12, at least 6; ignored with ``prompts=``).
+        seeds: one random split of the prompts per seed (default ``(0, 1, 2)``).
+        n_random: random-baseline draws per compared pair (default 1000).
         steps, threshold, refine: `factscope.locate.neurons`' IG steps, coarse threshold and starting
-            refinement fraction. layers: the layers attributed (default all).
-        baseline_seed: seeds the baseline draws (the splits use ``seeds``; nothing else is random).
-        progress: `neurons`' progress bar.
+            refinement fraction (defaults 20, 0.2, 0.7). layers: the layers attributed (default all).
+        baseline_seed: seeds the baseline draws (default 0; the splits use ``seeds``; nothing else is
+            random).
+        progress: `neurons`' progress bar (default ``True``).
 
     Returns:
         `OverlapResult` (``.summary()``, ``.to_dataframe()``, ``print(result)``).
@@ -318,6 +323,11 @@ def neuron_overlap(
     Raises:
         TypeError / ValueError: a bad fact, fewer than 6 prompts, no or repeated seeds, bad counts,
             all before any attribution. The model is not changed.
+
+    Cost: one knowledge-neuron run over all the prompts, whatever the number of seeds (IG:
+    ``n_prompts × layers × steps`` rows; Gemma 3 270M, 12 prompts, 18 layers, 20 steps: 85 s to
+    3 min on 2 CPU cores), plus ``n_random`` baseline draws per pair (0.1-0.4 s per pair on Gemma;
+    15 pairs for 3 seeds). Memory: `neurons`' (~1 GiB of logits at its default batch size).
     """
     from factscope.locate.neurons import neurons
 

@@ -35,6 +35,8 @@ def test_three_panels_with_starred_subject_and_corrupted_vmin(result):
         assert mesh.get_cmap().name == CMAPS[kind]
         assert mesh.norm.vmin == pytest.approx(result.corrupted)
         assert mesh.get_array().size == result.scores[kind].numel()
+    bars = [a for a in fig.axes if a not in heat or not a.get_title()]  # the colour bars, one per panel
+    assert [b.get_ylabel() for b in bars] == [f"p({result.answer.strip()})"] * 3
 
 
 def test_single_kind_and_files(result, tmp_path):
