@@ -27,6 +27,8 @@ from typing import Optional
 
 import typer
 
+from factscope.demo import DEMO_GROUP, neuron_suppression
+
 app = typer.Typer(
     help="factscope: locate and edit factual knowledge in language models (TransformerLens 4.x).",
     no_args_is_help=True,
@@ -190,10 +192,6 @@ def facts(model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_
     typer.echo(f"\n{preds.accuracy:.1%} of {len(facts)} built-in facts answered correctly (top-1 first token).")
 
 
-DEMO_FACT = "eiffel_tower_located_in_city"
-DEMO_GROUP = "president_vs_secretary_of_state"
-
-
 def _request(prompt: str, subject: str, target_new: str, target_true: Optional[str]):
     """An EditRequest; a built-in fact with the same prompt and subject lends its paraphrases and neighbours."""
     from factscope.datasets import builtin_facts
@@ -208,20 +206,15 @@ def _request(prompt: str, subject: str, target_new: str, target_true: Optional[s
 
 def _before_after(m, e, request) -> str:
     """A table of top-1 answers and p(target_new) before and after ``e``, on the prompt, paraphrases, neighbours."""
-    from factscope.predict import predict
+    from factscope.demo import before_after_frame
 
-    rows = [("prompt", request.text)] + [("paraphrase", p) for p in request.paraphrases] + \
-        [("neighbour", p) for p in request.neighbours]
-    prompts = [r[1] for r in rows]
-    before = predict(m, prompts, [request.target_new] * len(rows))
-    with e.applied(m):
-        after = predict(m, prompts, [request.target_new] * len(rows))
-    width = min(48, max(len(p) for p in prompts))
+    df = before_after_frame(m, e, request)
+    width = min(48, max(len(p) for p in df.prompt))
     lines = [f"{'':<10}  {'prompt':<{width}}  {'before':>18}  {'after':>18}  p({request.target_new}) before -> after"]
-    for (kind, p), b, a in zip(rows, before, after):
-        short = p if len(p) <= width else p[: width - 1] + "…"
-        lines.append(f"{kind:<10}  {short:<{width}}  {b.answer.strip()[:18]:>18}  {a.answer.strip()[:18]:>18}  "
-                     f"{b.p_target:.3f} -> {a.p_target:.3f}")
+    for r in df.itertuples():
+        short = r.prompt if len(r.prompt) <= width else r.prompt[: width - 1] + "…"
+        lines.append(f"{r.kind:<10}  {short:<{width}}  {r.before[:18]:>18}  {r.after[:18]:>18}  "
+                     f"{r.p_new_before:.3f} -> {r.p_new_after:.3f}")
     return "\n".join(lines)
 
 
@@ -783,6 +776,7 @@ def _pad_prompts(prompts: list[str]) -> tuple[list[str], int]:
 
 
 def _neuron_summary(result, before: float, after: float) -> str:
+    """The selected neurons, one line each, and the effect of suppressing them."""
     s = result.settings
     lines = [f"{result.prompts[0]!r} -> {result.answer.strip()!r}: {len(result.neurons)} knowledge neuron(s) over "
              f"{len(result.prompts)} prompts ({s['refine_note']})"]
@@ -794,20 +788,6 @@ def _neuron_summary(result, before: float, after: float) -> str:
         lines.append(f"suppressing them at the answer position: p({result.answer.strip()}) {before:.3f} -> {after:.3f} "
                      f"(mean over the prompts)")
     return "\n".join(lines)
-
-
-def _suppression(m, result) -> tuple[float, float]:
-    from factscope.locate import suppress
-    from factscope.predict import next_token_logits
-
-    def p() -> float:
-        return float(next_token_logits(m, list(result.prompts)).softmax(-1)[:, result.answer_id].mean())
-
-    before = p()
-    if not result.neurons:
-        return before, before
-    with suppress(m, result):
-        return before, p()
 
 
 @app.command()
@@ -853,7 +833,7 @@ def neurons(
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from None
     paths = save_figure(plot_neurons(result), out)
-    typer.echo(_neuron_summary(result, *_suppression(m, result)))
+    typer.echo(_neuron_summary(result, *neuron_suppression(m, result)))
     if html is not None and result.neurons:
         neurons_html(result, html)
         paths.append(html)
@@ -869,77 +849,19 @@ def demo(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     samples: int = typer.Option(10, help="Corrupted runs per tracing cell."),
 ) -> None:
-    """Run the main job on the bundled model: answers, a causal trace, a layer profile, a ROME edit and its evaluation, the fact's knowledge neurons, and the spillover probe (President / Secretary of State).
+    """Run the main job on the bundled model and write out/report.html: answers, trace and profile,
+    knowledge neurons, a ROME edit and its evaluation, the spillover probe, and a MEMIT batch.
 
-    Writes ``answers.csv``, ``trace.{png,svg,pdf}`` (three panels), ``profile.{png,svg,pdf}``,
-    ``rome_before_after.txt``, ``rome_edit.safetensors`` (+ ``.json``), ``rome_report.{png,txt}``,
-    ``neurons.png`` and ``neurons.html`` (the fact's prompt and two paraphrases), ``spillover.png``
-    and ``spillover.csv``. The first run also computes the key statistics (a few minutes, then cached).
+    See `factscope.demo` for the files written. About 9 minutes the first time on 2 CPU cores
+    (model conversion, layer profile and key statistics are then cached), about 6 afterwards.
     """
-    from factscope.datasets import builtin_fact, builtin_groups
-    from factscope.edit import rome
-    from factscope.figures import (
-        neurons_html,
-        plot_neurons,
-        plot_profile,
-        plot_report,
-        plot_spillover,
-        plot_trace,
-        save_figure,
-    )
-    from factscope.probes import evaluate, spillover
-    from factscope.locate import neurons as find_neurons
-    from factscope.locate import one_per_relation, recommended_layer
-    from factscope.locate import trace as run_trace
+    from factscope.demo import run_demo
+    from factscope.models import ModelNotAvailableError
 
-    t0 = time.perf_counter()
-    m, secs = _load(model)
-    typer.echo(f"loaded the model in {secs:.1f} s\n\n[1/6] the model's answers on the built-in facts")
-    facts, preds, table = _answers(m)
-    typer.echo(table)
-    out.mkdir(parents=True, exist_ok=True)
-    preds.to_dataframe().to_csv(out / "answers.csv", index=False)
-    typer.echo(f"\n{preds.accuracy:.1%} of {len(facts)} built-in facts answered correctly (top-1 first token).")
-
-    fact = builtin_fact(DEMO_FACT)
-    typer.echo(f"\n[2/6] causal trace of {fact.text!r}")
-    result = run_trace(m, fact, kind="all", samples=samples, progress=True)
-    save_figure(plot_trace(result), out / "trace.png", ("png", "svg", "pdf"))
-    typer.echo(_summary(result))
-
-    typer.echo(f"\n[3/6] layer profile (MLP) over {len(one_per_relation())} built-in facts, one per relation")
-    choice = recommended_layer(m, samples=samples, progress=True)
-    save_figure(plot_profile(choice.profile), out / "profile.png", ("png", "svg", "pdf"))
-    typer.echo(f"recommended edit layer: {choice.layer} ({choice.reason})")
-
-    typer.echo(f"\n[4/6] ROME: {fact.subject!r}: {fact.target_true} -> {fact.target_new} at layer {choice.layer}")
-    e = rome(m, fact, layer=choice.layer)
-    table = _before_after(m, e, fact)
-    typer.echo(table)
-    (out / "rome_before_after.txt").write_text(table + "\n")
-    e.save(out / "rome_edit.safetensors")
-    report = evaluate(m, e)
-    typer.echo(report.table())
-    (out / "rome_report.txt").write_text(report.table() + "\n")
-    save_figure(plot_report(report), out / "rome_report.png")
-
-    prompts = [fact.text, *fact.paraphrases[:2]]
-    typer.echo(f"\n[5/6] knowledge neurons of {fact.text!r} over {len(prompts)} prompts (integrated gradients)")
-    found = find_neurons(m, fact, prompts=prompts)
-    save_figure(plot_neurons(found), out / "neurons.png")
-    if found.neurons:
-        neurons_html(found, out / "neurons.html")
-    typer.echo(_neuron_summary(found, *_suppression(m, found)))
-
-    group = next(g for g in builtin_groups() if g.name == DEMO_GROUP)
-    typer.echo(f"\n[6/6] spillover: {group.description}")
-    spill = spillover(m, group.edit, editor="rome", layer=choice.layer)
-    typer.echo(spill.table())
-    save_figure(plot_spillover(spill), out / "spillover.png")
-    spill.to_dataframe().to_csv(out / "spillover.csv", index=False)
-    typer.echo(f"\nwrote answers.csv, trace.png/svg/pdf, profile.png/svg/pdf, rome_before_after.txt, "
-               f"rome_edit.safetensors, rome_report.png/txt, neurons.png, neurons.html, spillover.png and "
-               f"spillover.csv to {out}/; total {time.perf_counter() - t0:.0f} s")
+    try:
+        run_demo(out, model=model, samples=samples, echo=typer.echo)
+    except (ModelNotAvailableError, FileNotFoundError) as e:
+        _fail(str(e))
 
 
 def main() -> None:  # pragma: no cover

@@ -49,16 +49,21 @@ class Figure:
     alt: str | None = None
 
     def render(self) -> str:
-        """The ``<figure>`` element, the PNG read from disk and base64-encoded.
+        """The ``<figure>`` element, the PNG read from disk and base64-encoded, shown at half its pixel width
+        (the figures are saved at 200 dpi, so text appears at its printed size), never wider than the page.
 
         Cost: reads the file; the page grows by 4/3 of its size.
         """
         p = Path(self.path)
         if p.suffix.lower() != ".png":
             raise ValueError(f"expected a .png figure, got {str(p)!r}")
-        data = base64.b64encode(p.read_bytes()).decode("ascii")
+        raw = p.read_bytes()
+        if raw[:8] != b"\x89PNG\r\n\x1a\n":
+            raise ValueError(f"expected a PNG file at {str(p)!r}, but it does not start with the PNG signature")
+        width = int.from_bytes(raw[16:20], "big")  # IHDR; shown at half its pixels (figures are saved at 200 dpi)
+        data = base64.b64encode(raw).decode("ascii")
         alt = html.escape(self.alt or self.caption, quote=True)
-        return (f"<figure><img alt=\"{alt}\" src=\"data:image/png;base64,{data}\">"
+        return (f"<figure><img alt=\"{alt}\" style=\"width:{(width + 1) // 2}px\" src=\"data:image/png;base64,{data}\">"
                 f"<figcaption>{_inline(self.caption)}</figcaption></figure>")
 
 
@@ -194,7 +199,7 @@ main{max-width:1100px;margin:0 auto;padding:1.5rem 2rem 4rem;background:#fff}
 h1{font-size:1.7rem;margin:.2rem 0}h2{font-size:1.3rem;border-bottom:2px solid #08519c;padding-bottom:.2rem;
   margin-top:2.4rem}
 .sub{color:#555;margin:.2rem 0 1rem}
-nav ol{columns:2;font-size:.95rem}nav a{color:#08519c;text-decoration:none}
+nav ul{columns:2;font-size:.95rem;list-style:none;padding-left:1rem}nav a{color:#08519c;text-decoration:none}
 .summary{background:#f0f5fb;border-left:4px solid #08519c;padding:.6rem 1rem;margin:1rem 0}
 .summary li{margin:.2rem 0}
 figure{margin:1.2rem 0}figure img{max-width:100%;height:auto;border:1px solid #ddd}
@@ -249,7 +254,7 @@ def render_report(*, title: str, sections: Sequence[Section], settings: Mapping[
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body><main>"
-            f"<h1>{html.escape(title)}</h1>{sub}{summ}<nav><strong>Contents</strong><ol>{nav}</ol></nav>"
+            f"<h1>{html.escape(title)}</h1>{sub}{summ}<nav><strong>Contents</strong><ul>{nav}</ul></nav>"
             f"{body}</main></body></html>")
 
 

@@ -77,6 +77,9 @@ def test_page_inlines_the_figure_bytes_and_labels_every_block(png, tmp_path):
     assert src.startswith("data:image/png;base64,")
     assert base64.b64decode(src.split(",", 1)[1]) == png.read_bytes()  # the exact file, inlined
     assert imgs[0]["alt"] == "the figure"
+    from PIL import Image
+
+    assert imgs[0]["style"] == f"width:{(Image.open(png).width + 1) // 2}px"  # 200-dpi figures at printed size
     assert p.text["figcaption"] and "the figure" in "".join(p.text["figcaption"])
     caps = "".join(p.text["caption"])
     assert "the table" in caps and "Everything that determined" in caps
@@ -134,6 +137,10 @@ def test_figure_must_be_png(tmp_path):
     p.write_text("<svg/>")
     with pytest.raises(ValueError, match="expected a .png figure"):
         render_report(title="t", sections=[Section(title="s", blocks=[Figure(path=p, caption="c")])])
+    q = tmp_path / "g.png"
+    q.write_text("<svg/>")
+    with pytest.raises(ValueError, match="PNG signature"):
+        render_report(title="t", sections=[Section(title="s", blocks=[Figure(path=q, caption="c")])])
 
 
 def test_section_ids_are_unique_slugs():

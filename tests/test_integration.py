@@ -170,18 +170,21 @@ def test_builtin_counterfactuals_differ_in_first_token(gemma):
         assert target_ids(gemma, f.target_new)[0] != target_ids(gemma, f.target_true)[0], f
 
 
-def test_demo_command_writes_answers_and_figures(gemma, tmp_path):
+def test_demo_command_writes_the_report_answers_and_figures(gemma, tmp_path):
+    import re
+
     import pandas as pd
     from typer.testing import CliRunner
 
     from factscope.cli import app
+    from factscope.figures import remote_urls
 
     r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--samples", "2"])
     assert r.exit_code == 0, r.output
     df = pd.read_csv(tmp_path / "answers.csv")
     facts = builtin_facts()
     assert list(df["prompt"]) == [f.text for f in facts]
-    assert list(df["target"]) == [f.target_true for f in facts]
+    assert list(df["expected"]) == [f.target_true for f in facts]
     assert df["correct"].all()
     assert f"100.0% of {len(facts)} built-in facts" in r.output
     for name in ("trace", "profile"):
@@ -191,10 +194,11 @@ def test_demo_command_writes_answers_and_figures(gemma, tmp_path):
     # the knowledge-neuron step: a figure and an offline circuitsvis page of the same fact
     assert (tmp_path / "neurons.png").stat().st_size > 1000
     assert (tmp_path / "neurons.html").read_text(encoding="utf-8").count("CircuitsVis.render(") == 3
-    assert "knowledge neuron(s) over 3 prompts" in r.output
+    assert "knowledge neurons of" in r.output and "suppressing them" in r.output
     # the ROME step: the saved edit, applied, makes the model prefer the new answer; reverting restores it
     from factscope import builtin_fact
     from factscope.edit import Edit
+    from factscope.locate import one_per_relation
     from factscope.predict import target_logprob
 
     fact = builtin_fact("eiffel_tower_located_in_city")
@@ -214,6 +218,29 @@ def test_demo_command_writes_answers_and_figures(gemma, tmp_path):
     assert set(spill["category"]) >= {"paraphrase", "same_subject", "related", "unrelated"}
     assert "Secretary of State" in set(spill["subject"])
     assert "whitened key similarity" in r.output
+    # the MEMIT batch: one request per relation, saved; applied, the prompts answer the new targets
+    reqs = one_per_relation()
+    m = Edit.load(tmp_path / "memit_edit.safetensors", model=gemma)
+    assert [q.text for q in m.requests] == [q.text for q in reqs]
+    per = pd.read_csv(tmp_path / "memit_requests.csv")
+    assert list(per["prompt"]) == [q.text for q in reqs]
+    with m.applied(gemma):
+        lp_new = target_logprob(gemma, [q.text for q in reqs], [q.target_new for q in reqs])
+        lp_true = target_logprob(gemma, [q.text for q in reqs], [q.target_true for q in reqs])
+    assert float((lp_new > lp_true).float().mean()) >= 0.75  # MEMIT's efficacy on these facts (measured 1.0)
+    assert "efficacy" in (tmp_path / "memit_report.txt").read_text()
+    assert (tmp_path / "memit_report.png").stat().st_size > 1000
+    # the report: one offline page with every section, figure, table and the circuitsvis view
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert remote_urls(page) == []
+    heads = re.findall(r"<h2>(.*?)</h2>", page)
+    assert [h.split(" ")[0] for h in heads] == ["1.", "2.", "3.", "4.", "5.", "6.", "Run", "Settings"]
+    imgs = re.findall(r'<img alt="[^"]+" style="width:\d+px" src="data:image/png;base64,', page)
+    assert len(imgs) == 6  # trace, profile, neurons, rome_report, spillover, memit_report
+    assert page.count("<figcaption>") >= 6 + 1 + 2 and page.count("<caption>") >= 10  # + view, 2 printed reports
+    assert "CircuitsVis.render(" in page and "<script crossorigin type=\"module\">" in page
+    assert "Everything that determined these results" in page and fact.text in page
+    assert "time per step" in r.output and ("came from the cache" in r.output or "built and cached" in r.output)
 
 
 def test_trace_on_real_models(gemma, smollm2):

@@ -1,0 +1,571 @@
+"""The main job end to end on the bundled model, written as figures and one offline HTML report.
+
+    factscope demo --out out/                 # what `make demo` runs
+    from factscope.demo import run_demo       # the same from Python
+    result = run_demo("out")                  # DemoResult: report path, timings, summary lines
+
+Six steps, each a section of ``out/report.html``:
+
+1. **Answers**: the model's top-1 answer on every built-in fact (``answers.csv``).
+2. **Locate**: the three-panel causal trace of one fact (``trace.{png,svg,pdf}``) and the MLP
+   layer profile over one built-in fact per relation (``profile.{png,svg,pdf}``), with the
+   recommended edit layer.
+3. **Knowledge neurons** of that fact over its prompt and two paraphrases (``neurons.png``, and
+   ``neurons.html``, the circuitsvis view, which the report also embeds).
+4. **ROME** edit of the fact at the recommended layer: before/after answers
+   (``rome_before_after.txt``), the edit (``rome_edit.safetensors``) and its evaluation
+   (``rome_report.{png,txt}``).
+5. **Spillover** of a ROME edit of where the President lives into facts about the Secretary of
+   State and others (``spillover.{png,csv}``).
+6. **MEMIT** batch over one built-in fact per relation (``memit_edit.safetensors``,
+   ``memit_report.{png,txt}``, ``memit_requests.csv``).
+
+Every figure is also a PNG; the report inlines them, the tables, the circuitsvis view and the
+settings, and loads nothing from the network.
+
+Cost (Gemma 3 270M, 2 CPU cores): about 9 minutes the first time, when the GGUF is converted, the
+layer profile traced and the key statistics sampled (all cached under ``$FACTSCOPE_CACHE``), and
+about 6 minutes afterwards. Peak memory about 4 GB.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEMO_FACT", "DEMO_GROUP", "DemoResult", "answers_frame", "before_after_frame", "neuron_suppression",
+           "report_frame", "run_demo"]
+
+DEMO_FACT = "eiffel_tower_located_in_city"
+DEMO_GROUP = "president_vs_secretary_of_state"
+_CACHED_WHAT = {"models": "model conversion (GGUF → safetensors)", "stats": "key statistics C = E[kkᵀ]",
+                "profiles": "layer profile"}
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What `run_demo` wrote and measured.
+
+    Attributes:
+        out: the output folder.
+        report: the HTML report's path.
+        timings: seconds per step, in order (``"load"``, ``"answers"``, ...).
+        summary: the headline lines (also at the top of the report).
+        cached: the cache entries this run created (empty when everything came from the cache).
+    """
+
+    out: Path
+    report: Path
+    timings: dict[str, float]
+    summary: list[str]
+    cached: list[str] = field(default_factory=list)
+
+    def to_dataframe(self) -> Any:
+        """One row per step: ``step``, ``seconds``.
+
+        Cost: negligible.
+        """
+        import pandas as pd
+
+        return pd.DataFrame({"step": list(self.timings), "seconds": list(self.timings.values())})
+
+
+def answers_frame(model: Any, facts: Any) -> Any:
+    """The model's answer on each fact, one row per fact.
+
+    Args:
+        model: a bridge.
+        facts: `Fact` s or `EditRequest` s with a true target.
+
+    Returns:
+        A DataFrame: ``relation``, ``prompt``, ``expected``, ``answer`` (top-1 token), ``p_answer``,
+        ``p_expected`` (of the expected answer's first token), ``correct`` (top-1 is the expected first token).
+
+    Cost: one batched forward pass over the prompts (Gemma 3 270M: ~2 s for the 86 built-in facts).
+    """
+    import pandas as pd
+
+    from factscope.predict import predict
+
+    preds = predict(model, [f.text for f in facts], [_true(f) for f in facts], k=3)
+    return pd.DataFrame({
+        "relation": [getattr(f, "relation", "") for f in facts], "prompt": [f.text for f in facts],
+        "expected": [_true(f) for f in facts], "answer": [p.answer.strip() for p in preds],
+        "p_answer": [p.top_probs[0] for p in preds], "p_expected": [p.p_target for p in preds],
+        "correct": [bool(p.correct) for p in preds]})
+
+
+def _true(f: Any) -> str:
+    return getattr(f, "target_true", None) or f.target
+
+
+def before_after_frame(model: Any, edit: Any, request: Any) -> Any:
+    """Top-1 answers and p(target_new) before and after ``edit``, on a request's prompt, paraphrases and neighbours.
+
+    Args:
+        model: the bridge the edit was computed on (left unchanged: the edit is applied and reverted).
+        edit: an `Edit`.
+        request: an `EditRequest`.
+
+    Returns:
+        A DataFrame: ``kind`` (prompt / paraphrase / neighbour), ``prompt``, ``before``, ``after``,
+        ``p_new_before``, ``p_new_after``.
+
+    Cost: two batched forward passes over 1 + paraphrases + neighbours prompts.
+    """
+    import pandas as pd
+
+    from factscope.predict import predict
+
+    rows = [("prompt", request.text)] + [("paraphrase", p) for p in request.paraphrases] + \
+        [("neighbour", p) for p in request.neighbours]
+    prompts = [p for _, p in rows]
+    before = predict(model, prompts, [request.target_new] * len(rows))
+    with edit.applied(model):
+        after = predict(model, prompts, [request.target_new] * len(rows))
+    return pd.DataFrame({"kind": [k for k, _ in rows], "prompt": prompts,
+                         "before": [b.answer.strip() for b in before], "after": [a.answer.strip() for a in after],
+                         "p_new_before": [b.p_target for b in before], "p_new_after": [a.p_target for a in after]})
+
+
+def neuron_suppression(model: Any, found: Any) -> tuple[float, float]:
+    """Mean p(answer) over a `NeuronResult`'s prompts, as it is and with its neurons suppressed.
+
+    Args:
+        model: the bridge the neurons were found on (left unchanged).
+        found: a `factscope.locate.NeuronResult`.
+
+    Returns:
+        ``(before, after)``; equal when no neuron was selected.
+
+    Cost: two batched forward passes over the result's prompts.
+    """
+    from factscope.locate import suppress
+    from factscope.predict import next_token_logits
+
+    def p() -> float:
+        return float(next_token_logits(model, list(found.prompts)).softmax(-1)[:, found.answer_id].mean())
+
+    before = p()
+    if not found.neurons:
+        return before, before
+    with suppress(model, found):
+        return before, p()
+
+
+def report_frame(report: Any) -> Any:
+    """An `EditReport`'s summary as printable cells: one row per metric with data, ``pre``, ``post``
+    and ``post − pre``, each ``value [lo, hi]`` (bootstrap CI over requests).
+
+    Args:
+        report: a `factscope.probes.EditReport`.
+
+    Cost: one bootstrap of the report (``report.summary()``: well under a second for tens of requests).
+    """
+    import math
+
+    import pandas as pd
+
+    s = report.summary()
+    s = s[(s["n"] > 0) & s[["pre", "post"]].notna().any(axis=1)]
+
+    def ci(v: float, lo: float, hi: float) -> str:
+        return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if math.isfinite(v) else "–"
+
+    return pd.DataFrame({
+        "metric": list(s.index), "n": [int(n) for n in s["n"]],
+        "pre": [ci(r.pre, r.pre_lo, r.pre_hi) for r in s.itertuples()],
+        "post": [ci(r.post, r.post_lo, r.post_hi) for r in s.itertuples()],
+        "post − pre": [ci(r.delta, r.delta_lo, r.delta_hi) for r in s.itertuples()]})
+
+
+def _cache_files() -> set[str]:
+    from factscope.cache import cache_dir
+
+    root = cache_dir()
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+@contextmanager
+def _step(timings: dict[str, float], name: str) -> Iterator[None]:
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = time.perf_counter() - t
+
+
+def run_demo(out: str | Path = "out", *, model: Any = None, samples: int = 10,
+             echo: Callable[[str], Any] = print, progress: bool = True) -> DemoResult:
+    """Run the six steps of the module docstring on ``model`` and write everything into ``out``.
+
+    Args:
+        out: the output folder (created).
+        model: a loaded bridge, or what `factscope.load_model` accepts; ``None``: the bundled Gemma 3 270M.
+        samples: corrupted runs per tracing cell, for the trace and the layer profile (ROME: 10).
+        echo: where progress text and tables go (``print``; the CLI passes ``typer.echo``).
+        progress: show progress bars.
+
+    Returns:
+        A `DemoResult` (the report is ``out/report.html``).
+
+    Cost: see the module docstring (about 9 minutes cold, 6 warm, on 2 CPU cores; ~4 GB).
+    """
+    from factscope.checks import check_int
+    from factscope.models import load_model
+
+    check_int("samples", samples, 1)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    before = _cache_files()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with _step(timings, "load the model"):
+        m = model if hasattr(model, "cfg") else load_model(model)
+    echo(f"loaded the model in {timings['load the model']:.1f} s")
+    ctx = _Context(m, out, samples, echo, progress, timings)
+    for i, step in enumerate(_STEPS, 1):
+        echo(f"\n[{i}/{len(_STEPS)}] {step.__doc__.splitlines()[0]}")
+        with _step(timings, step.__name__.strip("_").replace("_", " ")):
+            step(ctx)
+    new = sorted(_cache_files() - before)
+    total = time.perf_counter() - t0
+    timings["total"] = total
+    cache_line = _cache_line(new)
+    ctx.summary.append(f"Total {total / 60:.1f} min. {cache_line}")
+    report = _write(ctx, m, new)
+    echo("\nsummary:\n" + "\n".join(f"  - {s.replace('**', '').replace('`', '')}" for s in ctx.summary))
+    echo("\ntime per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    echo(f"\nwrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}/\nopen {report} in a browser "
+         f"(self-contained, works offline)")
+    return DemoResult(out=out, report=report, timings=timings, summary=ctx.summary, cached=new)
+
+
+def _cache_line(new: list[str]) -> str:
+    from factscope.cache import cache_dir
+
+    if not new:
+        return (f"The model conversion, layer profile and key statistics all came from the cache ({cache_dir()}), "
+                "so this run was faster than the first.")
+    made = sorted({_CACHED_WHAT.get(n.split("/", 1)[0], n.split("/", 1)[0]) for n in new})
+    return (f"This run built and cached: {', '.join(made)} ({len(new)} files under {cache_dir()}); "
+            "a second run reuses them and is faster.")
+
+
+@dataclass
+class _Context:
+    """What the steps share: the model, the output folder, settings, and what they produce."""
+
+    model: Any
+    out: Path
+    samples: int
+    echo: Callable[[str], Any]
+    progress: bool
+    timings: dict[str, float]
+    sections: list[Any] = field(default_factory=list)
+    summary: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    fact: Any = None
+    layer: int | None = None
+
+
+def _answers(c: _Context) -> None:
+    """The model's answers on the built-in facts."""
+    from factscope.datasets import builtin_facts
+    from factscope.figures import Section, Table
+
+    facts = builtin_facts()
+    df = answers_frame(c.model, facts)
+    df.to_csv(c.out / "answers.csv", index=False)
+    c.echo(df[["prompt", "expected", "answer", "p_answer", "correct"]].to_string(index=False, max_colwidth=56))
+    acc = float(df["correct"].mean())
+    c.echo(f"\n{acc:.1%} of {len(df)} built-in facts answered correctly (top-1 first token).")
+    by = (df.groupby("relation", sort=False).agg(example=("prompt", "first"), facts=("correct", "size"),
+                                                 correct=("correct", "sum"), mean_p_answer=("p_answer", "mean"))
+          .reset_index())
+    c.summary.append(f"**Answers**: {int(df['correct'].sum())} of {len(df)} built-in facts answered correctly "
+                     f"(top-1 first token), over {len(by)} relations.")
+    c.sections.append(Section(
+        title="1. The model's answers", intro=(
+            f"Each built-in fact is a CounterFact-style prompt whose next token should be the answer. "
+            f"{acc:.1%} of {len(df)} are answered correctly (the expected answer's first token is the "
+            "model's top-1); only facts the model knows can be traced and edited."),
+        blocks=[Table(frame=by, caption=("Accuracy by relation (Wikidata property): an example prompt, facts, "
+                                         "correctly answered, mean p(top-1 answer)")),
+                Table(frame=df, caption="Every built-in fact: the model's top-1 answer and its probability, "
+                                        "p of the expected answer's first token", collapsed=True)]))
+
+
+def _locate(c: _Context) -> None:
+    """Causal trace of one fact, and the layer profile over the built-in facts."""
+    import pandas as pd
+
+    from factscope.datasets import builtin_fact
+    from factscope.figures import (
+        Figure,
+        Section,
+        Table,
+        plot_profile,
+        plot_trace,
+        save_figure,
+    )
+    from factscope.arch import arch_of
+    from factscope.locate import one_per_relation, recommended_layer
+    from factscope.locate import trace as run_trace
+
+    c.fact = fact = builtin_fact(DEMO_FACT)
+    c.echo(f"causal trace of {fact.text!r} ({c.samples} corrupted runs per cell)")
+    window = min(10, arch_of(c.model).n_layers)  # ROME's 10, clipped to the model
+    r = run_trace(c.model, fact, kind="all", samples=c.samples, window=window, progress=c.progress)
+    save_figure(plot_trace(r), c.out / "trace.png", ("png", "svg", "pdf"))
+    peaks = []
+    for k in r.kinds:
+        ie = r.indirect_effect(k)
+        t, l = divmod(int(ie.argmax()), ie.shape[1])
+        peaks.append({"kind": k, "peak indirect effect": float(ie.max()), "layer": l, "token": t,
+                      "token text": r.tokens[t].strip()})
+    peaks_df = pd.DataFrame(peaks)
+    c.echo(f"{r.prompt!r} -> {r.answer.strip()!r}: clean p={r.clean:.3f}, corrupted p={r.corrupted:.3f}")
+    c.echo(peaks_df.to_string(index=False))
+    n = len(one_per_relation())
+    c.echo(f"\nlayer profile (MLP) over {n} built-in facts, one per relation")
+    choice = recommended_layer(c.model, samples=c.samples, progress=c.progress)
+    save_figure(plot_profile(choice.profile), c.out / "profile.png", ("png", "svg", "pdf"))
+    c.layer = choice.layer
+    c.echo(f"recommended edit layer: {choice.layer} ({choice.reason})")
+    mlp = next((p for p in peaks if p["kind"] == "mlp"), peaks[0])
+    c.summary.append(f"**Trace** of {fact.text!r} → {r.answer.strip()}: clean p = {r.clean:.3f}, corrupted "
+                     f"{r.corrupted:.3f}; MLP effect peaks at layer {mlp['layer']} on {mlp['token text']!r}. "
+                     f"**Recommended edit layer {choice.layer}** ({choice.reason}).")
+    c.settings.update({"trace fact": DEMO_FACT, "trace samples": c.samples, "trace noise": "3σ Gaussian on the subject",
+                       "profile facts": n, "edit layer": choice.layer})
+    c.sections.append(Section(
+        title="2. Where is the fact? Causal trace and layer profile", intro=(
+            f"Causal tracing (Meng et al. 2022): the subject's embeddings are corrupted with Gaussian noise "
+            f"(3σ), then one hidden state, MLP output or attention output at a time (a window of {window} layers for "
+            f"MLP and attention) is restored to its clean value; the colour is how much of p({r.answer.strip()}) "
+            f"it brings back. Clean p = {r.clean:.3f}, corrupted p = {r.corrupted:.3f}, "
+            f"{c.samples} noise samples per cell. The profile averages the MLP effect over {n} facts, "
+            "one per relation, by ROME's token buckets, with 95% CIs; its peak at the last subject token "
+            "is the layer the editors use."),
+        blocks=[Figure(path=c.out / "trace.png", caption=(
+                    f"Indirect effect on p({r.answer.strip()}) of restoring each state, per token (rows) and layer "
+                    "(columns); * marks the subject's tokens. Also trace.svg, trace.pdf.")),
+                Table(frame=peaks_df, caption="Peak indirect effect per kind: where restoring one state helps most"),
+                Figure(path=c.out / "profile.png", caption=(
+                    f"MLP indirect effect per layer by token bucket, mean and 95% CI over {n} facts; the "
+                    f"recommended edit layer is {choice.layer}. Also profile.svg, profile.pdf."))]))
+
+
+def _neurons(c: _Context) -> None:
+    """Knowledge neurons of the fact (integrated gradients)."""
+    from factscope.figures import (
+        Figure,
+        Html,
+        Section,
+        Table,
+        neurons_html,
+        plot_neurons,
+        save_figure,
+    )
+    from factscope.locate import neurons as find_neurons
+
+    fact = c.fact
+    prompts = [fact.text, *fact.paraphrases[:2]]
+    c.echo(f"knowledge neurons of {fact.text!r} over {len(prompts)} prompts (integrated gradients)")
+    found = find_neurons(c.model, fact, prompts=prompts, progress=c.progress)
+    save_figure(plot_neurons(found), c.out / "neurons.png")
+    ans = found.answer.strip()
+    p0, p1 = neuron_suppression(c.model, found)
+    df = found.to_dataframe()
+    c.echo(df.to_string(index=False))
+    c.echo(f"suppressing them at the answer position: p({ans}) {p0:.3f} -> {p1:.3f} (mean over the prompts)")
+    blocks = [Figure(path=c.out / "neurons.png", caption=(
+                  "Integrated-gradient attribution per layer (thin lines: prompts; thick: their mean); stars "
+                  "mark the selected neurons (layer.index) at their mean score.")),
+              Table(frame=df, caption=(f"Selected neurons: layer, index, mean score, fraction of prompts whose "
+                                       f"coarse set holds it, attribution per prompt ({found.settings['refine_note']})"))]
+    if found.neurons:
+        view = neurons_html(found, c.out / "neurons.html")
+        blocks.append(Html(fragment=view.local_src, caption=(
+            "circuitsvis: each prompt's tokens coloured by a selected neuron's activation (choose the neuron "
+            "with the buttons). Interactive; works offline (also neurons.html).")))
+    c.summary.append(f"**Knowledge neurons**: {len(found.neurons)} selected; suppressing them moves "
+                     f"p({ans}) {p0:.3f} → {p1:.3f}.")
+    c.sections.append(Section(
+        title="3. Knowledge neurons", intro=(
+            f"Knowledge neurons (Dai et al. 2022): integrated gradients of p({ans}) with respect to every MLP "
+            f"neuron's activation at the last token, over the prompt and {len(prompts) - 1} paraphrases; the "
+            f"neurons found in most prompts are kept. Suppressing them (activation set to 0 at the answer "
+            f"position) moves p({ans}) from {p0:.3f} to {p1:.3f}, averaged over the prompts."),
+        blocks=blocks))
+
+
+def _rome(c: _Context) -> None:
+    """ROME edit of the fact, before/after answers and the evaluation report."""
+    from factscope.edit import ROMEConfig
+    from factscope.edit import rome as rome_edit
+    from factscope.figures import Figure, Section, Table, Text, plot_report, save_figure
+    from factscope.probes import evaluate
+
+    fact = c.fact
+    c.echo(f"ROME: {fact.subject!r}: {fact.target_true} -> {fact.target_new} at layer {c.layer}")
+    e = rome_edit(c.model, fact, layer=c.layer)
+    ba = before_after_frame(c.model, e, fact)
+    c.echo(ba.to_string(index=False, max_colwidth=48))
+    (c.out / "rome_before_after.txt").write_text(ba.to_string(index=False) + "\n")
+    e.save(c.out / "rome_edit.safetensors")
+    rep = evaluate(c.model, e, progress=c.progress)
+    c.echo(rep.table())
+    (c.out / "rome_report.txt").write_text(rep.table() + "\n")
+    save_figure(plot_report(rep), c.out / "rome_report.png")
+    c.settings["ROME config"] = _config(ROMEConfig())
+    moved = int((ba[ba.kind == "neighbour"].after == fact.target_new.split()[0]).sum())
+    post = rep.summary()["post"]
+    c.summary.append(f"**ROME** at layer {c.layer}: ES {post['efficacy']:.2f}, PS {post['paraphrase']:.2f}, "
+                     f"NS {post['neighbourhood']:.2f}, neighbour KL {post['neighbourhood_kl']:.2f} nats.")
+    c.sections.append(Section(
+        title="4. Edit: ROME", intro=(
+            f"ROME (Meng et al. 2022) rewrites the MLP at layer {c.layer} so that the subject's key k* maps to "
+            f"a value v* that makes {fact.target_new} the answer: ΔW = C⁻¹k* Λᵀ, with C the key statistics. "
+            f"The paper's constants are used. On Gemma 3 270M at the traced layer they bleed into other "
+            f"subjects ({moved} of {len(fact.neighbours)} neighbour prompts now answer {fact.target_new}); "
+            "the README shows that layer 2 with `clamp_norm_factor=1` meets all three targets. The edit is a "
+            "handle (`apply` / `revert`, bit-exact) and the model is left unedited."),
+        blocks=[Table(frame=ba, caption=(f"Top-1 answers and p({fact.target_new}) before and after the edit, on the "
+                                         "prompt, its paraphrases and neighbouring subjects")),
+                Figure(path=c.out / "rome_report.png", caption=(
+                    "Evaluation: success rates after the edit (solid) and before (hatched) with 95% bootstrap CIs, "
+                    "neighbourhood KL and change in fluency.")),
+                Table(frame=report_frame(rep), caption=(
+                    "Every metric before and after, with 95% bootstrap CIs over requests (ES/PS/NS: efficacy, "
+                    "paraphrase, neighbourhood success; _dp: probability margins; _em: exact match; N+: "
+                    "CounterFact+ neighbours behind the edit prompt)")),
+                Text(text=rep.table(), caption="The same report as printed by `factscope evaluate`")]))
+
+
+def _spillover(c: _Context) -> None:
+    """Spillover probe: President / Secretary of State."""
+    from factscope.datasets import builtin_groups
+    from factscope.figures import Figure, Section, Table, plot_spillover, save_figure
+    from factscope.probes import spillover
+
+    group = next(g for g in builtin_groups() if g.name == DEMO_GROUP)
+    c.echo(f"spillover: {group.description}")
+    s = spillover(c.model, group.edit, editor="rome", layer=c.layer, progress=c.progress)
+    c.echo(s.table())
+    save_figure(plot_spillover(s), c.out / "spillover.png")
+    s.to_dataframe().to_csv(c.out / "spillover.csv", index=False)
+    summ = s.summary().reset_index().rename(columns={"index": "category"})
+    r = s.request
+    c.summary.append(f"**Spillover** of {r.subject!r} → {r.target_new}: {s.verdict}")
+    c.sections.append(Section(
+        title="5. The locality hypothesis: spillover", intro=(
+            f"{group.description} A ROME edit ({r.subject}: {r.target_true} → {r.target_new}, layer {s.layer}); "
+            "then every probe in the bank is scored before and after. Paraphrases should move; other facts about "
+            "the subject, facts about related entities (the Secretary of State), same-relation neighbours and "
+            "unrelated facts should stay. If they move in proportion to how similar their keys are to the "
+            f"edited key (whitened by C^-1/2), the edit is not local. Verdict: {s.verdict}"),
+        blocks=[Figure(path=c.out / "spillover.png", caption=(
+                    "|Δ log p(answer)| per probe against its key's cosine with the edited key, whitened (left) and "
+                    "raw (right), by category; the line is the fit over the should-stay probes with its "
+                    "bootstrap band.")),
+                Table(frame=summ, caption=(
+                    "Per category and pooled over should-stay probes: n, expected behaviour, mean |Δ log p| with "
+                    "95% CI, mean KL, flip rate, slopes against whitened and raw key cosine with 95% CIs")),
+                Table(frame=s.to_dataframe(), caption="Every probe: before and after (also spillover.csv)",
+                      collapsed=True)]))
+
+
+def _memit(c: _Context) -> None:
+    """MEMIT batch over the built-in facts (one per relation), with its report."""
+    import pandas as pd
+
+    from factscope.edit import MEMITConfig
+    from factscope.edit import memit as memit_edit
+    from factscope.figures import Figure, Section, Table, Text, plot_report, save_figure
+    from factscope.locate import one_per_relation
+    from factscope.predict import predict
+    from factscope.probes import evaluate
+
+    reqs = one_per_relation()
+    n = MEMITConfig().n_layers  # MEMIT's default span, ending at the layer step 2 recommended
+    layers = list(range(max(0, c.layer - n + 1), c.layer + 1))
+    c.echo(f"MEMIT: {len(reqs)} built-in facts (one per relation) at once, layers {layers[0]}-{layers[-1]}")
+    e = memit_edit(c.model, reqs, layers=layers, progress=c.progress, verbose=False)
+    e.save(c.out / "memit_edit.safetensors")
+    prompts = [r.text for r in reqs]
+    before = predict(c.model, prompts, [r.target_new for r in reqs])
+    with e.applied(c.model):
+        after = predict(c.model, prompts, [r.target_new for r in reqs])
+    rep = evaluate(c.model, e, progress=c.progress)
+    rows = rep.to_dataframe()
+    per = pd.DataFrame({
+        "relation": [r.relation for r in reqs], "prompt": prompts,
+        "true → new": [f"{r.target_true} → {r.target_new}" for r in reqs],
+        "before": [b.answer.strip() for b in before], "after": [a.answer.strip() for a in after],
+        "p_new_after": [a.p_target for a in after],
+        "paraphrase_post": rows["paraphrase_post"], "neighbourhood_post": rows["neighbourhood_post"]})
+    per.to_csv(c.out / "memit_requests.csv", index=False)
+    c.echo(per.to_string(index=False, max_colwidth=40))
+    c.echo(rep.table())
+    (c.out / "memit_report.txt").write_text(rep.table() + "\n")
+    save_figure(plot_report(rep), c.out / "memit_report.png")
+    post = rep.summary()["post"]
+    c.settings["MEMIT layers"] = layers
+    c.settings["MEMIT config"] = _config(MEMITConfig())
+    c.summary.append(f"**MEMIT**, {len(reqs)} facts at once, layers {layers[0]}–{layers[-1]}: ES "
+                     f"{post['efficacy']:.2f}, PS {post['paraphrase']:.2f}, NS {post['neighbourhood']:.2f}.")
+    c.sections.append(Section(
+        title="6. Edit many facts at once: MEMIT", intro=(
+            f"MEMIT (Meng et al. 2023) writes {len(reqs)} counterfactuals, one per relation, into the MLPs of "
+            f"layers {layers[0]}–{layers[-1]} at once: a target hidden state z per fact at the last layer, then "
+            "each layer's share of the residual, ΔW = (λC + KᵀK)⁻¹KᵀR. Scored like ROME, over all the edited facts."),
+        blocks=[Table(frame=per, caption=(
+                    "Each edited fact: top-1 answer before and after, p(new answer) after, paraphrase and "
+                    "neighbourhood success after (also memit_requests.csv)")),
+                Figure(path=c.out / "memit_report.png", caption=(
+                    "Evaluation of the batch: success rates after (solid) and before (hatched) with 95% bootstrap "
+                    "CIs over the facts, neighbourhood KL and change in fluency.")),
+                Table(frame=report_frame(rep), caption="Every metric before and after, 95% bootstrap CIs over the facts"),
+                Text(text=rep.table(), caption="The same report as printed by `factscope evaluate`")]))
+
+
+_STEPS = (_answers, _locate, _neurons, _rome, _spillover, _memit)
+
+
+def _config(cfg: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(cfg).items() if not callable(v)}
+
+
+def _write(c: _Context, m: Any, new: list[str]) -> Path:
+    import pandas as pd
+    import torch
+    import transformer_lens
+
+    from factscope import __version__
+    from factscope.arch import arch_of
+    from factscope.cache import cache_dir
+    from factscope.figures import Section, Table, write_report
+    from factscope.models import fingerprint, model_info
+
+    a, mi = arch_of(m), model_info(m)
+    steps = pd.DataFrame({"step": list(c.timings), "seconds": [round(v, 1) for v in c.timings.values()]})
+    c.sections.append(Section(title="Run time and cache", intro=_cache_line(new), blocks=[
+        Table(frame=steps, caption="Wall-clock seconds per step on this machine")]))
+    settings = {"model": f"{mi.name} ({mi.label})", "fingerprint": fingerprint(m),
+                "layers / d_model / d_mlp": f"{a.n_layers} / {a.d_model} / {a.d_mlp}", **c.settings,
+                "factscope": __version__, "torch": torch.__version__,
+                "transformer_lens": getattr(transformer_lens, "__version__", "?"),
+                "python": platform.python_version(), "threads": torch.get_num_threads(),
+                "cache folder": str(cache_dir()), "date": time.strftime("%Y-%m-%d %H:%M")}
+    return write_report(c.out / "report.html", title="factscope: locate and edit a fact in " + mi.name,
+                        subtitle=f"{mi.label} · {a.n_layers} layers · run {time.strftime('%Y-%m-%d %H:%M')}",
+                        sections=c.sections, settings=settings, summary=c.summary)
