@@ -9,6 +9,7 @@ selected neurons' activations (circuitsvis ``colored_tokens_multi``, one button 
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,7 @@ def neurons_html(result: Any, path: str | Path | None = None) -> Any:
     title = (f"<h3 style='font-family:sans-serif'>Knowledge neurons of {html.escape(result.prompts[0])} → "
              f"{html.escape(result.answer.strip())}: {', '.join(labels)}</h3>")
     out = RenderedHTML(title + _one_bundle(heads, [v.local_src for v in views]),
-                       title + "".join(h + v.cdn_src for h, v in zip(heads, views)))
+                       title + "".join(h + _closed_div(v.cdn_src) for h, v in zip(heads, views)))
     if path is not None:
         from factscope.cache import atomic_file
 
@@ -120,6 +121,13 @@ def neurons_html(result: Any, path: str | Path | None = None) -> Any:
 
 
 _RENDER = "CircuitsVis.render("
+_SELF_CLOSED_DIV = re.compile(r"<div([^<>]*?)\s*/>")
+
+
+def _closed_div(src: str) -> str:
+    """``<div id=... />`` → ``<div id=...></div>``: HTML has no self-closing ``div``, so a browser reads circuitsvis'
+    ``<div .../>`` as an open tag, nests everything after it inside, and the first panel's render wipes the rest."""
+    return _SELF_CLOSED_DIV.sub(r"<div\1></div>", src)
 
 
 def _one_bundle(heads: list[str], srcs: list[str]) -> str:
@@ -129,6 +137,7 @@ def _one_bundle(heads: list[str], srcs: list[str]) -> str:
     + ``</script>``; the bundle's names are module-scoped, so the render calls go into the first script.
     Falls back to plain concatenation when a panel does not look like that.
     """
+    srcs = [_closed_div(s) for s in srcs]
     parts = []
     for s in srcs:
         nl, call, end = s.find("\n"), s.rfind(_RENDER), s.rfind("</script>")

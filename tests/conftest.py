@@ -63,3 +63,24 @@ def tiny_folder(tmp_path_factory):
         return folder
 
     return make
+
+
+@pytest.fixture
+def browser_dom(tmp_path):
+    """``dom(page)``: the DOM of an HTML file after its JavaScript ran in headless Chromium, with every host
+    unresolvable (so only what the page holds can render). Skips the test when no Chromium is installed."""
+    import shutil
+    import subprocess
+
+    exe = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if exe is None:
+        pytest.skip("needs headless Chromium (Debian: apt install chromium)")
+
+    def dom(page) -> str:
+        out = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND",
+                              f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=5000",
+                              "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
+
+    return dom

@@ -39,7 +39,7 @@ def run(tmp_path_factory):
     def own_answers(model, facts=None, **kw):
         some = locate.one_per_relation()[:3]
         top = fs.predict(model, [f.text for f in some])
-        return original(model, [fs.Fact(f.prompt, f.subject, t.answer.strip()) for f, t in zip(some, top)], **kw)
+        return original(model, [fs.Fact(f.prompt, f.subject, t.answer.strip()) for f, t in zip(some, top, strict=True)], **kw)
 
     mp.setattr(locate, "recommended_layer", own_answers)
     model = fs.tiny_model("gemma3", 0)
@@ -96,3 +96,10 @@ def test_bad_samples_is_refused_before_anything_runs(tmp_path):
     with pytest.raises((TypeError, ValueError), match="samples"):
         run_demo(tmp_path / "o", model=fs.tiny_model("gemma3", 0), samples=0)
     assert not (tmp_path / "o").exists()
+
+
+def test_report_renders_offline_in_a_browser(run, browser_dom):
+    result = run[0]
+    dom = browser_dom(result.report)
+    assert dom.count('class="colored-tokens"') == 3  # the circuitsvis view drew a panel per prompt, offline
+    assert len(re.findall(r"<section id=", dom)) == 8 and dom.count("<img ") == 6

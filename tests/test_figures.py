@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -99,8 +101,20 @@ def test_neurons_html_is_offline_and_has_a_panel_per_prompt(neuron_result, tmp_p
     assert text.count("CircuitsVis.render(") == len(r.prompts)  # one panel per prompt ...
     assert text.count("var CircuitsVis=") == 1  # ... sharing one inlined bundle
     assert "<script src=" not in text and "unpkg.com" not in text  # no JavaScript from a CDN
+    assert not re.search(r"<div[^<>]*/>", text)  # no self-closed div: a browser would nest the later panels in it
+    assert not re.search(r"<div[^<>]*/>", out.cdn_src)
     for l, i, _ in r.neurons:
         assert f'"L{l}.{i}"' in text
     assert out.local_src in text and hasattr(out, "_repr_html_")  # renders inline in a notebook
     with pytest.raises(ValueError, match="no selected neurons"):
         neurons_html(dataclasses.replace(r, neurons=()), tmp_path / "none.html")
+
+
+def test_neurons_html_renders_every_panel_offline_in_a_browser(neuron_result, tmp_path, browser_dom):
+    from factscope.figures import neurons_html
+
+    neurons_html(neuron_result, tmp_path / "n.html")
+    dom = browser_dom(tmp_path / "n.html")
+    assert dom.count('class="colored-tokens"') == len(neuron_result.prompts)  # every prompt's panel drawn
+    l, i, _ = neuron_result.neurons[0]
+    assert dom.count(f">L{l}.{i}</div>") == len(neuron_result.prompts)  # with its neuron buttons
