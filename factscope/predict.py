@@ -220,13 +220,28 @@ def generate(
 ) -> list[str]:
     """Greedy continuations of ``prompts``: each prompt's text followed by ``max_new_tokens`` argmax tokens.
 
-    No stopping at end-of-text (fixed length, as CounterFact's fluency check assumes). Prompts of
-    equal token length share a batch, so no padding enters the computation and each row equals its
-    own single-prompt run. Cost: ``max_new_tokens`` single-token forwards with a KV cache per batch.
+    No stopping at end-of-text (fixed length, as CounterFact's fluency check assumes). Prompts are
+    sorted by length and run ``batch_size`` at a time, left-padded with an attention mask (as
+    `next_token_logits`); each row's tokens match its own unpadded run (tested against plain
+    cache-free greedy decoding on GPT-2, Llama and Gemma 3 models), up to float rounding.
+
+    Args:
+        model: a bridge.
+        prompts: full prompts (no ``{}``).
+        max_new_tokens: tokens generated per prompt (default 100, CounterFact's).
+        batch_size: prompts decoded together (default 16).
+        progress: a progress bar over the batches.
+
+    Returns:
+        One string per prompt: the prompt followed by the decoded continuation.
+
+    Cost: per batch, one prompt forward and ``max_new_tokens - 1`` single-token forwards with a
+    KV cache. Each step reads the whole unembedding (Gemma 3 270M: 262k × 640 floats), so batching
+    is nearly free: 100 tokens take ~5-10 s per batch on 2 CPU cores, whatever the batch size.
     """
     from tqdm.auto import tqdm
 
-    from factscope.tokens import encode
+    from factscope.tokens import encode, pad_left
 
     if isinstance(prompts, str):
         raise TypeError("expected a sequence of prompts, got a single str; wrap it in a list")
@@ -235,19 +250,19 @@ def generate(
     tok = tokenizer_of(model)
     device = next(model.parameters()).device
     enc = [encode(tok, p) for p in prompts]
-    by_len: dict[int, list[int]] = {}
-    for i, e in enumerate(enc):
-        by_len.setdefault(len(e), []).append(i)
-    groups = [g[j:j + batch_size] for g in by_len.values() for j in range(0, len(g), batch_size)]
+    order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))  # similar lengths together: little padding
+    groups = [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
     out: list[str] = [""] * len(prompts)
     for g in tqdm(groups, desc="greedy generation", disable=not progress):
-        x = torch.tensor([enc[i] for i in g], device=device)  # [row, pos]
+        ids, mask = pad_left(tok, [enc[i] for i in g])  # [row, pos] each
+        x, mask = ids.to(device), mask.to(device)
         cols, cache = [], None
         for _ in range(max_new_tokens):
-            logits, cache = model(x, past_key_values=cache, use_cache=True, logits_to_keep=1,
+            logits, cache = model(x, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1,
                                   return_type="logits_and_cache")
             x = logits[:, -1].argmax(-1, keepdim=True)  # [row, 1]
             cols.append(x)
+            mask = torch.cat([mask, torch.ones_like(x)], 1)
         new = torch.cat(cols, 1).cpu()  # [row, max_new_tokens]
         for r, i in enumerate(g):
             out[i] = prompts[i] + tok.decode(new[r].tolist(), skip_special_tokens=True)

@@ -66,3 +66,26 @@ def test_target_logprob_matches_single_unpadded_runs(tiny):
         n = len(target_ids(tiny, t))
         want = sum(float(lp[len(ids) - n - 1 + j, ids[len(ids) - n + j]]) for j in range(n)) / n
         assert float(g) == pytest.approx(want, abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
+def test_generate_matches_plain_greedy_decoding_per_prompt(arch):
+    """Left-padded batched decoding with a KV cache = each prompt decoded alone, with no cache, one token at a time."""
+    from factscope import tiny_model
+    from factscope.predict import generate
+
+    m = tiny_model(arch, 0)
+    prompts = ["The Space Needle is in downtown", "Paris is", "The official language of Brazil is the one", "A"]
+    n = 12
+    got = generate(m, prompts, max_new_tokens=n, batch_size=3)  # two batches; the first padded
+    for p, g in zip(prompts, got, strict=True):
+        ids = encode(m, p)
+        with torch.no_grad():
+            for _ in range(n):
+                ids.append(int(m(torch.tensor([ids]))[0, -1].argmax()))
+        assert g == p + m.tokenizer.decode(ids[-n:], skip_special_tokens=True)
+    assert generate(m, prompts[1:2], max_new_tokens=n) == got[1:2]
+    with pytest.raises(TypeError, match="single str"):
+        generate(m, "Paris is")
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(m, prompts, max_new_tokens=0)
