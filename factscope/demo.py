@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DEMO_FACT", "DEMO_GROUP", "DemoResult", "answers_frame", "before_after_frame", "neuron_suppression",
-           "report_frame", "run_demo"]
+           "report_frame", "run_demo", "spill_frame"]
 
 DEMO_FACT = "eiffel_tower_located_in_city"
 DEMO_GROUP = "president_vs_secretary_of_state"
@@ -461,9 +461,12 @@ def _spillover(c: _Context) -> None:
     c.echo(s.table())
     save_figure(plot_spillover(s), c.out / "spillover.png")
     s.to_dataframe().to_csv(c.out / "spillover.csv", index=False)
-    summ = s.summary().reset_index().rename(columns={"index": "category"})
+    summ = spill_frame(s)
     r = s.request
-    c.summary.append(f"**Spillover** of {r.subject!r} → {r.target_new}: {s.verdict}")
+    rel = summ[summ.category == "related"]
+    moved = f"facts about related entities moved {rel.iloc[0]['mean |Δlog p| [95% CI]']}, " if len(rel) else ""
+    c.summary.append(f"**Spillover** of {r.subject} → {r.target_new}: {moved}"
+                     f"{s.verdict.rsplit('. ', 1)[-1].rstrip('.')}.")
     c.sections.append(Section(
         title="5. The locality hypothesis: spillover", intro=(
             f"{group.description} A ROME edit ({r.subject}: {r.target_true} → {r.target_new}, layer {s.layer}); "
@@ -476,10 +479,39 @@ def _spillover(c: _Context) -> None:
                     "raw (right), by category; the line is the fit over the should-stay probes with its "
                     "bootstrap band.")),
                 Table(frame=summ, caption=(
-                    "Per category and pooled over should-stay probes: n, expected behaviour, mean |Δ log p| with "
-                    "95% CI, mean KL, flip rate, slopes against whitened and raw key cosine with 95% CIs")),
+                    "Per category, and pooled over the should-stay probes: mean |Δ log p(answer)|, mean KL, the "
+                    "fraction whose top-1 answer flipped, and the slope of |Δ log p| against key cosine; "
+                    "95% bootstrap CIs over probes")),
                 Table(frame=s.to_dataframe(), caption="Every probe: before and after (also spillover.csv)",
                       collapsed=True)]))
+
+
+def spill_frame(result: Any) -> Any:
+    """A `SpilloverResult`'s summary as printable cells: one row per category and one pooled.
+
+    Args:
+        result: a `factscope.probes.SpilloverResult`.
+
+    Returns:
+        A DataFrame: ``category``, ``n``, ``expected``, ``mean |Δlog p| [95% CI]``, ``mean KL``,
+        ``flip rate``, ``slope vs whitened cos [CI]``, ``slope vs raw cos [CI]``.
+
+    Cost: one bootstrap of the result (``result.summary()``).
+    """
+    import math
+
+    import pandas as pd
+
+    def ci(m: float, lo: float, hi: float) -> str:
+        return f"{m:.3g} [{lo:.3g}, {hi:.3g}]" if math.isfinite(m) else "–"
+
+    df = result.summary()
+    return pd.DataFrame({
+        "category": list(df.index), "n": [int(n) for n in df["n"]], "expected": list(df["expected"]),
+        "mean |Δlog p| [95% CI]": [ci(r.mean, r.mean_lo, r.mean_hi) for r in df.itertuples()],
+        "mean KL": list(df["mean_kl"]), "flip rate": list(df["flip_rate"]),
+        "slope vs whitened cos [CI]": [ci(r.slope_white, r.slope_white_lo, r.slope_white_hi) for r in df.itertuples()],
+        "slope vs raw cos [CI]": [ci(r.slope_raw, r.slope_raw_lo, r.slope_raw_hi) for r in df.itertuples()]})
 
 
 def _memit(c: _Context) -> None:
@@ -546,9 +578,10 @@ def _config(cfg: Any) -> dict[str, Any]:
 
 
 def _write(c: _Context, m: Any, new: list[str]) -> Path:
+    from importlib.metadata import version
+
     import pandas as pd
     import torch
-    import transformer_lens
 
     from factscope import __version__
     from factscope.arch import arch_of
@@ -563,7 +596,7 @@ def _write(c: _Context, m: Any, new: list[str]) -> Path:
     settings = {"model": f"{mi.name} ({mi.label})", "fingerprint": fingerprint(m),
                 "layers / d_model / d_mlp": f"{a.n_layers} / {a.d_model} / {a.d_mlp}", **c.settings,
                 "factscope": __version__, "torch": torch.__version__,
-                "transformer_lens": getattr(transformer_lens, "__version__", "?"),
+                "transformer-lens": version("transformer-lens"), "transformers": version("transformers"),
                 "python": platform.python_version(), "threads": torch.get_num_threads(),
                 "cache folder": str(cache_dir()), "date": time.strftime("%Y-%m-%d %H:%M")}
     return write_report(c.out / "report.html", title="factscope: locate and edit a fact in " + mi.name,

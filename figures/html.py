@@ -88,19 +88,39 @@ class Table:
     collapsed: bool = False
 
     def render(self) -> str:
-        """The ``<table>`` (inside ``<details>`` when collapsed).
+        """The ``<table>`` (inside ``<details>`` when collapsed): numbers right-aligned, text left-aligned.
 
         Cost: negligible (formats the frame's cells).
         """
-        fmt = f"{{:.{self.digits}g}}".format
-        body = self.frame.to_html(index=self.index, border=0, na_rep="–", float_format=fmt, escape=True,
-                                  classes="data")
-        n = len(self.frame)
+        df = self.frame.reset_index() if self.index else self.frame
+        num = [_numeric(df[c]) for c in df.columns]
+        head = "".join(f"<th class='{'num' if n else 'txt'}'>{html.escape(str(c))}</th>" for c, n in zip(df.columns, num, strict=True))
+        rows = "".join("<tr>" + "".join(f"<td class='{'num' if n else 'txt'}'>{_cell(v, self.digits)}</td>"
+                                        for v, n in zip(r, num, strict=True)) + "</tr>" for r in df.itertuples(index=False))
+        n = len(df)
         cap = f"{_inline(self.caption)} <span class='n'>({n} row{'s' if n != 1 else ''})</span>"
-        body = body.replace(">\n  <thead>", f">\n  <caption>{cap}</caption>\n  <thead>", 1)
+        body = f"<table class='data'><caption>{cap}</caption><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
         if self.collapsed:
             return f"<details><summary>{cap}</summary><div class='scroll'>{body}</div></details>"
         return f"<div class='scroll'>{body}</div>"
+
+
+def _numeric(col: Any) -> bool:
+    import pandas as pd
+
+    return bool(pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col))
+
+
+def _cell(v: Any, digits: int) -> str:
+    """One cell: floats to ``digits`` significant digits, NaN/None as –, the rest as escaped text."""
+    import math
+
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float) or (hasattr(v, "dtype") and getattr(v.dtype, "kind", "") == "f"):
+        f = float(v)
+        return "–" if math.isnan(f) else f"{f:.{digits}g}"
+    return html.escape(str(v))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,7 +230,7 @@ table.data{border-collapse:collapse;font-size:.8rem;font-variant-numeric:tabular
 table.data caption{caption-side:top;text-align:left;font-size:.9rem;color:#333;padding:.3rem 0}
 table.data th,table.data td{padding:.2rem .5rem;border-bottom:1px solid #e6e6e6;text-align:right}
 table.data th{background:#f0f0f0;position:sticky;top:0}
-table.data td:first-child,table.data th:first-child{text-align:left}
+table.data .txt{text-align:left}
 table.data tr:nth-child(even) td{background:#fbfbfb}
 details summary{cursor:pointer;font-size:.9rem;color:#08519c;margin:.6rem 0}
 .n{color:#777;font-size:.8rem}
@@ -244,11 +264,11 @@ def render_report(*, title: str, sections: Sequence[Section], settings: Mapping[
             + "</ul></div>") if summary else ""
     body = "".join(s.render() for s in sections)
     if settings:
-        rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td><code>{html.escape(_value(v))}</code></td></tr>"
-                       for k, v in settings.items())
+        rows = "".join(f"<tr><td class='txt'>{html.escape(str(k))}</td><td class='txt'><code>{html.escape(_value(v))}"
+                       f"</code></td></tr>" for k, v in settings.items())
         body += ("<section id='settings'><h2>Settings</h2><div class='scroll'><table class='data settings'>"
                  "<caption>Everything that determined these results</caption>"
-                 f"<thead><tr><th>setting</th><th>value</th></tr></thead><tbody>{rows}</tbody></table></div></section>")
+                 f"<thead><tr><th class='txt'>setting</th><th class='txt'>value</th></tr></thead><tbody>{rows}</tbody></table></div></section>")
         nav += "<li><a href='#settings'>Settings</a></li>"
     sub = f"<p class='sub'>{_inline(subtitle)}</p>" if subtitle else ""
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -287,6 +307,7 @@ def write_report(path: str | Path, *, title: str, sections: Sequence[Section],
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
+    path.chmod(0o644)  # readable like any written file (the atomic temporary file is private)
     return path
 
 

@@ -96,6 +96,10 @@ def test_page_inlines_the_figure_bytes_and_labels_every_block(png, tmp_path):
     ids = [a["id"] for t, a in p.tags if t == "section"]
     assert hrefs == ["#" + i for i in ids] and len(set(ids)) == 3
     assert remote_urls(page) == []
+    assert (out.stat().st_mode & 0o777) == 0o644
+    # numbers right-aligned, text left-aligned
+    assert "<th class='txt'>metric</th><th class='num'>value</th>" in page
+    assert "<td class='txt'>ES</td><td class='num'>0.123</td>" in page
     # table rows: the frame's, in order
     assert len(re.findall(r"<tr[ >]", page.split("the table", 1)[1].split("</table>", 1)[0])) == 1 + len(df)
 
