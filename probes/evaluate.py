@@ -297,6 +297,42 @@ class EditReport:
     generations: dict[str, list[str]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
 
+    @staticmethod
+    def concat(reports: Sequence[EditReport], *, method: str | None = None) -> EditReport:
+        """One report from several: their requests' rows in order, e.g. single-fact ROME or KN edits each
+        evaluated alone (CounterFact's protocol), pooled so that CIs and `plot_report` cover all of them.
+
+        Args:
+            reports: `EditReport` s of the same model, scored with the same settings (fluency, generation
+                length, bootstrap, N+ format); their edit layers may differ.
+            method: the pooled report's label; default: the first report's.
+
+        Returns:
+            An `EditReport` whose ``pre``/``post`` arrays are the reports' concatenated, ``settings["layers"]``
+            the union of their layers.
+
+        Raises:
+            ValueError: no reports, or reports from different models or scored with different settings.
+
+        Cost: negligible (concatenates arrays; no model passes).
+        """
+        if not reports:
+            raise ValueError("expected at least one EditReport to concatenate, got none")
+        first = reports[0]
+        keep = {k: v for k, v in first.settings.items() if k != "layers"}
+        for i, r in enumerate(reports[1:], 1):
+            other = {k: v for k, v in r.settings.items() if k != "layers"}
+            if other != keep:
+                diff = sorted(k for k in keep.keys() | other.keys() if keep.get(k) != other.get(k))
+                raise ValueError(f"expected reports scored alike on one model, but report {i} differs from report 0 "
+                                 f"in {diff}: {[other.get(k) for k in diff]} vs {[keep.get(k) for k in diff]}")
+        return EditReport(
+            method=method or first.method, requests=tuple(q for r in reports for q in r.requests),
+            pre={m: np.concatenate([r.pre[m] for r in reports]) for m in first.pre},
+            post={m: np.concatenate([r.post[m] for r in reports]) for m in first.post},
+            generations={k: [g for r in reports for g in r.generations.get(k, [])] for k in first.generations},
+            settings={**first.settings, "layers": sorted({l for r in reports for l in r.settings.get("layers", [])})})
+
     def to_dataframe(self) -> Any:
         """One row per request: subject, prompt, targets, then ``{metric}_pre`` and ``{metric}_post``."""
         import pandas as pd

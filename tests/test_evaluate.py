@@ -63,9 +63,12 @@ def test_rewrite_scores_refuses_a_fact(tiny):
 from factscope import fingerprint  # noqa: E402
 from factscope.arch import arch_of  # noqa: E402
 from factscope.edit import Edit  # noqa: E402
+import pandas as pd  # noqa: E402
+
 from factscope.probes.evaluate import (  # noqa: E402
     METRICS,
     NPLUS_FORMAT,
+    EditReport,
     evaluate,
     harmonic_mean,
     ngram_entropy,
@@ -337,3 +340,20 @@ def test_requests_without_target_true_get_exact_match_only(tiny):
     assert math.isnan(rep.post["efficacy"][0]) and math.isnan(rep.post["neighbourhood"][0])
     assert rep.post["efficacy_em"][0] == float(_with_delta(tiny, e, lambda: _plain_exact(tiny, r.text, "Rome")))
     assert rep.post["locality"][0] in (0.0, 1.0)
+
+
+def test_concat_pools_single_edit_reports_row_by_row(tiny):
+    a = evaluate(tiny, _random_edit(tiny, 1, 0.3, requests=(REQ,)), fluency=False, progress=False, n_boot=50)
+    b = evaluate(tiny, _random_edit(tiny, 0, 0.3, seed=1, requests=(REQ2,)), fluency=False, progress=False, n_boot=50)
+    both = EditReport.concat([a, b], method="pooled")
+    assert both.method == "pooled" and both.requests == (REQ, REQ2) and both.settings["layers"] == [0, 1]
+    df = both.to_dataframe()
+    want = pd.concat([a.to_dataframe(), b.to_dataframe()], ignore_index=True).assign(method="pooled")
+    pd.testing.assert_frame_equal(df, want)
+    assert both.summary().loc["efficacy", "post"] == pytest.approx(np.mean([a.post["efficacy"][0], b.post["efficacy"][0]]))
+    assert EditReport.concat([a]).to_dataframe().equals(a.to_dataframe())
+    with pytest.raises(ValueError, match="at least one"):
+        EditReport.concat([])
+    c = evaluate(tiny, _random_edit(tiny, 1, 0.3, requests=(REQ,)), fluency=False, progress=False, n_boot=60)
+    with pytest.raises(ValueError, match=r"differs from report 0 in \['n_boot'\]"):
+        EditReport.concat([a, c])
