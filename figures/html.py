@@ -49,8 +49,10 @@ class Figure:
     alt: str | None = None
 
     def render(self) -> str:
-        """The ``<figure>`` element, the PNG read from disk and base64-encoded, shown at half its pixel width
-        (the figures are saved at 200 dpi, so text appears at its printed size), never wider than the page.
+        """The ``<figure>`` element, the PNG read from disk and base64-encoded.
+
+        Shown at half its pixel width (the figures are saved at 200 dpi, so text appears at its printed
+        size), never wider than the page.
 
         Cost: reads the file; the page grows by 4/3 of its size.
         """

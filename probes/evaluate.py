@@ -299,8 +299,10 @@ class EditReport:
 
     @staticmethod
     def concat(reports: Sequence[EditReport], *, method: str | None = None) -> EditReport:
-        """One report from several: their requests' rows in order, e.g. single-fact ROME or KN edits each
-        evaluated alone (CounterFact's protocol), pooled so that CIs and `plot_report` cover all of them.
+        """One report from several: their requests' rows, in order.
+
+        For single-fact ROME or KN edits each evaluated alone (CounterFact's protocol), pooled so that
+        the CIs and `plot_report` cover all of them.
 
         Args:
             reports: `EditReport` s of the same model, scored with the same settings (fluency, generation
