@@ -21,8 +21,10 @@ For requests r = 1..n and edited layers l₁ < … < l_L (the last one, l_L, is 
    `factscope.edit.covariance`), a float64 Cholesky solve, never an inverse. ΔW minimises
    ``‖K ΔW − R_raw‖² + λ tr(ΔWᵀ C ΔW)``: the new keys get their residuals, keys typical of C move little.
 3. The residual error ``‖z − h‖`` before each layer and after the last is recorded in
-   ``edit.info["residual_error"]``; it should shrink layer by layer (on Gemma 3 270M it does, see
-   ``benchmarks/memit.py``).
+   ``edit.info["residual_error"]``. MEMIT's additive-residual assumption says it should shrink layer by
+   layer; on Gemma 3 270M it does not (e.g. 171 → 455 → 544 → 625 → 606 → 219 over layers 2–6): the
+   later blocks respond strongly to an early update, and only the last layer closes the gap
+   (``benchmarks/memit.py``; docs/guide.md, "The residual error does not shrink").
 
 Layers: ``layers=None`` takes ``config.n_layers`` (5) layers ending at the layer the causal-tracing
 profile recommends (`factscope.locate.recommended_layer`), e.g. 2–6 on Gemma 3 270M.
