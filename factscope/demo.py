@@ -200,14 +200,15 @@ def _step(timings: dict[str, float], name: str) -> Iterator[None]:
         timings[name] = time.perf_counter() - t
 
 
-def run_demo(out: str | Path = "out", *, model: Any = None, samples: int = 10,
+def run_demo(out: str | Path = "out", *, model: Any = None, samples: int = 5,
              echo: Callable[[str], Any] = print, progress: bool = True) -> DemoResult:
     """Run the six steps of the module docstring on ``model`` and write everything into ``out``.
 
     Args:
         out: the output folder (created).
         model: a loaded bridge, or what `factscope.load_model` accepts; ``None``: the bundled Gemma 3 270M.
-        samples: corrupted runs per tracing cell, for the trace and the layer profile (ROME: 10).
+        samples: corrupted runs per tracing cell, for the trace and the layer profile (default 5, to keep a
+            first run under 10 minutes on 2 CPU cores; ROME uses 10).
         echo: where progress text and tables go (``print``; the CLI passes ``typer.echo``).
         progress: show progress bars.
 
@@ -272,6 +273,7 @@ class _Context:
     settings: dict[str, Any] = field(default_factory=dict)
     fact: Any = None
     layer: int | None = None
+    memit_layers: list[int] = field(default_factory=list)
 
 
 def _answers(c: _Context) -> None:
@@ -350,7 +352,7 @@ def _locate(c: _Context) -> None:
             f"(3σ), then one hidden state, MLP output or attention output at a time (a window of {window} layers for "
             f"MLP and attention) is restored to its clean value; the colour is how much of p({r.answer.strip()}) "
             f"it brings back. Clean p = {r.clean:.3f}, corrupted p = {r.corrupted:.3f}, "
-            f"{c.samples} noise samples per cell. The profile averages the MLP effect over {n} facts, "
+            f"{c.samples} noise samples per cell (ROME uses 10: `factscope demo --samples 10`). The profile averages the MLP effect over {n} facts, "
             "one per relation, by ROME's token buckets, with 95% CIs; its peak at the last subject token "
             "is the layer the editors use."),
         blocks=[Figure(path=c.out / "trace.png", caption=(
@@ -408,12 +410,19 @@ def _neurons(c: _Context) -> None:
 
 def _rome(c: _Context) -> None:
     """ROME edit of the fact, before/after answers and the evaluation report."""
-    from factscope.edit import ROMEConfig
+    from factscope.edit import MEMITConfig, ROMEConfig
     from factscope.edit import rome as rome_edit
     from factscope.figures import Figure, Section, Table, Text, plot_report, save_figure
     from factscope.probes import evaluate
 
+    from factscope.edit import covariances
+
     fact = c.fact
+    n = MEMITConfig().n_layers  # MEMIT's default span (step 6), ending at the recommended layer
+    c.memit_layers = list(range(max(0, c.layer - n + 1), c.layer + 1))
+    c.echo(f"key statistics C = E[kkᵀ] at layers {c.memit_layers} for ROME and MEMIT (one shared pass; the first "
+           "run samples its corpus from the model, then everything is cached)")
+    covariances(c.model, c.memit_layers, progress=c.progress)
     c.echo(f"ROME: {fact.subject!r}: {fact.target_true} -> {fact.target_new} at layer {c.layer}")
     e = rome_edit(c.model, fact, layer=c.layer)
     ba = before_after_frame(c.model, e, fact)
@@ -526,8 +535,7 @@ def _memit(c: _Context) -> None:
     from factscope.probes import evaluate
 
     reqs = one_per_relation()
-    n = MEMITConfig().n_layers  # MEMIT's default span, ending at the layer step 2 recommended
-    layers = list(range(max(0, c.layer - n + 1), c.layer + 1))
+    layers = c.memit_layers
     c.echo(f"MEMIT: {len(reqs)} built-in facts (one per relation) at once, layers {layers[0]}-{layers[-1]}")
     e = memit_edit(c.model, reqs, layers=layers, progress=c.progress, verbose=False)
     e.save(c.out / "memit_edit.safetensors")
