@@ -852,8 +852,8 @@ def demo(
     """Run the main job on the bundled model and write out/report.html: answers, trace and profile,
     knowledge neurons, a ROME edit and its evaluation, the spillover probe, and a MEMIT batch.
 
-    See `factscope.demo` for the files written. About 9 minutes the first time on 2 CPU cores
-    (model conversion, layer profile and key statistics are then cached), about 6 afterwards.
+    See `factscope.demo` for the files written. 9.0 minutes the first time on 2 CPU cores, about
+    4 of them building caches (model conversion, key statistics, layer profile) that later runs reuse.
     """
     from factscope.demo import run_demo
     from factscope.models import ModelNotAvailableError
