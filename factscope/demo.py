@@ -32,11 +32,13 @@ ROME edit, ~70 s for the MEMIT batch). Peak memory about 4 GB.
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -174,21 +176,21 @@ def report_frame(report: Any) -> Any:
 
     Cost: one bootstrap of the report (``report.summary()``: well under a second for tens of requests).
     """
-    import math
-
     import pandas as pd
 
     s = report.summary()
     s = s[(s["n"] > 0) & s[["pre", "post"]].notna().any(axis=1)]
-
-    def ci(v: float, lo: float, hi: float) -> str:
-        return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if math.isfinite(v) else "–"
-
+    ci = partial(_ci, fmt=".3f")
     return pd.DataFrame({
         "metric": list(s.index), "n": [int(n) for n in s["n"]],
         "pre": [ci(r.pre, r.pre_lo, r.pre_hi) for r in s.itertuples()],
         "post": [ci(r.post, r.post_lo, r.post_hi) for r in s.itertuples()],
         "post − pre": [ci(r.delta, r.delta_lo, r.delta_hi) for r in s.itertuples()]})
+
+
+def _ci(v: float, lo: float, hi: float, *, fmt: str) -> str:
+    """``value [lo, hi]`` in ``fmt``, or – when the value is missing."""
+    return f"{v:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]" if math.isfinite(v) else "–"
 
 
 def _cache_files() -> set[str]:
@@ -246,7 +248,7 @@ def run_demo(out: str | Path = "out", *, model: Any = None, samples: int = 5,
     timings["total"] = total
     cache_line = _cache_line(new)
     ctx.summary.append(f"Total {total / 60:.1f} min. {cache_line}")
-    report = _write(ctx, m, new)
+    report = _write(ctx, m, cache_line)
     echo("\nsummary:\n" + "\n".join(f"  - {s.replace('**', '').replace('`', '')}" for s in ctx.summary))
     echo("\ntime per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     echo(f"\nwrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}/\nopen {report} in a browser "
@@ -315,6 +317,7 @@ def _locate(c: _Context) -> None:
     """Causal trace of one fact, and the layer profile over the built-in facts."""
     import pandas as pd
 
+    from factscope.arch import arch_of
     from factscope.datasets import builtin_fact
     from factscope.figures import (
         Figure,
@@ -324,7 +327,6 @@ def _locate(c: _Context) -> None:
         plot_trace,
         save_figure,
     )
-    from factscope.arch import arch_of
     from factscope.locate import one_per_relation, recommended_layer
     from factscope.locate import trace as run_trace
 
@@ -418,12 +420,10 @@ def _neurons(c: _Context) -> None:
 
 def _rome(c: _Context) -> None:
     """ROME edit of the fact, before/after answers and the evaluation report."""
-    from factscope.edit import MEMITConfig, ROMEConfig
+    from factscope.edit import MEMITConfig, ROMEConfig, covariances
     from factscope.edit import rome as rome_edit
     from factscope.figures import Figure, Section, Table, Text, plot_report, save_figure
     from factscope.probes import evaluate
-
-    from factscope.edit import covariances
 
     fact = c.fact
     n = MEMITConfig().n_layers  # MEMIT's default span (step 6), ending at the recommended layer
@@ -518,13 +518,9 @@ def spill_frame(result: Any) -> Any:
 
     Cost: one bootstrap of the result (``result.summary()``).
     """
-    import math
-
     import pandas as pd
 
-    def ci(m: float, lo: float, hi: float) -> str:
-        return f"{m:.3g} [{lo:.3g}, {hi:.3g}]" if math.isfinite(m) else "–"
-
+    ci = partial(_ci, fmt=".3g")
     df = result.summary()
     return pd.DataFrame({
         "category": list(df.index), "n": [int(n) for n in df["n"]], "expected": list(df["expected"]),
@@ -597,7 +593,7 @@ def _config(cfg: Any) -> dict[str, Any]:
     return {k: v for k, v in asdict(cfg).items() if not callable(v)}
 
 
-def _write(c: _Context, m: Any, new: list[str]) -> Path:
+def _write(c: _Context, m: Any, cache_line: str) -> Path:
     from importlib.metadata import version
 
     import pandas as pd
@@ -611,7 +607,7 @@ def _write(c: _Context, m: Any, new: list[str]) -> Path:
 
     a, mi = arch_of(m), model_info(m)
     steps = pd.DataFrame({"step": list(c.timings), "seconds": [round(v, 1) for v in c.timings.values()]})
-    c.sections.append(Section(title="Run time and cache", intro=_cache_line(new), blocks=[
+    c.sections.append(Section(title="Run time and cache", intro=cache_line, blocks=[
         Table(frame=steps, caption="Wall-clock seconds per step on this machine")]))
     settings = {"model": f"{mi.name} ({mi.label})", "fingerprint": fingerprint(m),
                 "layers / d_model / d_mlp": f"{a.n_layers} / {a.d_model} / {a.d_mlp}", **c.settings,
