@@ -38,7 +38,7 @@ FULL_CHUNK = 64  # rows per whole-prompt pass: the same work as one batch, in le
 
 def _fwd_bwd(model, a, ids, kv, rows: int, layer: int, answer_id: int) -> float:
     """One plain forward+backward of ``rows`` rows, gradient w.r.t. layer ``layer``'s last-position key."""
-    from factscope.locate.neurons import _rows_cache
+    from factscope.kv import repeat_rows, run_cached
 
     leaf = torch.zeros(a.d_mlp, requires_grad=True)
 
@@ -52,9 +52,9 @@ def _fwd_bwd(model, a, ids, kv, rows: int, layer: int, answer_id: int) -> float:
                                           logits_to_keep=1)
         else:
             T = ids.shape[1]
-            logits = model.run_with_hooks(ids[:, -1:].expand(rows, 1), past_key_values=_rows_cache(kv, rows),
-                                          attention_mask=torch.ones(rows, T, dtype=torch.long),
-                                          fwd_hooks=[(a.hook("mlp_key", layer), add)], logits_to_keep=1)
+            logits, _ = run_cached(model, ids[:, -1:].expand(rows, 1), repeat_rows(kv, rows),
+                                   attention_mask=torch.ones(rows, T, dtype=torch.long),
+                                   fwd_hooks=[(a.hook("mlp_key", layer), add)], logits_to_keep=1)
         logits[:, -1].float().softmax(-1)[:, answer_id].sum().backward()
     return time.perf_counter() - t
 

@@ -117,6 +117,7 @@ from tqdm.auto import tqdm
 from factscope.arch import arch_of
 from factscope.cache import atomic_file, cache_dir, key_digest
 from factscope.checks import check_int
+from factscope.kv import run_cached
 from factscope.tokens import encode, tokenizer_of
 
 __all__ = ["DEFAULT_N_TOKENS", "covariance", "covariances", "sample_corpus"]
@@ -274,8 +275,7 @@ def _sample(model: Any, rows: int, seq_len: int, batch_size: int, seed: int, pro
         x = torch.full((b, 1), int(tok.bos_token_id), dtype=torch.long, device=dev)
         cols, cache = [x], None
         for _ in range(seq_len - 1):
-            logits, cache = model(x, past_key_values=cache, use_cache=True, logits_to_keep=1,
-                                  return_type="logits_and_cache")
+            logits, cache = run_cached(model, x, cache, logits_to_keep=1)
             x = _draw(logits[:, -1], banned, g)[:, None]
             cols.append(x)
             bar.update(b)

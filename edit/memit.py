@@ -48,7 +48,6 @@ residual / values.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import os
@@ -64,6 +63,7 @@ from torch import Tensor
 from factscope.arch import UnsupportedArchitectureError, arch_of
 from factscope.checks import as_requests
 from factscope.facts import EditRequest, Fact
+from factscope.kv import run_after, run_cached
 from factscope.tokens import encode, pad_left, subject_span, target_ids
 
 __all__ = ["MEMITConfig", "memit", "ZResult", "compute_zs", "collect_keys", "invert_post_norm", "post_norm_gain",
@@ -290,8 +290,8 @@ def _z_chunk(model: Any, reqs: Sequence[EditRequest], layer: int, templates: Seq
                   tmask=tgt_mask[sel].to(dev), prefix=None)
         if c > 0:
             with torch.no_grad():
-                _, st["prefix"] = model.run_with_hooks(st["ids"][:, :c], attention_mask=st["mask"][:, :c],
-                                                       return_type="logits_and_cache", logits_to_keep=1)
+                _, st["prefix"] = run_cached(model, st["ids"][:, :c], attention_mask=st["mask"][:, :c],
+                                             logits_to_keep=1)
         state.update(st)
 
     def forward(capture_h: bool) -> Tensor:
@@ -306,9 +306,8 @@ def _z_chunk(model: Any, reqs: Sequence[EditRequest], layer: int, templates: Seq
             act[rr, st["col"]] = act[rr, st["col"]] + delta[st["own"]].to(act.dtype)
             return act
 
-        past = copy.deepcopy(st["prefix"]) if st["prefix"] is not None else None
-        out = model.run_with_hooks(st["ids"][:, st["c"]:], attention_mask=st["mask"], past_key_values=past,
-                                   logits_to_keep=n_max, fwd_hooks=[(hook, add)])
+        out = run_after(model, st["ids"][:, st["c"]:], st["prefix"], attention_mask=st["mask"], logits_to_keep=n_max,
+                        fwd_hooks=[(hook, add)])
         return out.float().log_softmax(-1)  # [row, n_max, d_vocab]
 
     build(active)

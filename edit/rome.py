@@ -31,7 +31,6 @@ Dimension names: ``d_mlp`` keys, ``d_model`` values, ``row`` prompts in a batch.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import warnings
@@ -45,6 +44,7 @@ from torch import Tensor
 
 from factscope.arch import arch_of
 from factscope.facts import EditRequest, Fact
+from factscope.kv import run_after, run_cached
 from factscope.tokens import _bos, encode, pad_left, subject_span, target_ids, tokenizer_of
 
 __all__ = ["ROMEConfig", "rome", "context_templates", "compute_k_star", "compute_v_star", "rank_one_update",
@@ -229,8 +229,7 @@ def compute_v_star(model: Any, request: EditRequest, layer: int, templates: tupl
     prefix = None
     if reuse_prefix and bool((lookup[:R] == c).all()) and c > 0:
         with torch.no_grad():
-            _, prefix = model.run_with_hooks(ids[:R, :c], attention_mask=mask[:R, :c], return_type="logits_and_cache",
-                                             logits_to_keep=1)  # only the KV cache is wanted
+            _, prefix = run_cached(model, ids[:R, :c], attention_mask=mask[:R, :c], logits_to_keep=1)  # KV only
     every = torch.arange(R + 1, device=dev)
 
     def forward() -> tuple[Tensor, Tensor]:
@@ -241,8 +240,8 @@ def compute_v_star(model: Any, request: EditRequest, layer: int, templates: tupl
                                       fwd_hooks=[(hook, adder(every, lookup))]).float().log_softmax(-1)
             return lp[:R], lp[R, -1]
         rows = every[:R]
-        lp = model.run_with_hooks(ids[:R, c:], attention_mask=mask[:R], past_key_values=copy.deepcopy(prefix),
-                                  logits_to_keep=n, fwd_hooks=[(hook, adder(rows, torch.zeros_like(rows)))])
+        lp = run_after(model, ids[:R, c:], prefix, attention_mask=mask[:R], logits_to_keep=n,
+                       fwd_hooks=[(hook, adder(rows, torch.zeros_like(rows)))])
         ess = model.run_with_hooks(ids[R:], attention_mask=mask[R:], logits_to_keep=1,
                                    fwd_hooks=[(hook, adder(every[:1], lookup[R:]))])
         return lp.float().log_softmax(-1), ess[0, -1].float().log_softmax(-1)

@@ -41,6 +41,7 @@ from typing import Any, Literal
 import torch
 
 from factscope.cache import MANIFEST, atomic_dir, cache_dir, key_digest, read_json, write_json
+from factscope.kv import check_cache
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -276,6 +277,7 @@ def _prepare(bridge: Any, info: ModelInfo) -> Any:
     for p in bridge.parameters():
         p.requires_grad_(False)
     _INFO[bridge] = info
+    check_cache(bridge)  # refuse at load a library pair that would make cached passes wrong
     return bridge
 
 

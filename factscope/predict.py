@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from factscope.kv import run_cached
 from factscope.tokens import encode_batch, str_tokens, target_ids, tokenizer_of
 
 __all__ = ["Prediction", "Predictions", "predict", "next_token_logits", "target_logprob", "target_scores", "TargetScores",
@@ -258,8 +259,7 @@ def generate(
         x, mask = ids.to(device), mask.to(device)
         cols, cache = [], None
         for _ in range(max_new_tokens):
-            logits, cache = model(x, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1,
-                                  return_type="logits_and_cache")
+            logits, cache = run_cached(model, x, cache, attention_mask=mask, logits_to_keep=1)
             x = logits[:, -1].argmax(-1, keepdim=True)  # [row, 1]
             cols.append(x)
             mask = torch.cat([mask, torch.ones_like(x)], 1)

@@ -76,7 +76,6 @@ Dimension names: ``prompt`` prompts, ``layer`` blocks, ``d_mlp`` neurons, ``pos`
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import warnings
@@ -91,6 +90,7 @@ from torch import Tensor
 
 from factscope.arch import UnsupportedArchitectureError, arch_of
 from factscope.facts import EditRequest, Fact
+from factscope.kv import repeat_rows, run_cached
 from factscope.tokens import encode, str_tokens, target_ids
 
 __all__ = [
@@ -413,18 +413,6 @@ def _default_batch_size(a: Any, steps: int, n_layers: int) -> int:
     return max(steps, min(steps * n_layers, _MEMORY_BUDGET // (16 * a.d_vocab)))
 
 
-def _rows_cache(kv: Any, rows: int) -> Any:
-    """A copy of a one-row prefix cache, expanded (not copied) to ``rows`` rows."""
-    if kv is None:
-        return None
-    c = copy.copy(kv)
-    c.layers = [copy.copy(layer) for layer in kv.layers]
-    for layer in c.layers:
-        layer.keys = layer.keys.expand(rows, *layer.keys.shape[1:])
-        layer.values = layer.values.expand(rows, *layer.values.shape[1:])
-    return c
-
-
 class _Clean(NamedTuple):
     """What the clean run of one prompt gives the IG passes."""
 
@@ -478,7 +466,7 @@ def _clean_run(model: Any, a: Any, ids: Tensor, answer_id: int | None, *, post_n
     scale = torch.stack([_rms(cache[n][0, -1], _norm_eps(model, l)) for l, n in enumerate(raws)]) if frozen else None
     kv = None
     if ids.shape[1] > 1:
-        _, kv = model.run_with_hooks(ids[:, :-1], return_type="logits_and_cache", logits_to_keep=1)  # KV only
+        _, kv = run_cached(model, ids[:, :-1], logits_to_keep=1)  # KV only
     return _Clean(acts, p, answer_id, kv, scale)
 
 
@@ -557,8 +545,8 @@ def _last_logits(model: Any, ids: Tensor, kv: Any, R: int, hooks: list) -> Float
     if kv is None:
         return model.run_with_hooks(ids.expand(R, -1), fwd_hooks=hooks, logits_to_keep=1)[:, -1]
     mask = torch.ones(R, ids.shape[1], dtype=torch.long, device=ids.device)
-    return model.run_with_hooks(ids[:, -1:].expand(R, 1), past_key_values=_rows_cache(kv, R), attention_mask=mask,
-                                fwd_hooks=hooks, logits_to_keep=1)[:, -1]
+    return run_cached(model, ids[:, -1:].expand(R, 1), repeat_rows(kv, R), attention_mask=mask, fwd_hooks=hooks,
+                      logits_to_keep=1)[0][:, -1]
 
 
 @torch.no_grad()

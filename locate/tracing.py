@@ -16,8 +16,8 @@ restoration touches (block l + 1 for a hidden state; the window's first layer fo
   ``[t, T)``, attending to a copy of the corrupted run's KV cache;
 - a cell's rows join the batch at their first changed block, starting from the corrupted residual
   entering it; blocks below are never run for them. Blocks are called with exactly the arguments
-  the model's own forward passes them (captured from a 1-row forward), so any architecture the
-  bridge runs works;
+  the model's own forward passes them (`factscope.kv.BlockCalls`, captured from a 1-row forward and
+  checked by replaying it), so any architecture the bridge runs works;
 - all cells that start at the same t (every layer, kind and sample) share one batched pass;
 - mlp/attn windows clipped at layer 0 patch the same layers as the widest of them until they end,
   so they share its rows up to there and split off (a tenth of the block work for those kinds);
@@ -36,18 +36,18 @@ Dimension names: ``tok`` prompt tokens (BOS included), ``layer`` blocks, ``sampl
 
 from __future__ import annotations
 
-import copy
 import json
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from factscope.arch import arch_of
+from factscope.kv import BlockCalls, Cache, fill_layer, layer_states, new_cache, prefix, run_cached
 from factscope.facts import EditRequest, Fact
 from factscope.tokens import encode, str_tokens, subject_span, target_ids
 
@@ -310,29 +310,24 @@ def trace(
     # One corrupted run gives both its KV cache and the residual entering every block.
     got: dict[str, Tensor] = {}
     grab = [(n, lambda act, hook: got.__setitem__(hook.name, act.detach().clone())) for n in resid]
-    # A cache of full layers only: a sliding-window layer's cache (Gemma) drops positions beyond its
-    # window, so its prefixes could not be cut out below; the masks still apply the window.
-    from transformers.cache_utils import DynamicCache
-
-    logits, kv = model.run_with_hooks(ids.expand(samples, -1), fwd_hooks=[(a.embed, _corrupt(eps, s0, s1, 0, every))]
-                                      + grab, past_key_values=DynamicCache(), use_cache=True,
-                                      return_type="logits_and_cache")
+    logits, kv = run_cached(model, ids.expand(samples, -1), fwd_hooks=[(a.embed, _corrupt(eps, s0, s1, 0, every))]
+                            + grab)
     corrupt_last = logits[:, -1].float()  # [sample, d_vocab]
     contrast_id = _contrast(model, fact, corrupt_last, answer_id) if metric == "logit_diff" else None
     score = _scorer(metric, answer_id, contrast_id)
     clean = float(score(clean_last[None]).mean())
     corrupted = float(score(corrupt_last).mean())
-    # h_in[j]: corrupted residual entering block j (j = n_layers: leaving the last block) [sample, tok, d_model]
-    h_in = [got[n] for n in resid]
 
     cells = [(k, l) for k in kinds for l in range(a.n_layers)]
     start, parent = _schedule(cells, window, a.n_layers)
+    plan = _ResumePlan(cells=tuple(cells), start=tuple(start), parent=tuple(parent), samples=samples, window=window,
+                       names=names, clean=clean_cache, h_in=tuple(got[n] for n in resid), kv=kv,
+                       states=tuple(layer_states(kv)), score=score)
     scores = {k: torch.full((T, a.n_layers), corrupted) for k in kinds}
     from tqdm.auto import tqdm
 
     for t in tqdm(range(s0, T), desc=f"tracing {'/'.join(kinds)}", disable=not progress):  # before s0: no effect
-        p = _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, parent, samples, window, clean_cache,
-                                names, score).view(len(cells), samples).mean(1)
+        p = _resume_from_layers(model, ids, t, plan).view(len(cells), samples).mean(1)
         for i, (k, l) in enumerate(cells):
             scores[k][t, l] = p[i]
     settings = dict(kinds=list(kinds), corruption=corruption, noise=noise if corruption == "gaussian" else None,
@@ -434,52 +429,6 @@ def _corrupt(eps: Tensor, s0: int, s1: int, t: int, sample_of_row: Tensor):
     return hook
 
 
-def _is_cache(x: Any) -> bool:
-    from transformers.cache_utils import Cache
-
-    return isinstance(x, Cache)
-
-
-def _block_calls(model: Any, a: Any, ids: Tensor, t: int, kv: Any) -> list[tuple[tuple, dict]]:
-    """The arguments HF passes each block when it runs positions ``[t, T)`` after a ``t``-token cache.
-
-    Captured from one 1-row forward, so resumed blocks get exactly what the model's own forward would
-    give them (masks, rotary embeddings, cache positions), whatever the architecture.
-    """
-    calls: list[tuple[tuple, dict]] = [((), {})] * a.n_layers
-
-    def capture(j):
-        def pre(mod, args, kwargs):
-            calls[j] = (args[1:], dict(kwargs))
-        return pre
-
-    one = _prefix_cache(kv, t, ids.shape[1], torch.zeros(1, dtype=torch.long, device=ids.device))
-    handles = [model.blocks[j].register_forward_pre_hook(capture(j), with_kwargs=True) for j in range(a.n_layers)]
-    try:
-        model(ids[:, t:], past_key_values=one, logits_to_keep=1)
-    finally:
-        for h in handles:
-            h.remove()
-    return calls
-
-
-def _prefix_cache(kv: Any, t: int, T: int, rows: Tensor | None) -> Any:
-    """A copy of the corrupted run's KV cache holding positions ``[0, t)`` for the given sample rows."""
-    if t == 0:
-        return None
-    cache = copy.deepcopy(kv)
-    cache.crop(t - T)
-    if rows is not None:
-        cache.batch_select_indices(rows)
-    return cache
-
-
-def _swap_cache(call: tuple[tuple, dict], cache: Any) -> tuple[tuple, dict]:
-    args, kwargs = call
-    return (tuple(cache if _is_cache(x) else x for x in args),
-            {k: (cache if _is_cache(v) else v) for k, v in kwargs.items()})
-
-
 def _final_logits(model: Any, h: Tensor) -> Tensor:
     """Next-token logits from the residual leaving the last block (last position only)."""
     logits = model.unembed(model.ln_final(h[:, -1:]))[:, -1]
@@ -487,51 +436,74 @@ def _final_logits(model: Any, h: Tensor) -> Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def _resume_from_layers(model, a, ids, t, kv, h_in, cells, start, parent, samples, window, clean, names,
-                        score) -> Tensor:
+@dataclass(frozen=True)
+class _ResumePlan:
+    """What every start token's resumed pass shares: the cells, their schedule, and the runs' states.
+
+    ``h_in[j]``: the corrupted residual entering block j (j = n_layers: leaving the last block),
+    ``[sample, tok, d_model]``; ``kv`` / ``states``: the corrupted run's cache and each layer's
+    ``(keys, values)``; ``clean``: the clean run's activations by hook name; ``score``: final
+    logits ``[rows, d_vocab]`` -> the metric per row.
+    """
+
+    cells: tuple[tuple[str, int], ...]
+    start: tuple[int, ...]
+    parent: tuple[int | None, ...]
+    samples: int
+    window: int
+    names: dict[str, list[str]]
+    clean: Any
+    h_in: tuple[Tensor, ...]
+    kv: Cache
+    states: tuple[tuple[Tensor, Tensor], ...]
+    score: Callable[[Tensor], Tensor]
+
+
+def _resume_from_layers(model: Any, ids: Tensor, t: int, plan: _ResumePlan) -> Tensor:
     """The metric for every (cell, sample) row with position t restored: ``[cells * samples]``, cell-major.
 
     Rows join the batch at the first block their restoration changes (see `_schedule`), from the
     corrupted residual entering that block or a copy of their parent's rows, and only positions
-    ``[t, T)`` are computed (earlier ones come from the KV cache).
+    ``[t, T)`` are computed: each block attends to the corrupted run's keys and values of positions
+    before t, copied for the active rows into a cache of this pass's own.
     """
-    T, L = ids.shape[1], a.n_layers
-    calls = _block_calls(model, a, ids, t, kv)
+    a = arch_of(model)
+    T, L, n = ids.shape[1], a.n_layers, plan.samples
+    calls = BlockCalls.capture(model, ids, prefix(plan.kv, t, torch.zeros(1, dtype=torch.long, device=ids.device)))
     order: list[int] = []  # active cell indices, in batch order
     h = None
-    cache = _prefix_cache(kv, t, T, None)  # each layer's keys/values are set for the active rows below
+    cache = new_cache()
     for j in range(L + 1):
-        joining = [c for c in range(len(cells)) if start[c] == j]
+        joining = [c for c in range(len(plan.cells)) if plan.start[c] == j]
         if joining:
             parts = []  # each [samples, T - t, d_model]
             for c in joining:
-                k, l = cells[c]
-                if parent[c] is not None:  # the parent's rows: same patches so far
-                    n = order.index(parent[c])
-                    parts.append(h[n * samples:(n + 1) * samples])
+                k, l = plan.cells[c]
+                if plan.parent[c] is not None:  # the parent's rows: same patches so far
+                    i = order.index(plan.parent[c])
+                    parts.append(h[i * n:(i + 1) * n])
                     continue
-                parts.append(h_in[j][:, t:])
+                parts.append(plan.h_in[j][:, t:])
                 if k == "hidden":  # the clean residual leaving block l, at token t
                     parts[-1] = parts[-1].clone()
-                    parts[-1][:, 0] = clean[names[k][l]][0, t]
+                    parts[-1][:, 0] = plan.clean[plan.names[k][l]][0, t]
             h = torch.cat(parts if h is None else [h, *parts])
             order += joining
         if h is None or j == L:
             continue
         hooks = []
-        for k in {cells[c][0] for c in order} - {"hidden"}:
-            rows = [n * samples + s for n, c in enumerate(order) if cells[c][0] == k
-                    and j in _window(cells[c][1], window, L) for s in range(samples)]
+        for k in {plan.cells[c][0] for c in order} - {"hidden"}:
+            rows = [i * n + s for i, c in enumerate(order) if plan.cells[c][0] == k
+                    and j in _window(plan.cells[c][1], plan.window, L) for s in range(n)]
             if rows:
-                hooks.append((names[k][j], _restore(torch.tensor(rows, device=ids.device), clean[names[k][j]][0, t])))
-        if cache is not None:
-            cache.layers[j].keys = kv.layers[j].keys[:, :, :t].repeat(len(order), 1, 1, 1)
-            cache.layers[j].values = kv.layers[j].values[:, :, :t].repeat(len(order), 1, 1, 1)
-        args, kwargs = _swap_cache(calls[j], cache)
+                hooks.append((plan.names[k][j], _restore(torch.tensor(rows, device=ids.device),
+                                                         plan.clean[plan.names[k][j]][0, t])))
+        if t > 0:  # row i * n + s attends to sample s's prefix
+            keys, values = plan.states[j]
+            fill_layer(cache, j, keys[:, :, :t].repeat(len(order), 1, 1, 1), values[:, :, :t].repeat(len(order), 1, 1, 1))
         with model.hooks(fwd_hooks=hooks):
-            out = model.blocks[j](h, *args, **kwargs)
-        h = out[0] if isinstance(out, tuple) else out
-    per_row = score(_final_logits(model, h)).view(len(order), samples)  # scored before reordering: no vocab copies
+            h = calls.run(model, j, h, cache)
+    per_row = plan.score(_final_logits(model, h)).view(len(order), n)  # scored before reordering: no vocab copies
     out = torch.empty_like(per_row)
     out[torch.tensor(order, device=out.device)] = per_row
     return out.reshape(-1)
