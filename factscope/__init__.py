@@ -43,6 +43,7 @@ from factscope.models import (
 from factscope.predict import Prediction, predict
 from factscope.synthetic import synthetic_requests
 from factscope.tokens import encode, encode_batch, str_tokens, subject_span, target_ids
+from factscope.versions import library_versions
 
 __version__ = "0.1.0"
 
@@ -57,6 +58,6 @@ __all__ = [
     "load_counterfact", "load_zsre", "load_known", "DatasetNotAvailableError", "synthetic_requests",
     # tokens and predictions
     "encode", "encode_batch", "target_ids", "subject_span", "str_tokens", "predict", "Prediction",
-    # cache
-    "cache_dir",
+    # cache and versions
+    "cache_dir", "library_versions",
 ]

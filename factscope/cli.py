@@ -57,6 +57,7 @@ def info(model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_H
     from factscope.arch import arch_of
     from factscope.cache import cache_dir
     from factscope.models import fingerprint, model_info
+    from factscope.versions import library_versions
 
     m, secs = _load(model)
     a, mi = arch_of(m), model_info(m)
@@ -72,6 +73,7 @@ def info(model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_H
         ("fingerprint", fingerprint(m)),
         ("loaded in", f"{secs:.1f} s"),
         ("cache folder", str(cache_dir())),
+        *((f"{k} version", v) for k, v in library_versions().items()),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

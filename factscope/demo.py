@@ -33,7 +33,6 @@ ROME edit, ~70 s for the MEMIT batch). Peak memory about 4 GB.
 from __future__ import annotations
 
 import math
-import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -594,16 +593,14 @@ def _config(cfg: Any) -> dict[str, Any]:
 
 
 def _write(c: _Context, m: Any, cache_line: str) -> Path:
-    from importlib.metadata import version
-
     import pandas as pd
     import torch
 
-    from factscope import __version__
     from factscope.arch import arch_of
     from factscope.cache import cache_dir
     from factscope.figures import Section, Table, write_report
     from factscope.models import fingerprint, model_info
+    from factscope.versions import library_versions
 
     a, mi = arch_of(m), model_info(m)
     steps = pd.DataFrame({"step": list(c.timings), "seconds": [round(v, 1) for v in c.timings.values()]})
@@ -611,9 +608,7 @@ def _write(c: _Context, m: Any, cache_line: str) -> Path:
         Table(frame=steps, caption="Wall-clock seconds per step on this machine")]))
     settings = {"model": f"{mi.name} ({mi.label})", "fingerprint": fingerprint(m),
                 "layers / d_model / d_mlp": f"{a.n_layers} / {a.d_model} / {a.d_mlp}", **c.settings,
-                "factscope": __version__, "torch": torch.__version__,
-                "transformer-lens": version("transformer-lens"), "transformers": version("transformers"),
-                "python": platform.python_version(), "threads": torch.get_num_threads(),
+                **library_versions(), "threads": torch.get_num_threads(),
                 "cache folder": str(cache_dir()), "date": time.strftime("%Y-%m-%d %H:%M")}
     return write_report(c.out / "report.html", title="factscope: locate and edit a fact in " + mi.name,
                         subtitle=f"{mi.label} · {a.n_layers} layers · run {time.strftime('%Y-%m-%d %H:%M')}",

@@ -50,7 +50,6 @@ import warnings
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -59,29 +58,16 @@ from torch import Tensor
 from transformers.cache_utils import Cache, DynamicCache
 
 from factscope.arch import UnsupportedArchitectureError
+from factscope.versions import library_versions
 
 __all__ = ["Cache", "new_cache", "run_cached", "run_after", "prefix", "repeat_rows", "layer_states", "fill_layer", "check_cache",
-           "BlockCalls", "library_versions"]
+           "BlockCalls"]
 
 _CHECKED: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
 
 
-def library_versions() -> dict[str, str]:
-    """Installed versions of the libraries whose internals the seam depends on (for errors and reports).
-
-    Cost: negligible (package metadata lookups).
-    """
-    out = {}
-    for name in ("factscope", "torch", "transformers", "transformer-lens"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
 def _versions_text() -> str:
-    return ", ".join(f"{k} {v}" for k, v in library_versions().items())
+    return ", ".join(f"{k} {v}" for k, v in library_versions().items() if k != "python")
 
 
 @contextmanager

@@ -68,12 +68,15 @@ def tiny_folder(tmp_path_factory):
 @pytest.fixture
 def browser_dom(tmp_path):
     """``dom(page)``: the DOM of an HTML file after its JavaScript ran in headless Chromium, with every host
-    unresolvable (so only what the page holds can render). Skips the test when no Chromium is installed."""
+    unresolvable (so only what the page holds can render). Skips the test when no Chromium is installed,
+    unless FACTSCOPE_REQUIRE_BROWSER=1 (as in CI, which installs it): then the test fails instead."""
     import shutil
     import subprocess
 
     exe = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
     if exe is None:
+        if os.environ.get("FACTSCOPE_REQUIRE_BROWSER") == "1":
+            pytest.fail("FACTSCOPE_REQUIRE_BROWSER=1 but no headless Chromium is installed (Debian: apt install chromium)")
         pytest.skip("needs headless Chromium (Debian: apt install chromium)")
 
     def dom(page) -> str:

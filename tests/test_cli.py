@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from factscope import arch_of, load_model
+from factscope import arch_of, fingerprint, load_model
 from factscope.cli import app
 
 runner = CliRunner()
@@ -31,6 +31,11 @@ def test_info_prints_sizes_hooks_and_cache(tiny_folder, tmp_path, monkeypatch):
     assert "post-norms" in r.output  # Gemma 3
     assert a.hook("mlp_key", 0) in r.output and a.hook("mlp_out", 0) in r.output
     assert str(tmp_path / "c") in r.output
+    from importlib.metadata import version
+
+    for pkg in ("factscope", "torch", "transformers", "transformer-lens"):  # what a figure was made with
+        assert f"{pkg} version  " in r.output and version(pkg) in r.output.split(f"{pkg} version", 1)[1].splitlines()[0]
+    assert fingerprint(load_model(tiny_folder)) in r.output
 
 
 def test_info_bad_model_exits_with_message(tmp_path):
