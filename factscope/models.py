@@ -452,7 +452,7 @@ def _tiny_config(arch: str, tok: Any) -> Any:
     import transformers as tf
 
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-               vocab_size=len(tok))
+               vocab_size=len(tok), attn_implementation="eager")
     if arch == "gpt2":
         cfg = tf.GPT2Config(n_layer=4, n_embd=64, n_head=4, n_positions=128, **ids)
     elif arch == "llama":
@@ -467,7 +467,6 @@ def _tiny_config(arch: str, tok: Any) -> Any:
     # A wide init (HF's default is 0.02) makes the random model's predictions peaked rather than near
     # uniform, so tests comparing probabilities (tracing grids, predictions) have signal.
     cfg.initializer_range = 0.2
-    cfg._attn_implementation = "eager"
     return cfg
 
 
