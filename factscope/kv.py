@@ -60,8 +60,8 @@ from transformers.cache_utils import Cache, DynamicCache
 from factscope.arch import UnsupportedArchitectureError
 from factscope.versions import library_versions
 
-__all__ = ["Cache", "new_cache", "run_cached", "run_after", "prefix", "repeat_rows", "layer_states", "fill_layer", "check_cache",
-           "BlockCalls"]
+__all__ = ["Cache", "new_cache", "run_cached", "run_after", "prefix", "repeat_rows", "layer_states", "fill_layer",
+           "check_cache", "BlockCalls"]
 
 _CHECKED: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
 
@@ -172,7 +172,10 @@ def repeat_rows(cache: Cache | None, n: int) -> Cache | None:
     return out
 
 
-def layer_states(cache: Cache) -> list[tuple[Float[Tensor, "row kv_head pos d_head"], Float[Tensor, "row kv_head pos d_head"]]]:
+KV = Float[Tensor, "row kv_head pos d_head"]
+
+
+def layer_states(cache: Cache) -> list[tuple[KV, KV]]:
     """Every layer's ``(keys, values)`` as the cache holds them (read only; do not write into them).
 
     Args:
@@ -210,7 +213,9 @@ def _alias_cache_kwarg(model: Any) -> None:
         return None
 
     for block in model.blocks:
-        block.attn.register_forward_pre_hook(pre, with_kwargs=True)
+        attn = getattr(block, "attn", None)
+        if attn is not None:  # a block without one fails the check below, or arch_of, with a clear error
+            attn.register_forward_pre_hook(pre, with_kwargs=True)
 
 
 @torch.no_grad()

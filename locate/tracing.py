@@ -499,8 +499,9 @@ def _resume_from_layers(model: Any, ids: Tensor, t: int, plan: _ResumePlan) -> T
                 hooks.append((plan.names[k][j], _restore(torch.tensor(rows, device=ids.device),
                                                          plan.clean[plan.names[k][j]][0, t])))
         if t > 0:  # row i * n + s attends to sample s's prefix
-            keys, values = plan.states[j]
-            fill_layer(cache, j, keys[:, :, :t].repeat(len(order), 1, 1, 1), values[:, :, :t].repeat(len(order), 1, 1, 1))
+            keys, values = plan.states[j]  # [sample, kv_head, tok, d_head]
+            reps = (len(order), 1, 1, 1)
+            fill_layer(cache, j, keys[:, :, :t].repeat(reps), values[:, :, :t].repeat(reps))
         with model.hooks(fwd_hooks=hooks):
             h = calls.run(model, j, h, cache)
     per_row = plan.score(_final_logits(model, h)).view(len(order), n)  # scored before reordering: no vocab copies

@@ -153,7 +153,8 @@ def test_the_seam_is_the_only_place_that_touches_transformers_caches():
     """Every cache is reached through factscope/kv.py, and nothing writes a cache's attributes."""
     seam = ROOT / "factscope" / "kv.py"
     writes = re.compile(r"\.(keys|values)\s*=(?!=)|(?<!self)\.layers\s*=(?!=)")
-    outside = re.compile(r"cache_utils|DynamicCache|past_key_values|\.crop\(|batch_select_indices|batch_repeat_interleave")
+    outside = re.compile(r"cache_utils|DynamicCache|past_key_values|\.crop\(|batch_select_indices|"
+                         r"batch_repeat_interleave")
     bad = []
     for path in LIBRARY:
         for i, line in enumerate(path.read_text().splitlines(), 1):
