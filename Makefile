@@ -37,9 +37,10 @@ test: install
 test-demo: install
 	$(PY) -m pytest -q -m demo $(PYTEST_ARGS)
 
-# The fast loop: tiny random models only.
+# The fast loop: tiny random models only, on two worker processes (pytest-xdist; one torch thread each).
+WORKERS ?= 2
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" -n $(WORKERS) $(PYTEST_ARGS)
 
 # The upgrade canary: a second venv with the newest releases (transformers and transformer-lens past
 # pyproject's upper bounds), then the fast suite. Run it before raising an upper bound.
@@ -49,7 +50,7 @@ test-latest:
 	$(LATEST)/bin/pip install -q $(FIND_LINKS) -e ".[test]" "$(TORCH)"
 	$(LATEST)/bin/pip install -q $(FIND_LINKS) --upgrade $(NEWEST) "$(TORCH)"
 	$(LATEST)/bin/python -c "import factscope; print('canary:', factscope.library_versions())"
-	$(LATEST)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
+	$(LATEST)/bin/python -m pytest -q -m "not slow" -n $(WORKERS) -p no:cacheprovider
 
 # Regenerate requirements.lock from pyproject.toml (keeping the current pins where they still fit);
 # `make lock UPGRADE=1` moves every package to the newest version pyproject allows.
