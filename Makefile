@@ -65,7 +65,7 @@ demo: install
 	$(VENV)/bin/factscope demo --out out
 
 bench: install
-	$(PY) benchmarks/load.py
+	$(PY) benchmarks/bench_load.py
 
 clean:
 	rm -rf $(VENV) $(LATEST) out .pytest_cache *.egg-info

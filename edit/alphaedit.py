@@ -36,6 +36,7 @@ from torch import Tensor
 
 from factscope.edit.memit import MEMITConfig, _layer_delta, _stats, compute_zs, prepare, run_layers
 from factscope.facts import EditRequest
+from factscope.bridge import Bridge
 
 __all__ = ["AlphaEditConfig", "alphaedit", "null_space_projection", "alphaedit_solve"]
 
@@ -84,7 +85,7 @@ def alphaedit_solve(P: Float[Tensor, "d_mlp d_mlp"], K: Float[Tensor, "request d
 
 
 def alphaedit(
-    model: Any,
+    model: Bridge,
     requests: EditRequest | Sequence[EditRequest],
     *,
     layers: Sequence[int] | None = None,
@@ -121,7 +122,7 @@ def alphaedit(
                                progress=progress, verbose=verbose)[0]
 
 
-def alphaedit_with_keys(model: Any, requests: Any, *, layers: Sequence[int] | None = None,
+def alphaedit_with_keys(model: Bridge, requests: Any, *, layers: Sequence[int] | None = None,
                         config: AlphaEditConfig = AlphaEditConfig(), C: dict[int, Tensor] | None = None,
                         P: dict[int, Tensor] | None = None, cache_c: dict[int, Tensor] | None = None,
                         progress: bool = True, verbose: bool = True) -> tuple[Any, dict[int, Tensor]]:

@@ -68,7 +68,7 @@ be read, has the wrong shape or dtype, fails its checksum, holds non-finite valu
 does not match is reported with a warning and recomputed, never used. ``cache=False`` bypasses the
 cache both ways.
 
-Cost (Gemma 3 270M, one thread of this 2-core CPU; ``benchmarks/covariance.py``)
+Cost (Gemma 3 270M, one thread of this 2-core CPU; ``benchmarks/bench_covariance.py``)
 -----------------------------------------------------------------------------
 - Memory: one ``d_mlp²`` float64 accumulator per layer (Gemma: 2048² × 8 B = 32 MiB; all 18 layers
   576 MiB). Sampling holds up to ``sample_batch_size × seq_len`` tokens of KV cache (Gemma: 37 KB
@@ -119,6 +119,8 @@ from factscope.cache import atomic_file, cache_dir, key_digest
 from factscope.checks import check_int
 from factscope.kv import run_cached
 from factscope.tokens import encode, tokenizer_of
+from factscope.bridge import Bridge
+from factscope.arch import context_of
 
 __all__ = ["DEFAULT_N_TOKENS", "covariance", "covariances", "sample_corpus"]
 
@@ -140,7 +142,7 @@ _IDS_FORMAT = "factscope-samples-v1"
 # --------------------------------------------------------------------------- checks
 
 
-def _check_seq_len(model: Any, seq_len: Any) -> int:
+def _check_seq_len(model: Bridge, seq_len: Any) -> int:
     check_int("seq_len", seq_len, 2)
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     if isinstance(n_ctx, int) and seq_len > n_ctx:
@@ -148,11 +150,11 @@ def _check_seq_len(model: Any, seq_len: Any) -> int:
     return seq_len
 
 
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
+def _device(model: Bridge) -> torch.device:
+    return context_of(model).device
 
 
-def _model_dtype(model: Any) -> str:
+def _model_dtype(model: Bridge) -> str:
     return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
@@ -163,7 +165,7 @@ def _offline() -> bool:
 def _hub_online() -> bool:
     from factscope import models
 
-    return not _offline() and models._hub_reachable()
+    return not _offline() and models.hub_reachable()
 
 
 _ANNOUNCED: set[str] = set()  # notices already printed in this process
@@ -171,7 +173,7 @@ _ANNOUNCED: set[str] = set()  # notices already printed in this process
 
 def _notice(msg: str) -> None:
     """Print ``msg`` to stderr once per process (an editor asks for C on every edit)."""
-    from factscope.models import _notice as notice
+    from factscope.models import notice
 
     if msg not in _ANNOUNCED:
         _ANNOUNCED.add(msg)
@@ -260,7 +262,7 @@ def _row_batches(rows: int, batch_size: int) -> list[int]:
 
 
 @torch.no_grad()
-def _sample(model: Any, rows: int, seq_len: int, batch_size: int, seed: int, progress: bool) -> Int[Tensor, "seq pos"]:
+def _sample(model: Bridge, rows: int, seq_len: int, batch_size: int, seed: int, progress: bool) -> Int[Tensor, "seq pos"]:
     tok = tokenizer_of(model)
     if tok.bos_token_id is None:
         raise ValueError("expected a tokenizer with a BOS token to start sampling from, got one without")
@@ -286,14 +288,14 @@ def _sample(model: Any, rows: int, seq_len: int, batch_size: int, seed: int, pro
     return out
 
 
-def _samples_key(model: Any, fp: str, n_tokens: int, seq_len: int, batch_size: int, seed: int) -> dict[str, Any]:
+def _samples_key(model: Bridge, fp: str, n_tokens: int, seq_len: int, batch_size: int, seed: int) -> dict[str, Any]:
     return {"kind": "samples", "model": fp, "model_dtype": _model_dtype(model), "n_tokens": n_tokens,
             "seq_len": seq_len, "batch_size": batch_size, "seed": seed, "sampler": _SAMPLER,
             "device": _device(model).type}
 
 
 def sample_corpus(
-    model: Any,
+    model: Bridge,
     n_tokens: int = DEFAULT_N_TOKENS,
     *,
     seq_len: int = DEFAULT_SEQ_LEN,
@@ -348,12 +350,12 @@ def sample_corpus(
 # --------------------------------------------------------------------------- corpora
 
 
-def _tok_identity(model: Any) -> str:
+def _tok_identity(model: Bridge) -> str:
     tok = tokenizer_of(model)
     return f"{type(tok).__name__}:{len(tok)}:{tok.bos_token_id}"
 
 
-def _text_windows(model: Any, texts: Iterable[Any], n_tokens: int, seq_len: int,
+def _text_windows(model: Bridge, texts: Iterable[Any], n_tokens: int, seq_len: int,
                   hasher: Any = None) -> list[Tensor]:
     """``[bos] + tokens`` windows of at most ``seq_len`` over ``texts``, ``n_tokens`` non-BOS tokens in all."""
     bos_id = tokenizer_of(model).bos_token_id
@@ -424,7 +426,7 @@ def _dataset_texts(name: str, config: str | None, split: str) -> Iterator[str]:
         yield row["text"]
 
 
-def _resolve(model: Any, corpus: Any, n_tokens: int, seq_len: int, seed: int, sample_batch_size: int,
+def _resolve(model: Bridge, corpus: Any, n_tokens: int, seq_len: int, seed: int, sample_batch_size: int,
              split: str, progress: bool) -> tuple[dict[str, Any], Callable[[], list[Tensor]]]:
     """(corpus identity for the key, a function building the windows)."""
     if isinstance(corpus, str) and corpus == "auto":
@@ -485,15 +487,15 @@ class _Done(Exception):
 
 
 @torch.no_grad()
-def _accumulate(model: Any, windows: Sequence[Tensor], layers: Sequence[int], batch_size: int,
+def _accumulate(model: Bridge, windows: Sequence[Tensor], layers: Sequence[int], batch_size: int,
                 progress: bool) -> tuple[dict[int, Float[Tensor, "d_mlp d_mlp"]], int]:
     """Σ k kᵀ (float64) per layer over every non-BOS, non-pad position, and the count; one forward per batch."""
     a = arch_of(model)
     dev = _device(model)
     has_bos = tokenizer_of(model).bos_token_id is not None
-    from factscope.tokens import _pad_id
+    from factscope.tokens import pad_id
 
-    pad = _pad_id(tokenizer_of(model))
+    pad = pad_id(tokenizer_of(model))
     last = max(layers)
     sums = {l: torch.zeros(a.d_mlp, a.d_mlp, dtype=torch.float64, device=dev) for l in layers}
     count = 0
@@ -545,7 +547,7 @@ def _accumulate(model: Any, windows: Sequence[Tensor], layers: Sequence[int], ba
 
 
 def covariances(
-    model: Any,
+    model: Bridge,
     layers: Iterable[int],
     *,
     corpus: Any = "auto",
@@ -639,7 +641,7 @@ def covariances(
 
 
 def covariance(
-    model: Any,
+    model: Bridge,
     layer: int,
     *,
     corpus: Any = "auto",

@@ -53,6 +53,7 @@ from factscope.checks import as_requests
 from factscope.facts import EditRequest
 from factscope.models import fingerprint
 from factscope.tokens import encode, pad_left, subject_span, target_ids
+from factscope.bridge import Bridge
 
 __all__ = ["FTConfig", "finetune", "ft_batch", "ft_nll"]
 
@@ -125,7 +126,7 @@ class FTBatch:
     tmask: Float[Tensor, "row n"]
 
 
-def ft_batch(model: Any, requests: Sequence[EditRequest], device: torch.device | str = "cpu") -> FTBatch:
+def ft_batch(model: Bridge, requests: Sequence[EditRequest], device: torch.device | str = "cpu") -> FTBatch:
     """The `FTBatch` of ``requests`` (left padding, every row ends in the last column)."""
     tgts = [target_ids(model, r.target_new) for r in requests]
     ids, mask = pad_left(model, [encode(model, r.text) + t[:-1] for r, t in zip(requests, tgts)])
@@ -144,7 +145,7 @@ def ft_nll(logits: Float[Tensor, "row n d_vocab"], batch: FTBatch) -> Float[Tens
     return -(lp * batch.tmask).sum(1) / batch.tmask.sum(1)
 
 
-def _delta_hooks(model: Any, layer: int, delta: Float[Tensor, "d_mlp d_model"]) -> list[tuple[str, Callable]]:
+def _delta_hooks(model: Bridge, layer: int, delta: Float[Tensor, "d_mlp d_model"]) -> list[tuple[str, Callable]]:
     """Hooks that make the forward use ``W_out + delta`` at ``layer``: keep the key, add ``key @ delta``."""
     a = arch_of(model)
     keys: list[Tensor] = []
@@ -158,7 +159,7 @@ def _delta_hooks(model: Any, layer: int, delta: Float[Tensor, "d_mlp d_model"]) 
     return [(a.hook("mlp_key", layer), keep), (a.hook("mlp_raw_out", layer), add)]
 
 
-def _forward_nll(model: Any, layer: int, delta: Tensor, batch: FTBatch) -> Float[Tensor, "row"]:
+def _forward_nll(model: Bridge, layer: int, delta: Tensor, batch: FTBatch) -> Float[Tensor, "row"]:
     logits = model.run_with_hooks(batch.ids, attention_mask=batch.mask, logits_to_keep=batch.targets.shape[1],
                                   fwd_hooks=_delta_hooks(model, layer, delta))
     return ft_nll(logits, batch)
@@ -167,7 +168,7 @@ def _forward_nll(model: Any, layer: int, delta: Tensor, batch: FTBatch) -> Float
 # --------------------------------------------------------------------------- input checks
 
 
-def _check_requests(model: Any, requests: Any) -> tuple[EditRequest, ...]:
+def _check_requests(model: Bridge, requests: Any) -> tuple[EditRequest, ...]:
     reqs = as_requests(requests)
     for r in reqs:
         subject_span(model, r)  # raises if the subject is not a whole run of the prompt's tokens
@@ -186,7 +187,7 @@ def _resolve_config(config: FTConfig, norm_bound: float | None, steps: int | Non
 
 
 def finetune(
-    model: Any,
+    model: Bridge,
     requests: EditRequest | Sequence[EditRequest],
     *,
     layer: int,
@@ -288,7 +289,7 @@ def _step(opt: torch.optim.Adam, delta: Tensor, loss: Tensor, W0: Tensor, cfg: F
 
 
 @torch.no_grad()
-def _evaluate(model: Any, layer: int, delta: Tensor, chunks: list[FTBatch]) -> tuple[float, list[float]]:
+def _evaluate(model: Bridge, layer: int, delta: Tensor, chunks: list[FTBatch]) -> tuple[float, list[float]]:
     """The mean NLL with ``delta`` over all requests, and p(target_new) per request."""
     nlls, ps = [], []
     for batch in chunks:

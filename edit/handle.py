@@ -78,6 +78,7 @@ from torch import Tensor
 from factscope.arch import arch_of
 from factscope.facts import EditRequest
 from factscope.models import fingerprint as model_fingerprint
+from factscope.bridge import Bridge
 
 __all__ = [
     "FORMAT",
@@ -128,7 +129,7 @@ class _Applied:
 _APPLIED: weakref.WeakKeyDictionary[Any, list[_Applied]] = weakref.WeakKeyDictionary()
 
 
-def applied_edits(model: Any) -> tuple[Edit, ...]:
+def applied_edits(model: Bridge) -> tuple[Edit, ...]:
     """The edits applied to ``model`` through `Edit.apply`, oldest first."""
     return tuple(e.edit for e in _APPLIED.get(model, ()))
 
@@ -308,7 +309,7 @@ class Edit:
             return int(d[0].shape[1])
         return int(torch.linalg.matrix_rank(d.to(torch.float64)))
 
-    def norms(self, model: Any = None) -> dict[int, DeltaNorm]:
+    def norms(self, model: Bridge | None = None) -> dict[int, DeltaNorm]:
         """Layer -> `DeltaNorm`: ‖ΔW‖_F, and with ``model`` also ‖ΔW‖_F / ‖W_out‖_F.
 
         ``W_out`` is the weight the edit is computed against: the saved original while this edit is
@@ -336,7 +337,7 @@ class Edit:
             out[layer] = DeltaNorm(fro, rel)
         return out
 
-    def to_dataframe(self, model: Any = None) -> Any:
+    def to_dataframe(self, model: Bridge | None = None) -> Any:
         """One row per layer: ``layer``, ``kind`` (low-rank/dense), ``rank``, ``norm`` (‖ΔW‖_F).
 
         Args:
@@ -364,7 +365,7 @@ class Edit:
 
     # ------------------------------------------------------------------ apply / revert
 
-    def is_applied(self, model: Any) -> bool:
+    def is_applied(self, model: Bridge) -> bool:
         """Whether this edit is currently applied to ``model``.
 
         Args:
@@ -372,7 +373,7 @@ class Edit:
         """
         return any(e.edit is self for e in _APPLIED.get(model, ()))
 
-    def _checked_weights(self, model: Any, a: Any, layers: Iterable[int]) -> dict[int, Tensor]:
+    def _checked_weights(self, model: Bridge, a: Any, layers: Iterable[int]) -> dict[int, Tensor]:
         """The live ``W_out`` of ``layers``, after checking the layer range and every shape."""
         out = {}
         for layer in layers:
@@ -389,7 +390,7 @@ class Edit:
         return out
 
     @torch.no_grad()
-    def apply(self, model: Any) -> Edit:
+    def apply(self, model: Bridge) -> Edit:
         """Write this edit into ``model``'s weights (see the module docstring). Returns the edit.
 
         Args:
@@ -446,7 +447,7 @@ class Edit:
         return msg
 
     @torch.no_grad()
-    def revert(self, model: Any) -> None:
+    def revert(self, model: Bridge) -> None:
         """Restore the ``W_out`` tensors this edit replaced, bit-exactly.
 
         Args:
@@ -479,7 +480,7 @@ class Edit:
             _APPLIED.pop(model, None)
 
     @contextlib.contextmanager
-    def applied(self, model: Any) -> Iterator[Any]:
+    def applied(self, model: Bridge) -> Iterator[Any]:
         """Context manager: apply on entry, revert on exit (also after an exception). Yields the model.
 
         Args:
@@ -528,7 +529,7 @@ class Edit:
         })
 
     @classmethod
-    def load(cls, path: str | Path, model: Any = None) -> Edit:
+    def load(cls, path: str | Path, model: Bridge | None = None) -> Edit:
         """Read an edit written by `save`; with ``model``, refuse one computed on another model.
 
         Args:

@@ -29,7 +29,7 @@ The update only touches one row of ``W_out`` per neuron, so the `Edit` is low-ra
 ``U`` one-hot columns ``[d_mlp, r]`` and ``V`` the row changes ``[r, d_model]`` (float64). It is
 reversible bit-exactly, saveable and fingerprinted, like ROME's.
 
-Cost: locating the neurons (`factscope.locate.neurons`, about 20 s per fact on Gemma 3 270M,
+Cost: locating the neurons (`factscope.locate.knowledge_neurons`, about 20 s per fact on Gemma 3 270M,
 one thread) when ``neurons`` is not given; the update itself is microseconds. Dimension names as in
 `factscope`; ``r`` neurons in a layer.
 """
@@ -46,13 +46,14 @@ from torch import Tensor
 
 from factscope.arch import arch_of
 from factscope.facts import EditRequest
+from factscope.bridge import Bridge
 
 __all__ = ["kn", "kn_update", "token_direction"]
 
 Direction = Literal["embedding", "unembedding"]
 
 
-def token_direction(model: Any, token: int, direction: Direction = "embedding") -> Float[Tensor, "d_model"]:
+def token_direction(model: Bridge, token: int, direction: Direction = "embedding") -> Float[Tensor, "d_model"]:
     """Row ``token`` of the word embedding ``W_E`` (or column of the unembedding ``W_U``), float64."""
     if direction == "embedding":
         return model.W_E[token].detach().double()
@@ -69,7 +70,7 @@ def kn_update(v: Float[Tensor, "d_model"], e_old: Float[Tensor, "d_model"], e_ne
     return -lambda_erase * (n / e_old.norm()) * e_old + lambda_insert * (n / e_new.norm()) * e_new
 
 
-def _old_token(model: Any, request: EditRequest) -> int:
+def _old_token(model: Bridge, request: EditRequest) -> int:
     from factscope.predict import next_token_logits
     from factscope.tokens import target_ids
 
@@ -79,7 +80,7 @@ def _old_token(model: Any, request: EditRequest) -> int:
 
 
 def kn(
-    model: Any,
+    model: Bridge,
     request: EditRequest,
     *,
     neurons: Any = None,
@@ -103,8 +104,8 @@ def kn(
         request: the fact to rewrite (``prompt``, ``subject``, ``target_new``; ``target_true`` gives
             e_old and is the answer the neurons are located for).
         neurons: a `factscope.locate.NeuronResult` or ``(layer, index[, score])`` items; ``None``
-            (default) locates them first with `factscope.locate.neurons`.
-        prompts, steps, threshold, refine, batch_size: passed on to `factscope.locate.neurons` when
+            (default) locates them first with `factscope.locate.knowledge_neurons`.
+        prompts, steps, threshold, refine, batch_size: passed on to `factscope.locate.knowledge_neurons` when
             ``neurons`` is ``None`` (its defaults: the request's prompt and paraphrases, 20, 0.2,
             0.7, automatic); ignored otherwise.
         lambda_erase, lambda_insert: λ₁ and λ₂ (defaults: the paper's 1 and 8).
@@ -120,13 +121,13 @@ def kn(
         range, negative or non-finite λ, old and new targets sharing their first token. The model
         is left untouched in every case.
 
-    Cost: with ``neurons=None``, that of `factscope.locate.neurons` (about 20 s per fact on Gemma 3
+    Cost: with ``neurons=None``, that of `factscope.locate.knowledge_neurons` (about 20 s per fact on Gemma 3
     270M, one CPU thread, 3 prompts); given the neurons, microseconds (one forward only when the
     request has no ``target_true``).
     """
     from factscope.edit.handle import Edit
-    from factscope.locate.neurons import NeuronResult, neuron_list
-    from factscope.locate.neurons import neurons as locate
+    from factscope.locate.knowledge_neurons import NeuronResult, neuron_list
+    from factscope.locate.knowledge_neurons import neurons as locate
 
     from factscope.models import fingerprint
     from factscope.tokens import str_tokens, target_ids

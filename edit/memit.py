@@ -24,7 +24,7 @@ For requests r = 1..n and edited layers l₁ < … < l_L (the last one, l_L, is 
    ``edit.info["residual_error"]``. MEMIT's additive-residual assumption says it should shrink layer by
    layer; on Gemma 3 270M it does not (e.g. 171 → 455 → 544 → 625 → 606 → 219 over layers 2–6): the
    later blocks respond strongly to an early update, and only the last layer closes the gap
-   (``benchmarks/memit.py``; docs/guide.md, "The residual error does not shrink").
+   (``benchmarks/bench_memit.py``; docs/guide.md, "The residual error does not shrink").
 
 Layers: ``layers=None`` takes ``config.n_layers`` (5) layers ending at the layer the causal-tracing
 profile recommends (`factscope.locate.recommended_layer`), e.g. 2–6 on Gemma 3 270M.
@@ -33,7 +33,7 @@ Cost (n requests, T = 6 templates, L edited layers, Gemma 3 270M on 2 CPU thread
 ----------------------------------------------------------------------------------
 - z: ``v_steps`` forward+backward passes over ``n (T + 1)`` rows, from the chunk's first subject
   token on, each with a 262k-vocabulary log-softmax at the target positions. The bulk of the time;
-  early stopping cuts it. See ``benchmarks/memit.py`` for measured seconds per request.
+  early stopping cuts it. See ``benchmarks/bench_memit.py`` for measured seconds per request.
 - keys: L forwards of ``n T`` rows truncated at the subject, stopped after block l_L.
 - solve: L Cholesky factorisations of ``d_mlp × d_mlp`` (Gemma: 2048², ~0.1 s each) plus
   ``d_mlp² n`` flops.
@@ -65,6 +65,8 @@ from factscope.checks import as_requests
 from factscope.facts import EditRequest, Fact
 from factscope.kv import run_after, run_cached
 from factscope.tokens import encode, pad_left, subject_span, target_ids
+from factscope.bridge import Bridge
+from factscope.arch import context_of
 
 __all__ = ["MEMITConfig", "memit", "ZResult", "compute_zs", "collect_keys", "invert_post_norm", "post_norm_gain",
            "memit_solve", "choose_layers", "estimate_memory", "check_requests"]
@@ -84,7 +86,7 @@ class MEMITConfig:
             meaningful relative to the key dimension: a typical key has ``E[kᵀC⁻¹k] = d_mlp``, and
             an update lands the fraction ``q / (1 + q)``, ``q = kᵀC⁻¹k / λ``, of a lone key's residual.
             The paper's 15000 on Gemma lands ~10% per layer and the edits fail (ES 0 on 6 facts);
-            1875 gives ES 1.0 there (``benchmarks/memit.py``).
+            1875 gives ES 1.0 there (``benchmarks/bench_memit.py``).
         context_lengths: ``(tokens, count)`` pairs of model-written template prefixes (MEMIT: ``[[10, 5]]``).
         context_top_k: top-k sampling for those prefixes. seed: seeds them (nothing else is random).
         v_steps: Adam steps for each δ (25). v_lr: Adam's learning rate (0.5).
@@ -138,7 +140,7 @@ class MEMITConfig:
 # --------------------------------------------------------------------------- input checks
 
 
-def check_requests(model: Any, requests: Any, what: str = "MEMIT") -> list[EditRequest]:
+def check_requests(model: Bridge, requests: Any, what: str = "MEMIT") -> list[EditRequest]:
     """The requests as a list, validated; duplicates dropped and conflicts warned about.
 
     Raises ``ValueError`` / ``TypeError`` for an empty list, a non-request, or a subject missing from
@@ -171,7 +173,7 @@ def check_requests(model: Any, requests: Any, what: str = "MEMIT") -> list[EditR
     return out
 
 
-def choose_layers(model: Any, n_layers: int = 5, *, progress: bool = True) -> tuple[list[int], str]:
+def choose_layers(model: Bridge, n_layers: int = 5, *, progress: bool = True) -> tuple[list[int], str]:
     """``n_layers`` consecutive layers ending at the traced layer (`recommended_layer`), and why."""
     from factscope.locate.profile import recommended_layer
 
@@ -181,7 +183,7 @@ def choose_layers(model: Any, n_layers: int = 5, *, progress: bool = True) -> tu
     return layers, f"{len(layers)} layers ending at the traced layer {top} ({choice.reason})"
 
 
-def estimate_memory(model: Any, n_requests: int, n_layers: int, config: MEMITConfig = MEMITConfig()) -> int:
+def estimate_memory(model: Bridge, n_requests: int, n_layers: int, config: MEMITConfig = MEMITConfig()) -> int:
     """Peak bytes MEMIT needs beyond the model, for ``n_requests`` over ``n_layers`` layers (module docstring)."""
     a = arch_of(model)
     f64 = 8
@@ -202,7 +204,7 @@ def _available_bytes() -> int | None:
         return None
 
 
-def _check_memory(model: Any, n: int, n_layers: int, config: MEMITConfig, what: str) -> None:
+def _check_memory(model: Bridge, n: int, n_layers: int, config: MEMITConfig, what: str) -> None:
     need = estimate_memory(model, n, n_layers, config)
     cap = config.max_memory_gb * 2 ** 30 if config.max_memory_gb is not None else _available_bytes()
     if cap is not None and need > cap:
@@ -214,7 +216,7 @@ def _check_memory(model: Any, n: int, n_layers: int, config: MEMITConfig, what: 
 # --------------------------------------------------------------------------- rows
 
 
-def _template_rows(model: Any, r: EditRequest, templates: Sequence[str]) -> tuple[list[list[int]], list[int]]:
+def _template_rows(model: Bridge, r: EditRequest, templates: Sequence[str]) -> tuple[list[list[int]], list[int]]:
     """Every template filled with the request's prompt and subject: token rows and the subject's last token."""
     rows, last = [], []
     for t in templates:
@@ -241,12 +243,12 @@ class ZResult:
     p_new: tuple[float, ...]
 
 
-def _z_chunk(model: Any, reqs: Sequence[EditRequest], layer: int, templates: Sequence[str],
+def _z_chunk(model: Bridge, reqs: Sequence[EditRequest], layer: int, templates: Sequence[str],
              config: MEMITConfig, on_step: Callable[[int, int], None] | None = None
              ) -> tuple[Tensor, Tensor, list[int], list[float]]:
     """Optimise δ for a few requests at once; returns (z, h, steps, p_new). ``on_step(step, active)`` reports progress."""
     a = arch_of(model)
-    dev = next(model.parameters()).device
+    dev = context_of(model).device
     T = len(templates)
     rows, look, owner, tgts = [], [], [], []
     for j, r in enumerate(reqs):
@@ -367,7 +369,7 @@ def _z_chunk(model: Any, reqs: Sequence[EditRequest], layer: int, templates: Seq
     return h + d, h, done_steps, p_new
 
 
-def compute_zs(model: Any, requests: Sequence[EditRequest], layer: int, templates: Sequence[str],
+def compute_zs(model: Bridge, requests: Sequence[EditRequest], layer: int, templates: Sequence[str],
                config: MEMITConfig = MEMITConfig(), *, progress: bool = False) -> ZResult:
     """The target residuals z at ``layer`` for every request (step 1 of the module docstring). Model untouched.
 
@@ -417,7 +419,7 @@ class LayerActs:
 
 
 @torch.no_grad()
-def collect_keys(model: Any, requests: Sequence[EditRequest], layer: int, target_layer: int,
+def collect_keys(model: Bridge, requests: Sequence[EditRequest], layer: int, target_layer: int,
                  templates: Sequence[str], *, chunk: int = 256, progress: bool = False) -> LayerActs:
     """Keys at ``layer`` (template-averaged) and the bare prompt's activations (`LayerActs`).
 
@@ -428,7 +430,7 @@ def collect_keys(model: Any, requests: Sequence[EditRequest], layer: int, target
     from tqdm.auto import tqdm
 
     a = arch_of(model)
-    dev = next(model.parameters()).device
+    dev = context_of(model).device
     T = len(templates)
     n = len(requests)
     rows: list[list[int]] = []
@@ -464,7 +466,7 @@ def collect_keys(model: Any, requests: Sequence[EditRequest], layer: int, target
 
 
 @torch.no_grad()
-def post_norm_gain(model: Any, layer: int) -> Float[Tensor, "d_model"] | None:
+def post_norm_gain(model: Bridge, layer: int) -> Float[Tensor, "d_model"] | None:
     """The gain g of the RMS post-norm after layer ``layer``'s MLP (``out = g ⊙ raw / rms(raw)``), or
     ``None`` when the model adds the MLP's output to the residual directly.
 
@@ -545,7 +547,7 @@ def memit_solve(C: Float[Tensor, "d_mlp d_mlp"], K: Float[Tensor, "request d_mlp
 Solver = Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]]  # (layer, K, R_raw) -> (U, V) with ΔW = U V
 
 
-def run_layers(model: Any, reqs: Sequence[EditRequest], layers: Sequence[int], templates: Sequence[str],
+def run_layers(model: Bridge, reqs: Sequence[EditRequest], layers: Sequence[int], templates: Sequence[str],
                zs: ZResult, solver: Solver, config: MEMITConfig, *, progress: bool, what: str
                ) -> tuple[dict[int, tuple[Tensor, Tensor]], dict[int, Tensor], list[float]]:
     """Step 2 of the module docstring for any solver: ``({layer: (U, V)}, {layer: K}, residual errors)``.
@@ -592,7 +594,7 @@ def _layer_delta(U: Tensor, V: Tensor) -> tuple[Tensor, Tensor] | Tensor:
     return U, V
 
 
-def prepare(model: Any, requests: Any, layers: Sequence[int] | None, config: MEMITConfig, *, progress: bool,
+def prepare(model: Bridge, requests: Any, layers: Sequence[int] | None, config: MEMITConfig, *, progress: bool,
             verbose: bool, what: str) -> tuple[list[EditRequest], list[int], str]:
     """Shared front half of MEMIT-style editors: checked requests, layers and why, memory check."""
     a = arch_of(model)
@@ -614,7 +616,7 @@ def prepare(model: Any, requests: Any, layers: Sequence[int] | None, config: MEM
 
 
 def memit(
-    model: Any,
+    model: Bridge,
     requests: EditRequest | Sequence[EditRequest],
     *,
     layers: Sequence[int] | None = None,
@@ -676,14 +678,14 @@ def memit(
                 config=dataclasses.asdict(config), fingerprint=fp, info=info)
 
 
-def update_weight(model: Any, config: MEMITConfig) -> float:
+def update_weight(model: Bridge, config: MEMITConfig) -> float:
     """λ: ``config.mom2_update_weight``, or GPT-J's 15000 scaled by ``d_mlp / 16384`` when it is ``None``."""
     if config.mom2_update_weight is not None:
         return float(config.mom2_update_weight)
     return 15000.0 * arch_of(model).d_mlp / 16384
 
 
-def _stats(model: Any, layers: Sequence[int], config: MEMITConfig, C: Any, progress: bool) -> dict[int, Tensor]:
+def _stats(model: Bridge, layers: Sequence[int], config: MEMITConfig, C: Any, progress: bool) -> dict[int, Tensor]:
     """``{layer: C}``: the given ones, the rest from `covariances` (cached on disk)."""
     from factscope.edit.covariance import covariances
 

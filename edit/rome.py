@@ -45,7 +45,9 @@ from torch import Tensor
 from factscope.arch import arch_of
 from factscope.facts import EditRequest, Fact
 from factscope.kv import run_after, run_cached
-from factscope.tokens import _bos, encode, pad_left, subject_span, target_ids, tokenizer_of
+from factscope.tokens import bos_ids, encode, pad_left, subject_span, target_ids, tokenizer_of
+from factscope.bridge import Bridge
+from factscope.arch import context_of
 
 __all__ = ["ROMEConfig", "rome", "context_templates", "compute_k_star", "compute_v_star", "rank_one_update",
            "update_response"]
@@ -111,7 +113,7 @@ _TEMPLATES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
 @torch.no_grad()
-def context_templates(model: Any, config: ROMEConfig = ROMEConfig()) -> tuple[str, ...]:
+def context_templates(model: Bridge, config: ROMEConfig = ROMEConfig()) -> tuple[str, ...]:
     """``"{}"`` plus, per ``(n, count)`` in ``config.context_lengths``, ``count`` prefixes of ``n``
     tokens sampled from the model after BOS (top-k, seeded), each followed by ``". {}"``.
 
@@ -124,13 +126,13 @@ def context_templates(model: Any, config: ROMEConfig = ROMEConfig()) -> tuple[st
         return memo[key]
     tok = tokenizer_of(model)
     g = torch.Generator().manual_seed(config.seed)
-    device = next(model.parameters()).device
+    device = context_of(model).device
     banned = sorted(set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {})))  # e.g. <start_of_image>
     out = ["{}"]
     for n, count in config.context_lengths:
         if count == 0:
             continue
-        ids = torch.tensor([_bos(tok)] * count, device=device)  # [row, 1]: BOS
+        ids = torch.tensor([bos_ids(tok)] * count, device=device)  # [row, 1]: BOS
         for _ in range(n):
             logits = model(ids, logits_to_keep=1)[:, -1].float().cpu()  # [row, d_vocab]
             logits[:, banned] = -math.inf
@@ -148,7 +150,7 @@ def context_templates(model: Any, config: ROMEConfig = ROMEConfig()) -> tuple[st
 # --------------------------------------------------------------------------- k* and v*
 
 
-def _batch(model: Any, request: EditRequest, templates: tuple[str, ...], essence: str):
+def _batch(model: Bridge, request: EditRequest, templates: tuple[str, ...], essence: str):
     """Left-padded rows: every template + prompt + target_new[:-1], then the essence prompt.
 
     Returns ids ``[row, pos]``, mask, the subject's last token per row ``[row]``, the target ids and
@@ -171,11 +173,11 @@ def _batch(model: Any, request: EditRequest, templates: tuple[str, ...], essence
 
 
 @torch.no_grad()
-def compute_k_star(model: Any, request: EditRequest, layer: int,
+def compute_k_star(model: Bridge, request: EditRequest, layer: int,
                    templates: tuple[str, ...]) -> Float[Tensor, "d_mlp"]:
     """k*: the MLP key at the subject's last token, averaged over the template prompts (float64)."""
     a = arch_of(model)
-    dev = next(model.parameters()).device
+    dev = context_of(model).device
     ids, mask, lookup, _, _ = _batch(model, request, templates, "{}")  # the target tokens follow: causal, no effect
     R = len(templates)
     got: list[Tensor] = []
@@ -195,7 +197,7 @@ class VStar:
     p_new: tuple[float, ...]  # mean p(target_new tokens) over the template prompts, per step
 
 
-def compute_v_star(model: Any, request: EditRequest, layer: int, templates: tuple[str, ...],
+def compute_v_star(model: Bridge, request: EditRequest, layer: int, templates: tuple[str, ...],
                    config: ROMEConfig = ROMEConfig(), *, progress: bool = False, reuse_prefix: bool = True) -> VStar:
     """Optimise δ at the MLP's raw output of ``layer`` (see the module docstring). Model untouched.
 
@@ -205,7 +207,7 @@ def compute_v_star(model: Any, request: EditRequest, layer: int, templates: tupl
     from tqdm.auto import tqdm
 
     a = arch_of(model)
-    dev = next(model.parameters()).device
+    dev = context_of(model).device
     ids, mask, lookup, tgt, n = _batch(model, request, templates, config.essence_prompt)
     ids, mask, lookup, tgt = ids.to(dev), mask.to(dev), lookup.to(dev), tgt.to(dev)
     R = ids.shape[0] - 1  # rewriting rows; the last row is the essence prompt
@@ -307,7 +309,7 @@ def rank_one_update(C: Float[Tensor, "d_mlp d_mlp"], k_star: Float[Tensor, "d_ml
 
 
 @torch.no_grad()
-def update_response(model: Any, prompts: list[str], layer: int, u: Float[Tensor, "d_mlp"],
+def update_response(model: Bridge, prompts: list[str], layer: int, u: Float[Tensor, "d_mlp"],
                     k_star: Float[Tensor, "d_mlp"]) -> Float[Tensor, "prompt"]:
     """How much of δ the update ``ΔW = u Λᵀ`` writes into each prompt: ``max_pos |kᵀu| / k*ᵀu``.
 
@@ -317,7 +319,7 @@ def update_response(model: Any, prompts: list[str], layer: int, u: Float[Tensor,
     (neighbourhood failures come from large responses). One forward up to ``layer`` per batch.
     """
     a = arch_of(model)
-    dev = next(model.parameters()).device
+    dev = context_of(model).device
     ids, mask = pad_left(model, [encode(model, p) for p in prompts])
     got: list[Tensor] = []
     model.run_with_hooks(ids.to(dev), attention_mask=mask.to(dev), stop_at_layer=layer + 1,
@@ -330,7 +332,7 @@ def update_response(model: Any, prompts: list[str], layer: int, u: Float[Tensor,
 
 
 def rome(
-    model: Any,
+    model: Bridge,
     request: EditRequest,
     *,
     layer: int | None = None,
@@ -404,7 +406,7 @@ def rome(
                 fingerprint=fp, info=info)
 
 
-def _warn_if_already_answered(model: Any, request: EditRequest) -> None:
+def _warn_if_already_answered(model: Bridge, request: EditRequest) -> None:
     from factscope.predict import predict
 
     p = predict(model, [request.text], [request.target_new], k=1)[0]

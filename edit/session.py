@@ -35,6 +35,7 @@ from typing import Any
 from torch import Tensor
 
 from factscope.facts import EditRequest
+from factscope.bridge import Bridge
 
 __all__ = ["EditSession", "METHODS"]
 
@@ -71,7 +72,7 @@ class EditSession:
     edited layer (5 MB on Gemma) and, for AlphaEdit, the step's keys.
     """
 
-    def __init__(self, model: Any, method: str = "rome", *, layers: int | Sequence[int] | None = None,
+    def __init__(self, model: Bridge, method: str = "rome", *, layers: int | Sequence[int] | None = None,
                  config: Any = None, C: dict[int, Tensor] | None = None, progress: bool = True,
                  verbose: bool = False) -> None:
         from factscope.arch import arch_of
@@ -221,7 +222,7 @@ class EditSession:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, model: Any, *, config: Any = None, C: dict[int, Tensor] | None = None,
+    def load(cls, folder: str | Path, model: Bridge, *, config: Any = None, C: dict[int, Tensor] | None = None,
              progress: bool = True, verbose: bool = False) -> EditSession:
         """A session on ``model`` (the unedited base model) with the saved steps re-applied in order.
 

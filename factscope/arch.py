@@ -35,10 +35,13 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["Arch", "HookKind", "HOOK_KINDS", "arch_of", "UnsupportedArchitectureError"]
+from factscope.bridge import Bridge
+
+__all__ = ["Arch", "HookKind", "HOOK_KINDS", "arch_of", "ModelContext", "context_of", "UnsupportedArchitectureError"]
 
 HookKind = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_raw_out", "mlp_key"]
 HOOK_KINDS: tuple[str, ...] = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_raw_out", "mlp_key")
@@ -108,7 +111,7 @@ class Arch:
             raise ValueError(f"expected a layer in [0, {self.n_layers}) for this {self.n_layers}-layer model, got {layer}")
         return layer % self.n_layers
 
-    def W_out(self, model: Any, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+    def W_out(self, model: Bridge, layer: int) -> Float[Tensor, "d_mlp d_model"]:
         """The live ``[d_mlp, d_model]`` view of layer ``layer``'s MLP output projection.
 
         ``key @ W_out`` is the MLP's raw output. Writes through it (``W.add_(Δ)`` under
@@ -150,7 +153,7 @@ def _resolve(component: Any, rel: str, hook_dict: Mapping[str, Any], prefix: str
 _CACHE: "weakref.WeakKeyDictionary[Any, Arch]" = weakref.WeakKeyDictionary()
 
 
-def arch_of(model: Any) -> Arch:
+def arch_of(model: Bridge) -> Arch:
     """The `Arch` of a bridge (computed once per model object).
 
     Args:
@@ -212,3 +215,34 @@ def arch_of(model: Any) -> Arch:
     )
     _CACHE[model] = a
     return a
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelContext:
+    """What every stage needs to know about a model, gathered in one place (get it with `context_of`).
+
+    Attributes:
+        arch: the `Arch` (sizes, hook names, ``W_out`` views).
+        tokenizer: the Hugging Face tokenizer.
+        device: where the weights are (inputs are moved here).
+        dtype: the weights' dtype.
+        n_ctx: the longest sequence the model takes, in tokens (BOS included).
+    """
+
+    arch: Arch
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+    n_ctx: int
+
+
+def context_of(model: Bridge) -> ModelContext:
+    """The `ModelContext` of a bridge: its `Arch` (computed once, see `arch_of`), tokenizer, device, dtype.
+
+    Device and dtype are read from the first parameter on every call, so a model moved with ``.to()``
+    is seen where it now is. Cost: negligible.
+    """
+    a = arch_of(model)
+    p = next(model.parameters())
+    n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 0) or 1 << 30
+    return ModelContext(arch=a, tokenizer=model.tokenizer, device=p.device, dtype=p.dtype, n_ctx=n_ctx)

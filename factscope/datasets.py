@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Literal, TypeVar
 from factscope.facts import EditRequest, Fact
 
 __all__ = [
+    "counterfact_record",
     "FactGroup",
     "builtin_facts",
     "builtin_fact",
@@ -72,7 +73,7 @@ def _read_records(source: str | os.PathLike, *, split: str) -> list[dict[str, An
 
 
 def _hub_records(name: str, split: str) -> list[dict[str, Any]]:
-    from factscope.models import _hub_reachable
+    from factscope.models import hub_reachable
 
     offline = any(os.environ.get(v, "") not in ("", "0", "false", "False")
                   for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
@@ -82,7 +83,7 @@ def _hub_records(name: str, split: str) -> list[dict[str, Any]]:
         raise DatasetNotAvailableError(
             f"{name!r} is not a local file, and loading hub datasets needs `pip install datasets`"
         ) from None
-    if offline or not _hub_reachable():
+    if offline or not hub_reachable():
         raise DatasetNotAvailableError(
             f"{name!r} is not a local file and the hub cannot be reached"
             f"{' (HF_HUB_OFFLINE is set)' if offline else ''}. Download the dataset's JSON where there "
@@ -120,7 +121,8 @@ def _s(x: Any) -> str:
 # --------------------------------------------------------------------------- loaders
 
 
-def _counterfact_record(r: dict[str, Any]) -> EditRequest:
+def counterfact_record(r: dict[str, Any]) -> EditRequest:
+    """One CounterFact record (``requested_rewrite``, paraphrase and neighbourhood prompts) as an `EditRequest`."""
     rw = r["requested_rewrite"]
     return EditRequest(
         prompt=rw["prompt"].rstrip(),
@@ -149,7 +151,7 @@ def load_counterfact(source: str | os.PathLike, *, split: str = "train", limit: 
 
     Cost: reading and validating the file (no model); a hub name adds a download.
     """
-    return _convert(_read_records(source, split=split), _counterfact_record, source=source,
+    return _convert(_read_records(source, split=split), counterfact_record, source=source,
                     on_error=on_error, limit=limit)
 
 

@@ -59,6 +59,8 @@ from transformers.cache_utils import Cache, DynamicCache
 
 from factscope.arch import UnsupportedArchitectureError
 from factscope.versions import library_versions
+from factscope.bridge import Bridge
+from factscope.arch import context_of
 
 __all__ = ["Cache", "new_cache", "run_cached", "run_after", "prefix", "repeat_rows", "layer_states", "fill_layer",
            "check_cache", "BlockCalls"]
@@ -90,7 +92,7 @@ def new_cache() -> Cache:
     return DynamicCache()
 
 
-def run_cached(model: Any, ids: Int[Tensor, "row pos"], cache: Cache | None = None, *,
+def run_cached(model: Bridge, ids: Int[Tensor, "row pos"], cache: Cache | None = None, *,
                fwd_hooks: Sequence[tuple[str, Any]] = (), **kwargs: Any) -> tuple[Tensor, Cache]:
     """Run ``ids`` after ``cache``'s positions (none: a new cache); the cache grows by ``ids``' positions.
 
@@ -115,7 +117,7 @@ def run_cached(model: Any, ids: Int[Tensor, "row pos"], cache: Cache | None = No
                                     return_type="logits_and_cache", **kwargs)
 
 
-def run_after(model: Any, ids: Int[Tensor, "row pos"], prefix_cache: Cache | None, *,
+def run_after(model: Bridge, ids: Int[Tensor, "row pos"], prefix_cache: Cache | None, *,
               fwd_hooks: Sequence[tuple[str, Any]] = (), **kwargs: Any) -> Tensor:
     """The logits of ``ids`` run after ``prefix_cache``'s positions, leaving ``prefix_cache`` as it was.
 
@@ -205,7 +207,7 @@ def fill_layer(cache: Cache, layer: int, keys: Tensor, values: Tensor) -> None:
 # --------------------------------------------------------------------------- the check
 
 
-def _alias_cache_kwarg(model: Any) -> None:
+def _alias_cache_kwarg(model: Bridge) -> None:
     """Hook each block's attention so that a ``cache`` keyword also arrives as ``past_key_values``."""
     def pre(module, args, kwargs):
         if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
@@ -219,7 +221,7 @@ def _alias_cache_kwarg(model: Any) -> None:
 
 
 @torch.no_grad()
-def check_cache(model: Any) -> None:
+def check_cache(model: Bridge) -> None:
     """Check, once per model object, that a cached continuation equals the full forward.
 
     Registers the ``cache`` → ``past_key_values`` alias first (see the module docstring). Compares the
@@ -238,7 +240,7 @@ def check_cache(model: Any) -> None:
     if _CHECKED.get(model):
         return
     _alias_cache_kwarg(model)
-    dev = next(model.parameters()).device
+    dev = context_of(model).device
     vocab = int(model.cfg.d_vocab)
     bos = model.tokenizer.bos_token_id if getattr(model, "tokenizer", None) is not None else None
     ids = torch.tensor([[bos if bos is not None else 1] + [(7 + 13 * i) % vocab for i in range(5)]], device=dev)
@@ -283,7 +285,7 @@ class BlockCalls:
 
     @classmethod
     @torch.no_grad()
-    def capture(cls, model: Any, ids: Int[Tensor, "one pos"], prefix_cache: Cache | None) -> "BlockCalls":
+    def capture(cls, model: Bridge, ids: Int[Tensor, "one pos"], prefix_cache: Cache | None) -> "BlockCalls":
         """Capture every block's call from one forward of ``ids[:, t:]`` after ``prefix_cache`` (``t`` positions).
 
         Then replay each block's call on the inputs it got and check that it gives the block's output.
@@ -353,7 +355,7 @@ class BlockCalls:
                     f"(max difference {err:.3g}; {_versions_text()}); resuming blocks would give wrong numbers")
         return out
 
-    def run(self, model: Any, layer: int, h: Float[Tensor, "row pos d_model"], cache: Cache
+    def run(self, model: Bridge, layer: int, h: Float[Tensor, "row pos d_model"], cache: Cache
             ) -> Float[Tensor, "row pos d_model"]:
         """Block ``layer`` on ``h`` (positions ``[t, T)``), attending to layer ``layer`` of ``cache``.
 

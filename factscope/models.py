@@ -42,8 +42,11 @@ import torch
 
 from factscope.cache import MANIFEST, atomic_dir, cache_dir, key_digest, read_json, write_json
 from factscope.kv import check_cache
+from factscope.bridge import Bridge
 
 __all__ = [
+    "notice",
+    "hub_reachable",
     "DEFAULT_MODEL",
     "BUILTIN_MODELS",
     "ModelInfo",
@@ -91,7 +94,7 @@ class ModelInfo:
 _INFO: "weakref.WeakKeyDictionary[Any, ModelInfo]" = weakref.WeakKeyDictionary()
 
 
-def model_info(model: Any) -> ModelInfo:
+def model_info(model: Bridge) -> ModelInfo:
     """The `ModelInfo` of a bridge returned by `load_model` or `tiny_model`.
 
     Args:
@@ -107,7 +110,8 @@ def model_info(model: Any) -> ModelInfo:
         ) from None
 
 
-def _notice(msg: str) -> None:
+def notice(msg: str) -> None:
+    """Tell the user, on stderr, about slow one-time work (conversion, download)."""
     print(f"factscope: {msg}", file=sys.stderr, flush=True)
 
 
@@ -181,7 +185,7 @@ def _convert_gguf(gguf: Path, dest: Path, key: dict[str, Any]) -> None:
     """Dequantise ``gguf`` to a float32 safetensors folder at ``dest`` (atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _notice(f"dequantising {gguf.name} once into {dest} (20-60 s; later loads take seconds)")
+    notice(f"dequantising {gguf.name} once into {dest} (20-60 s; later loads take seconds)")
     with atomic_dir(dest) as tmp:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         m = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -228,7 +232,7 @@ def _converted_file(gguf: Path) -> Path:
 # --------------------------------------------------------------------------- hub ids
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the hub's host answers a TCP connect within ``timeout`` s (DNS included)."""
     from urllib.parse import urlparse
 
@@ -257,7 +261,7 @@ def _hub_folder(name: str, revision: str | None) -> Path:
     except Exception:
         pass
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
-    if offline or not _hub_reachable():
+    if offline or not hub_reachable():
         why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached from this machine"
         raise ModelNotAvailableError(
             f"model {name!r} is neither a bundled model ({', '.join(BUILTIN_MODELS)}), a local folder, a .gguf "
@@ -265,7 +269,7 @@ def _hub_folder(name: str, revision: str | None) -> Path:
             f"(`huggingface-cli download {name}`) and copy the folder here, then pass its path; or point HF_HOME "
             f"at a cache that has it; or use a bundled model, e.g. load_model() for {DEFAULT_MODEL}."
         )
-    _notice(f"downloading {name} from the hub")
+    notice(f"downloading {name} from the hub")
     return Path(snapshot_download(name, revision=revision, allow_patterns=patterns))
 
 
@@ -281,7 +285,7 @@ def _prepare(bridge: Any, info: ModelInfo) -> Any:
     return bridge
 
 
-def _boot(hf_model: Any, tokenizer: Any, *, name: str, label: str, source: str, path: Path | None,
+def _boot(hf_model: torch.nn.Module, tokenizer: Any, *, name: str, label: str, source: str, path: Path | None,
           dtype: torch.dtype, device: str | torch.device | None) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -354,7 +358,7 @@ def load_model(
     return _load_folder(_hub_folder(key, revision), name=key, label=key, source="hub", **common)
 
 
-def fingerprint(model: Any, *, samples: int = 4096) -> str:
+def fingerprint(model: Bridge, *, samples: int = 4096) -> str:
     """A short hash identifying a model's architecture, config and current weights.
 
     Hashes the config and, for every parameter, its name, shape, dtype and ``samples`` evenly spaced

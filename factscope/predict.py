@@ -17,6 +17,8 @@ from torch import Tensor
 
 from factscope.kv import run_cached
 from factscope.tokens import encode_batch, str_tokens, target_ids, tokenizer_of
+from factscope.bridge import Bridge
+from factscope.arch import context_of
 
 __all__ = ["Prediction", "Predictions", "predict", "next_token_logits", "target_logprob", "target_scores", "TargetScores",
            "generate"]
@@ -94,7 +96,7 @@ class Predictions:
 
 
 @torch.no_grad()
-def next_token_logits(model: Any, prompts: Sequence[str], *, batch_size: int = 32) -> Float[Tensor, "batch d_vocab"]:
+def next_token_logits(model: Bridge, prompts: Sequence[str], *, batch_size: int = 32) -> Float[Tensor, "batch d_vocab"]:
     """Logits of the next token after each prompt (float32, on CPU).
 
     Cost: one forward per ``batch_size`` prompts; memory ``batch_size x pos x d_model`` activations
@@ -105,7 +107,7 @@ def next_token_logits(model: Any, prompts: Sequence[str], *, batch_size: int = 3
     out = []
     for i in range(0, len(prompts), batch_size):
         ids, mask = encode_batch(model, prompts[i:i + batch_size])
-        device = next(model.parameters()).device
+        device = context_of(model).device
         logits = model(ids.to(device), attention_mask=mask.to(device), logits_to_keep=1)
         out.append(logits[:, -1].float().cpu())
     if not out:
@@ -114,7 +116,7 @@ def next_token_logits(model: Any, prompts: Sequence[str], *, batch_size: int = 3
 
 
 def predict(
-    model: Any,
+    model: Bridge,
     prompts: Sequence[str],
     targets: Sequence[str | None] | None = None,
     *,
@@ -170,7 +172,7 @@ class TargetScores(NamedTuple):
 
 @torch.no_grad()
 def target_scores(
-    model: Any, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 32
+    model: Bridge, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 32
 ) -> TargetScores:
     """Mean per-token log p(target | prompt) and exact match, teacher-forced over all of ``" " + target``'s tokens.
 
@@ -186,7 +188,7 @@ def target_scores(
     from factscope.tokens import encode, pad_left
 
     tok = tokenizer_of(model)
-    device = next(model.parameters()).device
+    device = context_of(model).device
     lps, exact = [], []
     for i in range(0, len(prompts), batch_size):
         rows, tgts = [], []
@@ -205,7 +207,7 @@ def target_scores(
 
 
 def target_logprob(
-    model: Any, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 32
+    model: Bridge, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 32
 ) -> Float[Tensor, "batch"]:
     """Mean per-token log p(target | prompt), teacher-forced over all of ``" " + target``'s tokens.
 
@@ -217,7 +219,7 @@ def target_logprob(
 
 @torch.no_grad()
 def generate(
-    model: Any, prompts: Sequence[str], *, max_new_tokens: int = 100, batch_size: int = 16, progress: bool = False
+    model: Bridge, prompts: Sequence[str], *, max_new_tokens: int = 100, batch_size: int = 16, progress: bool = False
 ) -> list[str]:
     """Greedy continuations of ``prompts``: each prompt's text followed by ``max_new_tokens`` argmax tokens.
 
@@ -249,7 +251,7 @@ def generate(
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"expected max_new_tokens to be an int >= 1, got {max_new_tokens!r}")
     tok = tokenizer_of(model)
-    device = next(model.parameters()).device
+    device = context_of(model).device
     enc = [encode(tok, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))  # similar lengths together: little padding
     groups = [order[j:j + batch_size] for j in range(0, len(order), batch_size)]

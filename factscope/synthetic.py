@@ -55,7 +55,8 @@ from numbers import Integral
 from typing import Any
 
 from factscope.facts import EditRequest, Fact
-from factscope.tokens import _span_from_offsets, encode, subject_span, tokenizer_of
+from factscope.tokens import span_from_offsets, encode, subject_span, tokenizer_of
+from factscope.bridge import Bridge
 
 __all__ = [
     "synthetic_requests",
@@ -189,7 +190,7 @@ MAX_SYNTHETIC_REQUESTS = _N_NAMES - NEIGHBOUR_POOL
 _NEIGHBOUR_DRAWS = 8  # pooled names drawn per request; the first two that tokenise cleanly are used
 
 
-def synthetic_requests(n: int, seed: int = 0, *, model: Any = None) -> list[EditRequest]:
+def synthetic_requests(n: int, seed: int = 0, *, model: Bridge | None = None) -> list[EditRequest]:
     """``n`` distinct, well-formed synthetic `EditRequest`s, one per invented person.
 
     For benchmarks and tests at scale, not for science: see the module docstring for what a request
@@ -329,7 +330,7 @@ class _Clean:
     goes through `subject_span` pair by pair.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Bridge) -> None:
         self.tok = None if model is None else tokenizer_of(model)
         self.cache: dict[tuple[str, str], bool] = {}
 
@@ -367,7 +368,7 @@ def _check_batch(backend: Any, pairs: list[tuple[str, str]]) -> list[bool]:
     for (subject, template), text, enc in zip(pairs, texts, backend.encode_batch(texts, add_special_tokens=False)):
         a = template.index("{}")
         try:
-            start, end = _span_from_offsets(enc.offsets, text, a, a + len(subject))
+            start, end = span_from_offsets(enc.offsets, text, a, a + len(subject))
         except ValueError:
             out.append(False)
             continue

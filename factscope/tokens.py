@@ -27,6 +27,9 @@ from torch import Tensor
 from factscope.facts import EditRequest, Fact
 
 __all__ = [
+    "bos_ids",
+    "pad_id",
+    "span_from_offsets",
     "tokenizer_of",
     "encode",
     "encode_batch",
@@ -48,7 +51,8 @@ def tokenizer_of(model_or_tokenizer: Any):
     )
 
 
-def _bos(tok) -> list[int]:
+def bos_ids(tok) -> list[int]:
+    """``[bos_token_id]``, or ``[]`` for a tokenizer without a BOS token (the prefix `encode` adds)."""
     return [] if tok.bos_token_id is None else [int(tok.bos_token_id)]
 
 
@@ -67,10 +71,11 @@ def encode(model_or_tokenizer: Any, text: str) -> list[int]:
     tok = tokenizer_of(model_or_tokenizer)
     if not isinstance(text, str) or not text:
         raise ValueError(f"expected a non-empty prompt string, got {text!r}")
-    return _bos(tok) + list(tok(text, add_special_tokens=False)["input_ids"])
+    return bos_ids(tok) + list(tok(text, add_special_tokens=False)["input_ids"])
 
 
-def _pad_id(tok) -> int:
+def pad_id(tok) -> int:
+    """The id used for padding: the pad token, else EOS, else BOS, else 0 (masked out wherever used)."""
     for cand in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id):
         if cand is not None:
             return int(cand)
@@ -106,7 +111,7 @@ def pad_left(
     if not rows:
         raise ValueError("expected at least one prompt, got an empty sequence")
     width = max(map(len, rows))
-    ids = torch.full((len(rows), width), _pad_id(tokenizer_of(model_or_tokenizer)), dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id(tokenizer_of(model_or_tokenizer)), dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
@@ -166,7 +171,8 @@ def _locate(text_or_record: str | Fact | EditRequest, subject: str | None) -> tu
     return text, subject, start
 
 
-def _span_from_offsets(offsets: Sequence[tuple[int, int]], text: str, a: int, b: int) -> tuple[int, int]:
+def span_from_offsets(offsets: Sequence[tuple[int, int]], text: str, a: int, b: int) -> tuple[int, int]:
+    """The ``[start, end)`` token span covering characters ``a:b`` of ``text``, given per-token offsets."""
     hit = [i for i, (s, e) in enumerate(offsets) if e > s and s < b and e > a]
     if not hit:
         raise ValueError(f"no token of {text!r} covers characters {a}:{b}")
@@ -226,8 +232,8 @@ def subject_span(
     b = a + len(subject)
     if use_offsets and getattr(tok, "is_fast", False):
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        i0, i1 = _span_from_offsets(enc["offset_mapping"], text, a, b)
+        i0, i1 = span_from_offsets(enc["offset_mapping"], text, a, b)
     else:
         i0, i1 = _span_from_prefixes(tok, text, a, b)
-    shift = len(_bos(tok))
+    shift = len(bos_ids(tok))
     return i0 + shift, i1 + shift

@@ -14,12 +14,12 @@
 """
 
 from factscope.figures.html import Figure, Html, Section, Table, Text, remote_urls, render_report, write_report
-from factscope.figures.neurons import neurons_html, plot_neurons
-from factscope.figures.localization import plot_localization
-from factscope.figures.profile import plot_profile
-from factscope.figures.report import plot_report
-from factscope.figures.spillover import plot_spillover
-from factscope.figures.tracing import CMAPS, plot_trace, save_figure
+from factscope.figures.neuron_plots import neurons_html, plot_neurons
+from factscope.figures.localization_plots import plot_localization
+from factscope.figures.profile_plots import plot_profile
+from factscope.figures.report_plots import plot_report
+from factscope.figures.spillover_plots import plot_spillover
+from factscope.figures.trace_plots import CMAPS, plot_trace, save_figure
 
 __all__ = ["plot_trace", "plot_profile", "plot_report", "plot_spillover", "plot_localization", "plot_neurons", "neurons_html", "save_figure", "CMAPS",
            "write_report", "render_report", "remote_urls", "Section", "Figure", "Table", "Text", "Html"]

@@ -28,6 +28,7 @@ from torch import Tensor
 from factscope.facts import EditRequest, Fact
 from factscope.locate.tracing import KINDS, trace
 from factscope.predict import predict
+from factscope.bridge import Bridge
 
 __all__ = ["BUCKETS", "ProfileResult", "layer_profile", "token_buckets", "LayerChoice", "recommended_layer",
            "one_per_relation"]
@@ -156,7 +157,7 @@ def _target(f: Fact | EditRequest) -> str | None:
 
 
 def layer_profile(
-    model: Any,
+    model: Bridge,
     facts: Sequence[Fact | EditRequest] | None = None,
     *,
     kind: str = "mlp",
@@ -269,7 +270,7 @@ class LayerChoice:
 
 
 def recommended_layer(
-    model: Any,
+    model: Bridge,
     facts: Sequence[Fact | EditRequest] | None = None,
     *,
     kind: str = "mlp",

@@ -28,7 +28,7 @@ the benchmark, and every cell matches it.
 
 Cost: about ``samples × Σ_{t ≥ subject start} (T − t) × Σ_cells (L − first changed block)`` token-
 block evaluations; on Gemma 3 270M, one thread, a 7-token prompt with kind="all" takes about 40 s
-(see `benchmarks/trace.py` for the ratio to the reference). Memory: one batch of up to
+(see `benchmarks/bench_trace.py` for the ratio to the reference). Memory: one batch of up to
 ``kinds × layers × samples`` rows over the suffix (Gemma, kind="all": 540 rows, a few hundred MB).
 
 Dimension names: ``tok`` prompt tokens (BOS included), ``layer`` blocks, ``sample`` noise draws.
@@ -50,6 +50,8 @@ from factscope.arch import arch_of
 from factscope.kv import BlockCalls, Cache, fill_layer, layer_states, new_cache, prefix, run_cached
 from factscope.facts import EditRequest, Fact
 from factscope.tokens import encode, str_tokens, subject_span, target_ids
+from factscope.bridge import Bridge
+from factscope.arch import context_of
 
 __all__ = ["TraceResult", "trace", "embedding_sigma", "KINDS"]
 
@@ -64,7 +66,7 @@ _SIGMA: "weakref.WeakKeyDictionary[Any, float]" = weakref.WeakKeyDictionary()
 
 
 @torch.no_grad()
-def embedding_sigma(model: Any, subjects: Sequence[str] | None = None) -> float:
+def embedding_sigma(model: Bridge, subjects: Sequence[str] | None = None) -> float:
     """σ for Gaussian corruption: the standard deviation of subject-token embeddings.
 
     As in ROME, one scalar std over the embedding vectors (as they enter block 0, so Gemma's
@@ -99,8 +101,8 @@ def embedding_sigma(model: Any, subjects: Sequence[str] | None = None) -> float:
     return sigma
 
 
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
+def _device(model: Bridge) -> torch.device:
+    return context_of(model).device
 
 
 # --------------------------------------------------------------------------- result
@@ -218,7 +220,7 @@ def _check_args(a: Any, kind: str, samples: int, window: int, noise: float) -> t
 
 @torch.no_grad()
 def trace(
-    model: Any,
+    model: Bridge,
     fact: Fact | EditRequest,
     *,
     kind: str = "all",
@@ -372,7 +374,7 @@ def _scorer(metric: str, answer_id: int, contrast_id: int | None):
     return lambda logits: (logits[:, answer_id] - logits[:, contrast_id]).float()
 
 
-def _contrast(model: Any, fact: Fact | EditRequest, corrupt_last: Tensor, answer_id: int) -> int:
+def _contrast(model: Bridge, fact: Fact | EditRequest, corrupt_last: Tensor, answer_id: int) -> int:
     """The contrast token for logit differences: ``target_new``, else the corrupted runs' top answer."""
     if isinstance(fact, EditRequest):
         return target_ids(model, fact.target_new)[0]
@@ -381,7 +383,7 @@ def _contrast(model: Any, fact: Fact | EditRequest, corrupt_last: Tensor, answer
     return int(p.argmax())
 
 
-def _str_partners(model: Any, fact: Fact | EditRequest, pool: Sequence[str] | None, samples: int,
+def _str_partners(model: Bridge, fact: Fact | EditRequest, pool: Sequence[str] | None, samples: int,
                   seed: int) -> list[str]:
     """Up to ``samples`` subjects whose tokens in this prompt number the same as the subject's."""
     if pool is None:
@@ -409,7 +411,7 @@ def _str_partners(model: Any, fact: Fact | EditRequest, pool: Sequence[str] | No
     return [same[i] for i in pick]
 
 
-def _str_deltas(model: Any, a: Any, fact: Fact | EditRequest, partners: list[str], s0: int, s1: int) -> Tensor:
+def _str_deltas(model: Bridge, a: Any, fact: Fact | EditRequest, partners: list[str], s0: int, s1: int) -> Tensor:
     """``embed(partner) − embed(subject)`` at the subject positions: adding it swaps the tokens."""
     texts = [fact.text] + [fact.prompt.format(p) for p in partners]
     ids = torch.tensor([encode(model, t) for t in texts], device=_device(model))
@@ -429,7 +431,7 @@ def _corrupt(eps: Tensor, s0: int, s1: int, t: int, sample_of_row: Tensor):
     return hook
 
 
-def _final_logits(model: Any, h: Tensor) -> Tensor:
+def _final_logits(model: Bridge, h: Tensor) -> Tensor:
     """Next-token logits from the residual leaving the last block (last position only)."""
     logits = model.unembed(model.ln_final(h[:, -1:]))[:, -1]
     cap = getattr(model.original_model.config, "final_logit_softcapping", None)
@@ -459,7 +461,7 @@ class _ResumePlan:
     score: Callable[[Tensor], Tensor]
 
 
-def _resume_from_layers(model: Any, ids: Tensor, t: int, plan: _ResumePlan) -> Tensor:
+def _resume_from_layers(model: Bridge, ids: Tensor, t: int, plan: _ResumePlan) -> Tensor:
     """The metric for every (cell, sample) row with position t restored: ``[cells * samples]``, cell-major.
 
     Rows join the batch at the first block their restoration changes (see `_schedule`), from the

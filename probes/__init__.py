@@ -25,7 +25,7 @@ from factscope.probes.evaluate import (
     rewrite_scores,
 )
 from factscope.probes.localization import LocalizationResult, localization_vs_editing
-from factscope.probes.neurons import (
+from factscope.probes.neuron_effect import (
     GROUPS,
     NeuronEffect,
     neuron_effect,

@@ -62,6 +62,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from factscope.facts import EditRequest
+from factscope.bridge import Bridge
 
 __all__ = ["RewriteScores", "rewrite_scores", "EditReport", "evaluate", "METRICS", "ngram_entropy",
            "harmonic_mean", "NPLUS_FORMAT"]
@@ -109,7 +110,7 @@ def _mean(x: Tensor) -> float:
     return float(x.double().mean()) if len(x) else float("nan")
 
 
-def rewrite_scores(model: Any, request: EditRequest) -> RewriteScores:
+def rewrite_scores(model: Bridge, request: EditRequest) -> RewriteScores:
     """Efficacy, paraphrase and neighbourhood of one request on the model as it is now.
 
     No edit is applied by this call: apply one first (``with edit.applied(model):``) to score it.
@@ -204,7 +205,7 @@ def _rows(requests: Sequence[EditRequest]) -> _Rows:
     return _Rows(P, T, K, O)
 
 
-def _per_request(model: Any, requests: Sequence[EditRequest], rows: _Rows, batch_size: int) -> dict[str, np.ndarray]:
+def _per_request(model: Bridge, requests: Sequence[EditRequest], rows: _Rows, batch_size: int) -> dict[str, np.ndarray]:
     """``{metric: [request]}`` for every metric but the KL and fluency, on the model as it is."""
     from factscope.predict import target_scores
 
@@ -238,7 +239,7 @@ def _per_request(model: Any, requests: Sequence[EditRequest], rows: _Rows, batch
     return out
 
 
-def _fluency(model: Any, requests: Sequence[EditRequest], n_tokens: int, batch_size: int,
+def _fluency(model: Bridge, requests: Sequence[EditRequest], n_tokens: int, batch_size: int,
              progress: bool) -> tuple[np.ndarray, list[str]]:
     from factscope.predict import generate
 
@@ -247,7 +248,7 @@ def _fluency(model: Any, requests: Sequence[EditRequest], n_tokens: int, batch_s
     return np.array([ngram_entropy(t) for t in texts]), texts
 
 
-def _neighbour_logprobs(model: Any, requests: Sequence[EditRequest], batch_size: int) -> Float[Tensor, "prompt d_vocab"]:
+def _neighbour_logprobs(model: Bridge, requests: Sequence[EditRequest], batch_size: int) -> Float[Tensor, "prompt d_vocab"]:
     from factscope.predict import next_token_logits
 
     prompts = [p for r in requests for p in r.neighbours]
@@ -423,7 +424,7 @@ def _nanmean(x: np.ndarray) -> float:
 
 
 def evaluate(
-    model: Any,
+    model: Bridge,
     edit: Any,
     requests: Sequence[EditRequest] | EditRequest | None = None,
     *,

@@ -61,6 +61,7 @@ from torch import Tensor
 from factscope.arch import arch_of
 from factscope.checks import as_requests, check_int
 from factscope.facts import EditRequest
+from factscope.bridge import Bridge
 
 __all__ = ["LocalizationResult", "localization_vs_editing", "tracing_effect", "rewrite_score", "hase_regressions",
            "EDITORS", "HASE_ROME_GPTJ", "ALPHA", "SMALL_DELTA_R2"]
@@ -89,7 +90,7 @@ def rewrite_score(p_before: float, p_after: float) -> float:
     return (p_after - p_before) / (1 - p_before) if p_before < 1 else math.nan
 
 
-def _p_target(model: Any, text: str, target: str) -> float:
+def _p_target(model: Bridge, text: str, target: str) -> float:
     """p(all of ``" " + target``'s tokens | text): exp(n × the mean per-token log-prob)."""
     from factscope.predict import target_logprob
     from factscope.tokens import target_ids
@@ -249,7 +250,7 @@ class LocalizationResult:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_facts(model: Any, facts: Any) -> tuple[EditRequest, ...]:
+def _check_facts(model: Bridge, facts: Any) -> tuple[EditRequest, ...]:
     from factscope.facts import Fact
     from factscope.tokens import subject_span
 
@@ -262,7 +263,7 @@ def _check_facts(model: Any, facts: Any) -> tuple[EditRequest, ...]:
     return tuple(facts)
 
 
-def _check_layers(model: Any, layers: Any) -> tuple[int, ...]:
+def _check_layers(model: Bridge, layers: Any) -> tuple[int, ...]:
     a = arch_of(model)
     if layers is None:
         return tuple(range(a.n_layers))
@@ -309,7 +310,7 @@ def _resolve_editor(editor: Any, config: Any, edit_fn: EditFn | None) -> tuple[s
 
 
 def localization_vs_editing(
-    model: Any,
+    model: Bridge,
     facts: Sequence[EditRequest],
     *,
     layers: Sequence[int] | None = None,

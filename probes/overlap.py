@@ -3,7 +3,7 @@
 If a fact is stored in a few neurons (Dai et al. 2022), the neurons found from one set of prompts
 about it should be found again from another. ``neuron_overlap(model, fact)`` splits the fact's
 prompts at random into two disjoint halves, finds the knowledge neurons of each half
-(`factscope.locate.neurons`: integrated gradients, coarse threshold, refinement to 2–5 neurons) and
+(`factscope.locate.knowledge_neurons`: integrated gradients, coarse threshold, refinement to 2–5 neurons) and
 measures their Jaccard overlap ``|A ∩ B| / |A ∪ B|``:
 
 - **split-half**: the two halves of one seed's split (one number per seed);
@@ -60,6 +60,7 @@ from jaxtyping import Float
 
 from factscope.arch import arch_of
 from factscope.facts import EditRequest, Fact
+from factscope.bridge import Bridge
 
 __all__ = ["OverlapResult", "Pair", "neuron_overlap", "jaccard", "random_jaccards", "overlap_prompts", "MIN_PROMPTS"]
 
@@ -111,7 +112,7 @@ def random_jaccards(a: Iterable[Neuron], b: Iterable[Neuron], d_mlp: int, *, n_r
         return np.where(union > 0, inter / np.maximum(union, 1), np.nan)
 
 
-def overlap_prompts(model: Any, fact: Fact | EditRequest, n_prompts: int = 12) -> tuple[str, ...]:
+def overlap_prompts(model: Bridge, fact: Fact | EditRequest, n_prompts: int = 12) -> tuple[str, ...]:
     """The default prompts: the fact's text and paraphrases, topped up to ``n_prompts`` with the text
     after ROME's context prefixes (see the module docstring)."""
     from factscope.edit.rome import ROMEConfig, context_templates
@@ -251,7 +252,7 @@ def _fmt(s: Sequence[Neuron]) -> str:
 # --------------------------------------------------------------------------- the probe
 
 
-def _check_prompts(model: Any, fact: Any, prompts: Any, n_prompts: Any) -> tuple[str, ...]:
+def _check_prompts(model: Bridge, fact: Any, prompts: Any, n_prompts: Any) -> tuple[str, ...]:
     if prompts is None:
         if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < MIN_PROMPTS:
             raise ValueError(f"expected n_prompts to be an integer >= {MIN_PROMPTS} (two halves of at least 3 "
@@ -279,7 +280,7 @@ def _split(n: int, seed: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 def _select(attributions: Any, idx: Sequence[int], threshold: float, refine: float) -> tuple[Neuron, ...]:
     """The neurons `neurons` selects on the prompts ``idx`` alone (its coarse + refine steps)."""
-    from factscope.locate.neurons import coarse_neurons, refine_neurons
+    from factscope.locate.knowledge_neurons import coarse_neurons, refine_neurons
 
     att = attributions[list(idx)]  # [prompt, layer, d_mlp]
     scores = torch.nan_to_num(att.mean(0), nan=-math.inf)
@@ -288,7 +289,7 @@ def _select(attributions: Any, idx: Sequence[int], threshold: float, refine: flo
 
 
 def neuron_overlap(
-    model: Any,
+    model: Bridge,
     fact: Fact | EditRequest,
     *,
     prompts: Sequence[str] | None = None,
@@ -311,7 +312,7 @@ def neuron_overlap(
         n_prompts: how many default prompts (default 12, at least 6; ignored with ``prompts=``).
         seeds: one random split of the prompts per seed (default ``(0, 1, 2)``).
         n_random: random-baseline draws per compared pair (default 1000).
-        steps, threshold, refine: `factscope.locate.neurons`' IG steps, coarse threshold and starting
+        steps, threshold, refine: `factscope.locate.knowledge_neurons`' IG steps, coarse threshold and starting
             refinement fraction (defaults 20, 0.2, 0.7). layers: the layers attributed (default all).
         baseline_seed: seeds the baseline draws (default 0; the splits use ``seeds``; nothing else is
             random).
@@ -329,7 +330,7 @@ def neuron_overlap(
     3 min on 2 CPU cores), plus ``n_random`` baseline draws per pair (0.1-0.4 s per pair on Gemma;
     15 pairs for 3 seeds). Memory: `neurons`' (~1 GiB of logits at its default batch size).
     """
-    from factscope.locate.neurons import neurons
+    from factscope.locate.knowledge_neurons import neurons
 
     if not isinstance(fact, (Fact, EditRequest)):
         raise TypeError(f"expected a Fact or an EditRequest, got {type(fact).__name__}")

@@ -95,6 +95,8 @@ from factscope.datasets import builtin_facts, builtin_groups
 from factscope.facts import EditRequest, Fact
 from factscope.predict import next_token_logits, target_logprob
 from factscope.tokens import encode, pad_left, str_tokens, subject_span
+from factscope.bridge import Bridge
+from factscope.arch import context_of
 
 __all__ = [
     "spillover",
@@ -462,7 +464,7 @@ def default_bank(request: EditRequest, *, n_unrelated: int = 8, seed: int = 0
     return bank, notes
 
 
-def _check_bank(model: Any, bank: Any, *, strict: bool, notes: list[str]) -> list[tuple[str, Fact]]:
+def _check_bank(model: Bridge, bank: Any, *, strict: bool, notes: list[str]) -> list[tuple[str, Fact]]:
     """``[(category, fact)]`` in bank order, every fact checked against the tokenizer.
 
     ``strict`` (a given bank): any problem raises. Otherwise (the default bank) unusable probes and
@@ -507,7 +509,7 @@ def _check_bank(model: Any, bank: Any, *, strict: bool, notes: list[str]) -> lis
 
 
 @torch.no_grad()
-def subject_keys(model: Any, facts: Sequence[Fact], layer: int, *, batch_size: int = 32
+def subject_keys(model: Bridge, facts: Sequence[Fact], layer: int, *, batch_size: int = 32
                  ) -> Float[Tensor, "probe d_mlp"]:
     """The MLP key (input to ``W_out``) at each fact's last subject token, at ``layer`` (float64, CPU).
 
@@ -515,7 +517,7 @@ def subject_keys(model: Any, facts: Sequence[Fact], layer: int, *, batch_size: i
     """
     a = arch_of(model)
     hook = a.hook("mlp_key", layer)
-    dev = next(model.parameters()).device
+    dev = context_of(model).device
     out = []
     for i in range(0, len(facts), batch_size):
         chunk = facts[i:i + batch_size]
@@ -620,7 +622,7 @@ def similarity_layer(edit: Edit, layer: int | None = None) -> tuple[int, str]:
     return max(edit.layers), f"the highest of the edited layers {list(edit.layers)}"
 
 
-def _make_edit(model: Any, request: EditRequest, name: str, layer: int | None, config: Any, C: Tensor | None,
+def _make_edit(model: Bridge, request: EditRequest, name: str, layer: int | None, config: Any, C: Tensor | None,
                progress: bool, verbose: bool) -> Edit:
     """Run the chosen editor (its own progress bars and printed line)."""
     if name == "rome":
@@ -640,7 +642,7 @@ def _make_edit(model: Any, request: EditRequest, name: str, layer: int | None, c
     return finetune(model, [request], layer=layer, progress=progress, verbose=verbose, **kw)
 
 
-def _check_given_edit(model: Any, edit: Any, request: EditRequest, config: Any) -> None:
+def _check_given_edit(model: Bridge, edit: Any, request: EditRequest, config: Any) -> None:
     import warnings
 
     from factscope.models import fingerprint
@@ -667,7 +669,7 @@ def _check_given_edit(model: Any, edit: Any, request: EditRequest, config: Any) 
 
 
 @torch.no_grad()
-def _shift(model: Any, edit: Edit, prompts: list[str], answers: list[str], batch_size: int, bar: Any) -> dict[str, Any]:
+def _shift(model: Bridge, edit: Edit, prompts: list[str], answers: list[str], batch_size: int, bar: Any) -> dict[str, Any]:
     """log p(answer) before/after ``[probe]``, KL(p_after ‖ p_before) ``[probe]``, top-1 ids before/after."""
     lp0 = target_logprob(model, prompts, answers, batch_size=batch_size)  # [probe]
     z0 = next_token_logits(model, prompts, batch_size=batch_size)  # [probe, d_vocab]
@@ -741,7 +743,7 @@ def _verdict(probes: Sequence[SpilloverProbe], fits: Sequence[SpilloverFit], not
 
 
 def spillover(
-    model: Any,
+    model: Bridge,
     request: EditRequest,
     *,
     editor: str = "rome",

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from factscope import arch_of, fingerprint, load_model
-from factscope.cli import app
+from factscope.app.cli import app
 
 runner = CliRunner()
 
@@ -165,7 +165,7 @@ COUNTERFACT_RECORDS = [
 
 
 def test_parse_layers_forms_and_bad_forms():
-    from factscope.cli import parse_layers
+    from factscope.app.cli import parse_layers
 
     assert parse_layers("3-7") == [3, 4, 5, 6, 7]
     assert parse_layers("3,5,7") == [3, 5, 7]
@@ -179,7 +179,7 @@ def test_parse_layers_forms_and_bad_forms():
 
 
 def test_read_requests_our_format_and_counterfact(tmp_path):
-    from factscope.cli import read_requests
+    from factscope.app.cli import read_requests
     from factscope.datasets import load_counterfact
 
     ours, fmt = read_requests(_write(tmp_path / "ours.json", OUR_RECORDS))
@@ -197,7 +197,7 @@ def test_read_requests_our_format_and_counterfact(tmp_path):
 
 
 def test_read_requests_errors_name_the_file_and_record(tmp_path):
-    from factscope.cli import read_requests
+    from factscope.app.cli import read_requests
 
     cases = [
         (tmp_path / "missing.json", "no such file"),

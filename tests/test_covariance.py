@@ -199,7 +199,7 @@ def test_auto_offline_falls_back_to_model(gpt2, monkeypatch, capsys):
     import factscope.models
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(factscope.models, "_hub_reachable", lambda *a, **k: pytest.fail("must not probe offline"))
+    monkeypatch.setattr(factscope.models, "hub_reachable", lambda *a, **k: pytest.fail("must not probe offline"))
     monkeypatch.setattr(sys.modules["factscope.edit.covariance"], "_ANNOUNCED", set())
     kw = dict(n_tokens=200, seq_len=32, sample_batch_size=8, progress=False)
     auto = covariance(gpt2, 1, corpus="auto", **kw)
@@ -218,11 +218,11 @@ def test_dataset_offline_fails_fast(gpt2, monkeypatch, how):
 
     if how == "env":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-        monkeypatch.setattr(factscope.models, "_hub_reachable", lambda *a, **k: pytest.fail("must not probe"))
+        monkeypatch.setattr(factscope.models, "hub_reachable", lambda *a, **k: pytest.fail("must not probe"))
     else:
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-        monkeypatch.setattr(factscope.models, "_hub_reachable", lambda *a, **k: False)
+        monkeypatch.setattr(factscope.models, "hub_reachable", lambda *a, **k: False)
     t0 = time.perf_counter()
     with pytest.raises(DatasetNotAvailableError, match="HF_HUB_OFFLINE is set" if how == "env" else "cannot be reached"):
         covariance(gpt2, 1, corpus="wikitext-103", n_tokens=100, progress=False)
@@ -236,7 +236,7 @@ def test_auto_online_streams_a_dataset(gpt2, monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(factscope.models, "_hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(factscope.models, "hub_reachable", lambda *a, **k: True)
     calls = []
 
     def fake_load(name, config=None, *, split, streaming):

@@ -415,7 +415,7 @@ def test_hub_name_offline_env(monkeypatch, loader, value):
     def reachable(*a, **k):
         raise AssertionError("probed the hub although HF_HUB_OFFLINE is set")
 
-    monkeypatch.setattr(factscope.models, "_hub_reachable", reachable)
+    monkeypatch.setattr(factscope.models, "hub_reachable", reachable)
     t0 = time.perf_counter()
     with pytest.raises(DatasetNotAvailableError) as ei:
         loader("azhx/counterfact")
@@ -436,7 +436,7 @@ def test_hub_name_unreachable(monkeypatch, loader, env):
     else:
         monkeypatch.setenv("HF_HUB_OFFLINE", env)  # set but meaning "online"
     calls = []
-    monkeypatch.setattr(factscope.models, "_hub_reachable", lambda *a, **k: calls.append(1) or False)
+    monkeypatch.setattr(factscope.models, "hub_reachable", lambda *a, **k: calls.append(1) or False)
     t0 = time.perf_counter()
     with pytest.raises(DatasetNotAvailableError) as ei:
         loader("azhx/counterfact", split="train")

@@ -1,4 +1,4 @@
-"""`factscope.demo` end to end on a tiny random Gemma 3 (fast): every step runs, every file and report
+"""`factscope.app.demo` end to end on a tiny random Gemma 3 (fast): every step runs, every file and report
 section is written, the report is self-contained, and the model is left as it was.
 
 A random model knows no fact, so the layer profile is taken over facts whose target is the tiny
@@ -29,7 +29,7 @@ FILES = {"answers.csv", "trace.png", "trace.svg", "trace.pdf", "profile.png", "p
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from factscope.demo import run_demo
+    from factscope.app.demo import run_demo
 
     cache = tmp_path_factory.mktemp("cache")
     mp = pytest.MonkeyPatch()
@@ -91,7 +91,7 @@ def test_summary_timings_and_cache_line(run):
 
 
 def test_bad_samples_is_refused_before_anything_runs(tmp_path):
-    from factscope.demo import run_demo
+    from factscope.app.demo import run_demo
 
     with pytest.raises((TypeError, ValueError), match="samples"):
         run_demo(tmp_path / "o", model=fs.tiny_model("gemma3", 0), samples=0)

@@ -180,7 +180,7 @@ def test_demo_command_writes_the_report_answers_and_figures(gemma, tmp_path):
     import pandas as pd
     from typer.testing import CliRunner
 
-    from factscope.cli import app
+    from factscope.app.cli import app
     from factscope.figures import remote_urls
 
     r = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--samples", "2"])
@@ -223,7 +223,7 @@ def test_demo_command_writes_the_report_answers_and_figures(gemma, tmp_path):
     assert "Secretary of State" in set(spill["subject"])
     assert "whitened key similarity" in r.output
     # the MEMIT batch: one request per relation, saved; applied, the prompts answer the new targets
-    from factscope.demo import MEMIT_FACTS
+    from factscope.app.demo import MEMIT_FACTS
 
     reqs = one_per_relation()[:MEMIT_FACTS]
     m = Edit.load(tmp_path / "memit_edit.safetensors", model=gemma)

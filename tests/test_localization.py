@@ -321,7 +321,7 @@ def test_plot_localization(result, tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from factscope.figures.localization import plot_localization
+    from factscope.figures.localization_plots import plot_localization
 
     fig = plot_localization(result)
     axes = fig.get_axes()

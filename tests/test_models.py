@@ -79,7 +79,7 @@ def test_bad_paths_get_clear_errors(tmp_path):
 
 def test_hub_id_offline_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: pytest.fail("must not probe when offline"))
+    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: pytest.fail("must not probe when offline"))
     t = time.perf_counter()
     with pytest.raises(ModelNotAvailableError, match="HF_HUB_OFFLINE is set") as e:
         load_model("factscope-tests/no-such-model")
@@ -90,7 +90,7 @@ def test_hub_id_offline_fails_fast(monkeypatch):
 def test_hub_id_unreachable_fails_fast(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     calls = []
-    monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: calls.append(1) or False)
+    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: calls.append(1) or False)
     with pytest.raises(ModelNotAvailableError, match="cannot be reached"):
         load_model("factscope-tests/no-such-model")
     assert calls == [1]

@@ -22,7 +22,7 @@ from factscope.probes import neuron_effect
 
 from factscope import EditRequest, Fact, arch_of, encode, target_ids
 
-N = sys.modules["factscope.locate.neurons"]  # (the package's `neurons` attribute is the function)
+N = sys.modules["factscope.locate.knowledge_neurons"]  # (the package's `neurons` attribute is the function)
 PROMPT, TARGET = "The Space Needle is in downtown", "Seattle"
 REQ = EditRequest("The {} is in downtown", "Space Needle", "Paris", target_true="Seattle",
                   paraphrases=("The Space Needle stands in", "The Space Needle is located in"),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from factscope.edit.rome import ROMEConfig, context_templates
-from factscope.locate.neurons import neurons
+from factscope.locate.knowledge_neurons import neurons
 from factscope.probes.overlap import (
     MIN_PROMPTS,
     jaccard,
@@ -166,7 +166,7 @@ def test_default_prompts(tiny):
     (dict(fact="Space Needle"), TypeError, "Fact or an EditRequest, got str"),
 ])
 def test_bad_input_is_refused_before_any_attribution(tiny, monkeypatch, kw, err, match):
-    neurons_mod = importlib.import_module("factscope.locate.neurons")  # the module (the package exports a function)
+    neurons_mod = importlib.import_module("factscope.locate.knowledge_neurons")  # the module (the package exports a function)
 
     def no_ig(*a, **k):
         raise AssertionError("neurons was called before validation finished")

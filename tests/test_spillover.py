@@ -454,7 +454,7 @@ def test_plot_spillover(model, tmp_path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from factscope.figures.spillover import plot_spillover
+    from factscope.figures.spillover_plots import plot_spillover
 
     r = run(model)
     for effect in ("abs_delta_logp", "kl"):
@@ -480,7 +480,7 @@ def test_president_spillover_on_gemma(gemma, tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from factscope.figures.spillover import plot_spillover
+    from factscope.figures.spillover_plots import plot_spillover
 
     snap = {n: p.detach().clone() for n, p in gemma.named_parameters()}
     r = spillover(gemma, PRESIDENT.edit, editor="rome", progress=False, verbose=True)

@@ -1,19 +1,19 @@
 """Knowledge neurons: cost per fact against the passes it needs, and what they do, on the built-in facts.
 
-    python benchmarks/neurons.py [--limit N] [--stride K] [--threads 1] [--n-controls 10] [--skip-smollm2]
+    python benchmarks/bench_neurons.py [--limit N] [--stride K] [--threads 1] [--n-controls 10] [--skip-smollm2]
                                  [--post-norm frozen|live]
 
 For each model (Gemma 3 270M, then SmolLM2-135M) and each built-in fact, with all layers, 20 IG
 steps and 3 prompts (the fact's prompt and its first two paraphrases):
 
-- **Speed.** The time of `factscope.locate.neurons`, beside two floors measured on the first
+- **Speed.** The time of `factscope.locate.knowledge_neurons`, beside two floors measured on the first
   ``--floor-facts`` facts: the batched forward+backward passes over the same rows (prompts × layers ×
   steps) in the same batches, (a) as factscope runs them (the last token against the prompt's
   cached keys/values) and (b) as a plain implementation must (every row the whole prompt, run in
   chunks of 64 rows to bound memory: the same work). Target: measured ≤ 3 × floor.
 - **Neurons per fact**, the refinement's final fraction, and the IG completeness ratio
   Σ IG / (p − p_baseline) under the ``--post-norm`` setting used (1 when converged; ≈ 0 on Gemma's
-  post-norm layers with ``live``, see `factscope/locate/neurons.py`; no effect on SmolLM2).
+  post-norm layers with ``live``, see `locate/knowledge_neurons.py`; no effect on SmolLM2).
 - **Suppression** (`factscope.probes.neuron_effect`): the mean relative change of p(answer) on the
   fact's prompts, its neighbours and unrelated facts, for the found neurons and for random neuron
   sets matched by layer and count, and how often the found effect beats every control.
@@ -61,7 +61,7 @@ def _fwd_bwd(model, a, ids, kv, rows: int, layer: int, answer_id: int) -> float:
 
 def floors(model, prompts, answer_id: int, steps: int) -> tuple[float, float]:
     """Seconds of the plain batched passes over the IG rows: (last token with a cache, whole prompt)."""
-    from factscope.locate.neurons import _clean_run, _default_batch_size, _ig_batches
+    from factscope.locate.knowledge_neurons import _clean_run, _default_batch_size, _ig_batches
 
     from factscope import arch_of, encode
 

@@ -1,6 +1,6 @@
 """ROME quality and cost on the built-in facts: each edit applied alone, measured, and reverted.
 
-    python benchmarks/rome.py [--limit N] [--stride K] [--offset I] [--layers traced,2] [--smollm2-layers traced]
+    python benchmarks/bench_rome.py [--limit N] [--stride K] [--offset I] [--layers traced,2] [--smollm2-layers traced]
                               [--clamp 4] [--threads 2] [--skip-gemma] [--skip-smollm2] [--csv out/rome.csv]
 
 For every built-in request (a counterfactual ``target_new`` per fact), with CounterFact's

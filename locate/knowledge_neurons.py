@@ -62,7 +62,7 @@ activations require grad.
 Cost: ``prompts × layers × steps`` rows, each one token through every block plus the unembedding
 forward and backward. With Gemma 3 270M's 262k vocabulary the unembedding dominates: about 1 GFLOP
 per row, so ~1,000 rows (3 prompts, 18 layers, 20 steps) take about 20 s on one CPU thread, 1.15x the
-bare batched forward and backward passes over those rows (`benchmarks/neurons.py` prints both).
+bare batched forward and backward passes over those rows (`benchmarks/bench_neurons.py` prints both).
 Memory: about ``batch_size × d_vocab × 16`` bytes for the logits and their gradient (the default
 batch size keeps this near 1 GiB), plus the prefix cache.
 
@@ -92,6 +92,8 @@ from factscope.arch import UnsupportedArchitectureError, arch_of
 from factscope.facts import EditRequest, Fact
 from factscope.kv import repeat_rows, run_cached
 from factscope.tokens import encode, str_tokens, target_ids
+from factscope.bridge import Bridge
+from factscope.arch import context_of
 
 __all__ = [
     "NeuronResult",
@@ -116,8 +118,8 @@ MIN_PROMPTS = 3
 _MEMORY_BUDGET = 1 << 30  # bytes for a batch's logits and their gradient (the default batch size)
 
 
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
+def _device(model: Bridge) -> torch.device:
+    return context_of(model).device
 
 
 # --------------------------------------------------------------------------- result
@@ -423,7 +425,7 @@ class _Clean(NamedTuple):
     scale: Tensor | None  # [layer] the MLP post-norms' clean RMS denominators at the last position (frozen only)
 
 
-def _norm_eps(model: Any, layer: int) -> float:
+def _norm_eps(model: Bridge, layer: int) -> float:
     """ε of layer ``layer``'s MLP post-norm (``ln2_post``): the HF module's, else the HF config's or the bridge's."""
     norm = model.blocks[layer].ln2_post
     hf = getattr(norm, "original_component", None)
@@ -450,7 +452,7 @@ def _frozen(a: Any, post_norm: str) -> bool:
 
 
 @torch.no_grad()
-def _clean_run(model: Any, a: Any, ids: Tensor, answer_id: int | None, *, post_norm: str = "live") -> _Clean:
+def _clean_run(model: Bridge, a: Any, ids: Tensor, answer_id: int | None, *, post_norm: str = "live") -> _Clean:
     """Clean activations ``[pos, layer, d_mlp]``, p(answer) (the top-1 when ``answer_id`` is None),
     the answer id, the key/value cache of every position but the last (None for a 1-token prompt),
     and, when the post-norm scale is frozen, each layer's clean post-norm denominator at the last position."""
@@ -470,7 +472,7 @@ def _clean_run(model: Any, a: Any, ids: Tensor, answer_id: int | None, *, post_n
     return _Clean(acts, p, answer_id, kv, scale)
 
 
-def _freeze_hooks(model: Any, a: Any, row_layer: Tensor, scale: Tensor) -> list[tuple[str, Any]]:
+def _freeze_hooks(model: Bridge, a: Any, row_layer: Tensor, scale: Tensor) -> list[tuple[str, Any]]:
     """Hooks that hold each layer's MLP post-norm scale at its clean value in that layer's own rows.
 
     For every layer l in ``row_layer``: the raw MLP output at the last position is captured (with
@@ -506,7 +508,7 @@ def _ig_batches(layers: list[int], steps: int, batch_size: int) -> list[list[tup
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _ig_batch(model: Any, a: Any, ids: Tensor, kv: Any, act: Float[Tensor, "layer d_mlp"], answer_id: int,
+def _ig_batch(model: Bridge, a: Any, ids: Tensor, kv: Any, act: Float[Tensor, "layer d_mlp"], answer_id: int,
               rows: list[tuple[int, int]], alphas: Tensor, s_clean: Tensor | None = None) -> Float[Tensor, "row d_mlp"]:
     """∂p(answer)/∂w for each row (layer l, step k), where w = α_k · a_l replaces layer l's activation
     at the last position. Only the last token runs, against the prefix cache. With ``s_clean`` (the
@@ -539,7 +541,7 @@ def _ig_batch(model: Any, a: Any, ids: Tensor, kv: Any, act: Float[Tensor, "laye
     return grad
 
 
-def _last_logits(model: Any, ids: Tensor, kv: Any, R: int, hooks: list) -> Float[Tensor, "row d_vocab"]:
+def _last_logits(model: Bridge, ids: Tensor, kv: Any, R: int, hooks: list) -> Float[Tensor, "row d_vocab"]:
     """Last-position logits of ``R`` copies of the prompt ``ids`` ``[1, pos]`` under ``hooks``: the whole
     prompt when ``kv`` is None, else only its last token against the cached prefix."""
     if kv is None:
@@ -550,7 +552,7 @@ def _last_logits(model: Any, ids: Tensor, kv: Any, R: int, hooks: list) -> Float
 
 
 @torch.no_grad()
-def _baseline_p(model: Any, a: Any, ids: Tensor, kv: Any, answer_id: int, layers: list[int],
+def _baseline_p(model: Bridge, a: Any, ids: Tensor, kv: Any, answer_id: int, layers: list[int],
                 batch_size: int, scale: Tensor | None = None) -> Float[Tensor, "layer"]:
     """p(answer) with each layer's activation at the last position zeroed (the IG baseline), one row per layer
     (NaN for layers not in ``layers``). With ``scale``, under that layer's frozen post-norm scale (the
@@ -575,7 +577,7 @@ def _baseline_p(model: Any, a: Any, ids: Tensor, kv: Any, answer_id: int, layers
     return out
 
 
-def _attribute_ids(model: Any, a: Any, ids: Tensor, act: Float[Tensor, "layer d_mlp"], kv: Any, answer_id: int,
+def _attribute_ids(model: Bridge, a: Any, ids: Tensor, act: Float[Tensor, "layer d_mlp"], kv: Any, answer_id: int,
                    layers: list[int], steps: int, rule: str, batch_size: int,
                    bar: Any = None, scale: Tensor | None = None) -> Float[Tensor, "layer d_mlp"]:
     alphas = _alphas(steps, rule)
@@ -611,7 +613,7 @@ def _check_ig_args(a: Any, steps: Any, rule: Any, batch_size: Any, layers: Any, 
 
 
 def neuron_attribution(
-    model: Any,
+    model: Bridge,
     prompt: str,
     target: str | None,
     *,
@@ -675,7 +677,7 @@ def _prompts_of(fact: Fact | EditRequest, prompts: Sequence[str] | None) -> tupl
 
 
 def neurons(
-    model: Any,
+    model: Bridge,
     fact: Fact | EditRequest,
     *,
     prompts: Sequence[str] | None = None,
@@ -769,7 +771,7 @@ def neurons(
                         subject=fact.subject, tokens=tuple(toks), activations=activations, settings=settings)
 
 
-def _warn_wrong_answers(model: Any, texts: Sequence[str], answer_id: int) -> None:
+def _warn_wrong_answers(model: Bridge, texts: Sequence[str], answer_id: int) -> None:
     from factscope.predict import next_token_logits
 
     top = next_token_logits(model, list(texts)).argmax(-1)
@@ -783,7 +785,7 @@ def _warn_wrong_answers(model: Any, texts: Sequence[str], answer_id: int) -> Non
 # --------------------------------------------------------------------------- interventions
 
 
-def neuron_list(model: Any, neurons: Any) -> list[Neuron]:
+def neuron_list(model: Bridge, neurons: Any) -> list[Neuron]:
     """``neurons`` as a validated, de-duplicated list of ``(layer, index)``.
 
     Args:
@@ -840,7 +842,7 @@ def _scale_hook(idx: Tensor, positions: Any, factor: float | None):
 
 
 @contextlib.contextmanager
-def _intervene(model: Any, neurons: Any, positions: Any, factor: float | None) -> Iterator[Any]:
+def _intervene(model: Bridge, neurons: Any, positions: Any, factor: float | None) -> Iterator[Any]:
     a = arch_of(model)
     chosen = neuron_list(model, neurons)
     positions = _positions(positions)
@@ -852,7 +854,7 @@ def _intervene(model: Any, neurons: Any, positions: Any, factor: float | None) -
         yield model
 
 
-def suppress(model: Any, neurons: Any, *, positions: Any = "last") -> contextlib.AbstractContextManager:
+def suppress(model: Bridge, neurons: Any, *, positions: Any = "last") -> contextlib.AbstractContextManager:
     """Context manager: the chosen neurons' activations are set to 0 at ``positions`` while inside.
 
     Args:
@@ -873,7 +875,7 @@ def suppress(model: Any, neurons: Any, *, positions: Any = "last") -> contextlib
     return _intervene(model, neurons, positions, None)
 
 
-def enhance(model: Any, neurons: Any, factor: float = 2.0, *, positions: Any = "last") -> contextlib.AbstractContextManager:
+def enhance(model: Bridge, neurons: Any, factor: float = 2.0, *, positions: Any = "last") -> contextlib.AbstractContextManager:
     """Context manager: the chosen neurons' activations are multiplied by ``factor`` while inside.
 
     Otherwise as `suppress`.

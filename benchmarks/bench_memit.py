@@ -1,6 +1,6 @@
 """MEMIT at scale, sequential editing (ROME / MEMIT / AlphaEdit) and the FT-L baseline, on one model.
 
-    python benchmarks/memit.py [--batches 10,100,1000] [--sequential rome,memit,alphaedit] [--steps 60]
+    python benchmarks/bench_memit.py [--batches 10,100,1000] [--sequential rome,memit,alphaedit] [--steps 60]
                                [--finetune] [--model gemma-3-270m] [--threads 2] [--z-steps 25]
 
 **Batches.** For each size n, one `memit` call on n requests: the built-in facts first (86), then

@@ -1,6 +1,6 @@
 """Causal-tracing benchmark: the reference algorithm vs factscope.locate.trace, same process, same noise.
 
-    python benchmarks/trace.py [--kind all] [--samples 10] [--threads 1] [--skip-smollm2]
+    python benchmarks/bench_trace.py [--kind all] [--samples 10] [--threads 1] [--skip-smollm2]
 
 The reference is ROME's algorithm: for every (kind, token, layer) cell, one full forward of
 1 clean + `samples` corrupted rows with full logits. Prints both times, the ratio and the largest

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from factscope.arch import arch_of
 from factscope.facts import EditRequest, Fact
+from factscope.bridge import Bridge
 
 __all__ = ["NeuronEffect", "neuron_effect", "random_controls", "GROUPS"]
 
@@ -140,7 +141,7 @@ class NeuronEffect:
         return pd.DataFrame(rows)
 
 
-def random_controls(model: Any, neurons: Sequence[tuple[int, int]], n: int, *,
+def random_controls(model: Bridge, neurons: Sequence[tuple[int, int]], n: int, *,
                     generator: torch.Generator) -> list[tuple[tuple[int, int], ...]]:
     """``n`` random neuron sets matched to ``neurons`` by layer and count, none of them a found neuron.
 
@@ -198,7 +199,7 @@ def _default_unrelated(facts: Sequence[Fact | EditRequest], n: int, generator: t
     return [(pool[i].text, pool[i].target_true) for i in sorted(pick)]
 
 
-def _p_answer(model: Any, pairs: list[tuple[str, str]], batch_size: int) -> Tensor:
+def _p_answer(model: Bridge, pairs: list[tuple[str, str]], batch_size: int) -> Tensor:
     from factscope.predict import next_token_logits
     from factscope.tokens import target_ids
 
@@ -208,7 +209,7 @@ def _p_answer(model: Any, pairs: list[tuple[str, str]], batch_size: int) -> Tens
 
 
 def neuron_effect(
-    model: Any,
+    model: Bridge,
     neurons: Any,
     facts: Fact | EditRequest | Sequence[Fact | EditRequest],
     *,
@@ -250,7 +251,7 @@ def neuron_effect(
     Cost: ``2 + n_controls`` batched forward passes over all prompts (Gemma 3 270M, ~30 prompts
     and 20 controls: about 10 s on 2 CPU cores). Memory: one batch's activations.
     """
-    from factscope.locate.neurons import enhance, neuron_list, suppress
+    from factscope.locate.knowledge_neurons import enhance, neuron_list, suppress
     from tqdm.auto import tqdm
 
     if mode not in ("suppress", "enhance"):

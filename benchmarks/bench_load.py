@@ -1,6 +1,6 @@
 """Load-time benchmark: first (converting) vs cached load of the default model, in one run.
 
-    python benchmarks/load.py [--cold]
+    python benchmarks/bench_load.py [--cold]
 
 Without --cold it times two cached loads (the conversion is assumed done, as after `make test`);
 with --cold it first converts into a fresh temporary cache, which costs about a minute.

@@ -1,7 +1,7 @@
 """The main job end to end on the bundled model, written as figures and one offline HTML report.
 
     factscope demo --out out/                 # what `make demo` runs
-    from factscope.demo import run_demo       # the same from Python
+    from factscope.app.demo import run_demo       # the same from Python
     result = run_demo("out")                  # DemoResult: report path, timings, summary lines
 
 Six steps, each a section of ``out/report.html``:
@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
+from factscope.bridge import Bridge
 
 __all__ = ["DEMO_FACT", "DEMO_GROUP", "DemoResult", "answers_frame", "before_after_frame", "neuron_suppression",
            "report_frame", "run_demo", "spill_frame"]
@@ -83,7 +84,7 @@ class DemoResult:
         return pd.DataFrame({"step": list(self.timings), "seconds": list(self.timings.values())})
 
 
-def answers_frame(model: Any, facts: Any) -> Any:
+def answers_frame(model: Bridge, facts: Any) -> Any:
     """The model's answer on each fact, one row per fact.
 
     Args:
@@ -112,7 +113,7 @@ def _true(f: Any) -> str:
     return getattr(f, "target_true", None) or f.target
 
 
-def before_after_frame(model: Any, edit: Any, request: Any) -> Any:
+def before_after_frame(model: Bridge, edit: Any, request: Any) -> Any:
     """Top-1 answers and p(target_new) before and after ``edit``, on a request's prompt, paraphrases and neighbours.
 
     Args:
@@ -141,7 +142,7 @@ def before_after_frame(model: Any, edit: Any, request: Any) -> Any:
                          "p_new_before": [b.p_target for b in before], "p_new_after": [a.p_target for a in after]})
 
 
-def neuron_suppression(model: Any, found: Any) -> tuple[float, float]:
+def neuron_suppression(model: Bridge, found: Any) -> tuple[float, float]:
     """Mean p(answer) over a `NeuronResult`'s prompts, as it is and with its neurons suppressed.
 
     Args:
@@ -208,7 +209,7 @@ def _step(timings: dict[str, float], name: str) -> Iterator[None]:
         timings[name] = time.perf_counter() - t
 
 
-def run_demo(out: str | Path = "out", *, model: Any = None, samples: int = 5,
+def run_demo(out: str | Path = "out", *, model: Bridge | None = None, samples: int = 5,
              echo: Callable[[str], Any] = print, progress: bool = True) -> DemoResult:
     """Run the six steps of the module docstring on ``model`` and write everything into ``out``.
 
@@ -270,7 +271,7 @@ def _cache_line(new: list[str]) -> str:
 class _Context:
     """What the steps share: the model, the output folder, settings, and what they produce."""
 
-    model: Any
+    model: Bridge
     out: Path
     samples: int
     echo: Callable[[str], Any]

@@ -1,7 +1,7 @@
 """Key-statistics benchmark: sampling from the model, the statistics forward, time to DEFAULT_N_TOKENS.
 
-    python benchmarks/covariance.py [--tokens 2048] [--seq-len 16] [--layer 9] [--threads 1]
-    python benchmarks/covariance.py --specificity [--chunks 1,2,4,6] [--stride 4] [--layer L]
+    python benchmarks/bench_covariance.py [--tokens 2048] [--seq-len 16] [--layer 9] [--threads 1]
+    python benchmarks/bench_covariance.py --specificity [--chunks 1,2,4,6] [--stride 4] [--layer L]
 
 On the default model (Gemma 3 270M) it times, in a fresh temporary stats cache:
 1. `sample_corpus`: `--tokens` tokens sampled from BOS (tokens/s);

@@ -27,7 +27,7 @@ from typing import Optional
 
 import typer
 
-from factscope.demo import DEMO_GROUP, neuron_suppression
+from factscope.app.demo import DEMO_GROUP, neuron_suppression
 
 app = typer.Typer(
     help="factscope: locate and edit factual knowledge in language models (TransformerLens 4.x).",
@@ -208,7 +208,7 @@ def _request(prompt: str, subject: str, target_new: str, target_true: Optional[s
 
 def _before_after(m, e, request) -> str:
     """A table of top-1 answers and p(target_new) before and after ``e``, on the prompt, paraphrases, neighbours."""
-    from factscope.demo import before_after_frame
+    from factscope.app.demo import before_after_frame
 
     df = before_after_frame(m, e, request)
     width = min(48, max(len(p) for p in df.prompt))
@@ -287,7 +287,7 @@ def read_requests(path: Path, limit: Optional[int] = None) -> tuple[list, str]:
     """
     import json
 
-    from factscope.datasets import _counterfact_record
+    from factscope.datasets import counterfact_record
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -316,7 +316,7 @@ def read_requests(path: Path, limit: Optional[int] = None) -> tuple[list, str]:
     if limit is not None:
         data = data[:limit]
     counterfact = isinstance(data[0], dict) and "requested_rewrite" in data[0]
-    convert = _counterfact_record if counterfact else _our_request
+    convert = counterfact_record if counterfact else _our_request
     out = []
     for i, rec in enumerate(data):
         if not isinstance(rec, dict):
@@ -854,10 +854,10 @@ def demo(
     """Run the main job on the bundled model and write out/report.html: answers, trace and profile,
     knowledge neurons, a ROME edit and its evaluation, the spillover probe, and a MEMIT batch.
 
-    See `factscope.demo` for the files written. 9.0 minutes the first time on 2 CPU cores, about
+    See `factscope.app.demo` for the files written. 9.0 minutes the first time on 2 CPU cores, about
     4 of them building caches (model conversion, key statistics, layer profile) that later runs reuse.
     """
-    from factscope.demo import run_demo
+    from factscope.app.demo import run_demo
     from factscope.models import ModelNotAvailableError
 
     try:
