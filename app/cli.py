@@ -374,7 +374,9 @@ def _run_editor(m, method: str, requests: list, layers: Optional[list[int]], con
     if method == "ft-l":
         return finetune(m, requests, layer=layers[0], config=config, progress=progress)
     if method == "kn":
-        kw = {} if steps is None else {"steps": steps}
+        from factscope.edit import KNConfig
+
+        kw = {} if steps is None else {"config": KNConfig(steps=steps)}
         padded = sum(_kn_prompts(r)[1] for r in requests)
         if padded:
             typer.echo(f"note: {padded} prompt(s) added with a context prefix so that every request has the 3 "

@@ -4,7 +4,9 @@
 - `memit` / `MEMITConfig`: many facts at once, spread over a range of layers.
 - `alphaedit` / `AlphaEditConfig`: MEMIT's update projected onto the null space of preserved keys.
 - `finetune` / `FTConfig`: the constrained fine-tuning baseline FT-L (one layer's ``W_out``, L∞ bound).
-- `kn`: a knowledge-neuron edit (Dai et al.'s rule on the neurons' value slots, rows of ``W_out``).
+- `editor` / `run_editor` / `EDITORS`: the editor registry, the one list of editor names (aliases too),
+  their config classes and one uniform call ``(model, requests, *, layers, config, C) -> Edit``.
+- `kn` / `KNConfig`: a knowledge-neuron edit (Dai et al.'s rule on the neurons' value slots, rows of ``W_out``).
 - `EditSession`: sequential editing (batch after batch; AlphaEdit's carried-over keys; revert, save).
 - `covariance` / `covariances` / `sample_corpus`: the key statistics C = E[kkᵀ], cached on disk.
 - `Edit` / `compose`: what every editor returns: ``apply`` / ``revert`` / ``applied``, ``save`` / ``load``.
@@ -14,11 +16,13 @@ from factscope.edit.alphaedit import AlphaEditConfig, alphaedit
 from factscope.edit.covariance import DEFAULT_N_TOKENS, covariance, covariances, sample_corpus
 from factscope.edit.finetune import FTConfig, finetune
 from factscope.edit.handle import Edit, compose
-from factscope.edit.kn import kn
+from factscope.edit.kn import KNConfig, kn
+from factscope.edit.registry import EDITORS, EditorSpec, editor, editor_names, run_editor
 from factscope.edit.memit import MEMITConfig, memit
 from factscope.edit.rome import ROMEConfig, rome
 from factscope.edit.session import EditSession
 
 __all__ = ["Edit", "compose", "rome", "memit", "alphaedit", "finetune", "kn", "EditSession", "ROMEConfig",
-           "MEMITConfig", "AlphaEditConfig", "FTConfig", "covariance", "covariances", "sample_corpus",
+           "MEMITConfig", "AlphaEditConfig", "FTConfig", "KNConfig", "EDITORS", "EditorSpec", "editor", "editor_names",
+           "run_editor", "covariance", "covariances", "sample_corpus",
            "DEFAULT_N_TOKENS"]

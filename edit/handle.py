@@ -389,17 +389,18 @@ class Edit:
             out[layer] = W
         return out
 
-    @torch.no_grad()
-    def apply(self, model: Bridge) -> Edit:
-        """Write this edit into ``model``'s weights (see the module docstring). Returns the edit.
+    def check_applicable(self, model: Bridge) -> None:
+        """Raise what `apply` would raise for ``model``, writing nothing.
+
+        The one applicability check: `apply`, `factscope.probes.evaluate` and `factscope.probes.spillover`
+        all call it.
 
         Args:
             model: the bridge the edit was computed on, with the same earlier edits applied.
 
-        Cost: two fingerprints (milliseconds) and, per layer, ``W_out + ΔW`` in float64; memory while
-        applied: a saved copy of each touched ``W_out`` (Gemma 3 270M: 5 MB per layer in float32).
+        Cost: one fingerprint (milliseconds) and a finiteness scan of the stored ΔW.
 
-        Raises (with the weights untouched):
+        Raises:
             EditStateError: already applied to this model.
             FingerprintMismatchError: ``model`` is not the model the edit was computed on.
             ValueError: a layer out of range, a ΔW whose shape is not ``W_out``'s, a non-finite value.
@@ -411,12 +412,26 @@ class Edit:
         fp = model_fingerprint(model)
         if fp != self.fingerprint:
             raise FingerprintMismatchError(self._mismatch(fp, stack))
-        a = arch_of(model)
-        weights = self._checked_weights(model, a, self.layers)
+        self._checked_weights(model, arch_of(model), self.layers)
         for layer in self.layers:  # the tensors may have been changed in place since construction
             d = self.deltas[layer]
             for name, t in (zip(("U", "V"), d) if isinstance(d, tuple) else [("dense delta", d)]):
                 _check_finite(t, f"layer {layer}'s {name}")
+
+    @torch.no_grad()
+    def apply(self, model: Bridge) -> Edit:
+        """Write this edit into ``model``'s weights (see the module docstring). Returns the edit.
+
+        Args:
+            model: the bridge the edit was computed on, with the same earlier edits applied.
+
+        Cost: two fingerprints (milliseconds) and, per layer, ``W_out + ΔW`` in float64; memory while
+        applied: a saved copy of each touched ``W_out`` (one ``[d_mlp, d_model]`` tensor per layer).
+
+        Raises (with the weights untouched): what `check_applicable` raises.
+        """
+        self.check_applicable(model)
+        weights = self._checked_weights(model, arch_of(model), self.layers)
         originals: dict[int, Tensor] = {}
         try:
             for layer, W in weights.items():

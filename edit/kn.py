@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
@@ -47,10 +48,50 @@ from torch import Tensor
 from factscope.arch import arch_of
 from factscope.facts import EditRequest
 from factscope.bridge import Bridge
+from factscope.edit.handle import Edit
 
-__all__ = ["kn", "kn_update", "token_direction"]
+__all__ = ["kn", "KNConfig", "kn_update", "token_direction"]
 
 Direction = Literal["embedding", "unembedding"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class KNConfig:
+    """KN's settings: the paper's rule (λ₁ = 1, λ₂ = 8, input embeddings) and the neuron search's defaults.
+
+    Cost: negligible (plain data, validated on construction).
+
+    Attributes:
+        lambda_erase, lambda_insert: λ₁ and λ₂ (the paper's 1 and 8).
+        direction: ``"embedding"`` (the official rule) or ``"unembedding"``.
+        steps, threshold, refine, batch_size: passed to `factscope.locate.knowledge_neurons` when the
+            neurons are located (20 integration steps, 0.2 of the top score, kept in 0.7 of the
+            prompts, automatic batch size).
+    """
+
+    lambda_erase: float = 1.0
+    lambda_insert: float = 8.0
+    direction: Direction = "embedding"
+    steps: int = 20
+    threshold: float = 0.2
+    refine: float = 0.7
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("lambda_erase", "lambda_insert"):
+            lam = getattr(self, name)
+            if isinstance(lam, bool) or not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+                raise ValueError(f"expected {name} to be a finite number >= 0, got {lam!r}")
+        if self.direction not in ("embedding", "unembedding"):
+            raise ValueError(f"expected direction 'embedding' or 'unembedding', got {self.direction!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"expected steps to be an int >= 1, got {self.steps!r}")
+        for name in ("threshold", "refine"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 <= v <= 1):
+                raise ValueError(f"expected {name} in [0, 1], got {v!r}")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ValueError(f"expected batch_size to be None or an int >= 1, got {self.batch_size!r}")
 
 
 def token_direction(model: Bridge, token: int, direction: Direction = "embedding") -> Float[Tensor, "d_model"]:
@@ -84,17 +125,11 @@ def kn(
     request: EditRequest,
     *,
     neurons: Any = None,
-    lambda_erase: float = 1.0,
-    lambda_insert: float = 8.0,
-    direction: Direction = "embedding",
     prompts: Sequence[str] | None = None,
-    steps: int = 20,
-    threshold: float = 0.2,
-    refine: float = 0.7,
-    batch_size: int | None = None,
+    config: KNConfig = KNConfig(),
     progress: bool = True,
     verbose: bool = True,
-) -> Any:
+) -> Edit:
     """Compute a knowledge-neuron edit: move the neurons' value slots from the old answer to the new.
 
     See the module docstring for the rule. The model is not changed.
@@ -105,11 +140,10 @@ def kn(
             e_old and is the answer the neurons are located for).
         neurons: a `factscope.locate.NeuronResult` or ``(layer, index[, score])`` items; ``None``
             (default) locates them first with `factscope.locate.knowledge_neurons`.
-        prompts, steps, threshold, refine, batch_size: passed on to `factscope.locate.knowledge_neurons` when
-            ``neurons`` is ``None`` (its defaults: the request's prompt and paraphrases, 20, 0.2,
-            0.7, automatic); ignored otherwise.
-        lambda_erase, lambda_insert: λ₁ and λ₂ (defaults: the paper's 1 and 8).
-        direction: ``"embedding"`` (default: the official rule) or ``"unembedding"``.
+        prompts: passed on to `factscope.locate.knowledge_neurons` when ``neurons`` is ``None``
+            (default: the request's prompt and paraphrases); ignored otherwise.
+        config: `KNConfig` (λ₁, λ₂, the direction, and the neuron search's steps, threshold, refine
+            and batch size; default: the paper's).
         progress: progress bars (default ``True``). verbose: print the neurons edited (default ``True``).
 
     Returns:
@@ -125,7 +159,6 @@ def kn(
     270M, one CPU thread, 3 prompts); given the neurons, microseconds (one forward only when the
     request has no ``target_true``).
     """
-    from factscope.edit.handle import Edit
     from factscope.locate.knowledge_neurons import NeuronResult, neuron_list
     from factscope.locate.knowledge_neurons import neurons as locate
 
@@ -134,11 +167,9 @@ def kn(
 
     if not isinstance(request, EditRequest):
         raise TypeError(f"expected an EditRequest, got {type(request).__name__}")
-    for name, lam in (("lambda_erase", lambda_erase), ("lambda_insert", lambda_insert)):
-        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-            raise ValueError(f"expected {name} to be a finite number >= 0, got {lam!r}")
-    if direction not in ("embedding", "unembedding"):
-        raise ValueError(f"expected direction 'embedding' or 'unembedding', got {direction!r}")
+    if not isinstance(config, KNConfig):
+        raise TypeError(f"expected config to be a KNConfig, got {type(config).__name__}")
+    c = config
     a = arch_of(model)
     new = target_ids(model, request.target_new)[0]
     old = _old_token(model, request)
@@ -148,8 +179,8 @@ def kn(
                          f"the KN rule would cancel out")
     found = None
     if neurons is None:
-        found = locate(model, request, prompts=prompts, steps=steps, threshold=threshold, refine=refine,
-                       batch_size=batch_size, progress=progress)
+        found = locate(model, request, prompts=prompts, steps=c.steps, threshold=c.threshold, refine=c.refine,
+                       batch_size=c.batch_size, progress=progress)
         neurons = found
     elif isinstance(neurons, NeuronResult):
         found = neurons
@@ -158,7 +189,7 @@ def kn(
         raise ValueError("expected at least one knowledge neuron to edit, got none (the refinement kept none: "
                          "lower threshold, or pass neurons=)")
     fp = fingerprint(model)
-    e_old, e_new = token_direction(model, old, direction), token_direction(model, new, direction)
+    e_old, e_new = token_direction(model, old, c.direction), token_direction(model, new, c.direction)
     by_layer: dict[int, list[int]] = {}
     for l, i in chosen:
         by_layer.setdefault(l, []).append(i)
@@ -169,7 +200,7 @@ def kn(
         V = torch.zeros(len(idx), a.d_model, dtype=torch.float64)  # [r, d_model]: the row changes
         for j, i in enumerate(idx):
             U[i, j] = 1.0
-            V[j] = kn_update(W[i], e_old, e_new, lambda_erase=lambda_erase, lambda_insert=lambda_insert).cpu()
+            V[j] = kn_update(W[i], e_old, e_new, lambda_erase=c.lambda_erase, lambda_insert=c.lambda_insert).cpu()
             norms.append(float(W[i].double().norm()))
         deltas[l] = (U, V)
     if verbose:
@@ -181,6 +212,5 @@ def kn(
                 located=found is not None,
                 refine_used=found.settings.get("refine_used") if found is not None else None,
                 refine_note=found.settings.get("refine_note") if found is not None else None)
-    config = dict(lambda_erase=lambda_erase, lambda_insert=lambda_insert, direction=direction, steps=steps,
-                  threshold=threshold, refine=refine, prompts=list(prompts) if prompts is not None else None)
-    return Edit(deltas=deltas, method="kn", requests=(request,), config=config, fingerprint=fp, info=info)
+    settings = dict(asdict(c), prompts=list(prompts) if prompts is not None else None)
+    return Edit(deltas=deltas, method="kn", requests=(request,), config=settings, fingerprint=fp, info=info)

@@ -21,7 +21,7 @@ from factscope.bridge import Bridge
 from factscope.arch import context_of
 
 __all__ = ["Prediction", "Predictions", "predict", "next_token_logits", "target_logprob", "target_scores", "TargetScores",
-           "generate"]
+           "generate", "kl_from_logprobs", "kl_from_logits"]
 
 
 @dataclass(frozen=True)
@@ -269,3 +269,32 @@ def generate(
         for r, i in enumerate(g):
             out[i] = prompts[i] + tok.decode(new[r].tolist(), skip_special_tokens=True)
     return out
+
+
+def kl_from_logprobs(lp: Float[Tensor, "... d_vocab"], lq: Float[Tensor, "... d_vocab"]) -> Float[Tensor, "..."]:
+    """KL(p ‖ q) = Σ p (log p − log q) over the last dimension, from log-probabilities, in nats.
+
+    The one KL of factscope: ROME's and MEMIT's essence term (with gradients, in the inputs' dtype),
+    the evaluation's neighbourhood KL and the spillover probe's KL effect all use it (or
+    `kl_from_logits`). Cost: O(numel), elementwise.
+
+    Args:
+        lp: log p, ``[..., d_vocab]`` (the distribution the expectation is taken under).
+        lq: log q, the same shape (or broadcastable to it).
+    """
+    if lp.shape[-1] != lq.shape[-1]:
+        raise ValueError(f"expected log-probabilities over the same vocabulary, got last dims {lp.shape[-1]} "
+                         f"and {lq.shape[-1]}")
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+def kl_from_logits(z_p: Float[Tensor, "... d_vocab"], z_q: Float[Tensor, "... d_vocab"]) -> Float[Tensor, "..."]:
+    """KL(p ‖ q) in nats from logits: softmax in float64, then `kl_from_logprobs`, clamped at 0 (rounding).
+
+    Cost: O(numel) (two log-softmaxes in float64). No gradients are needed or kept in float32.
+
+    Args:
+        z_p: logits of p, ``[..., d_vocab]``.
+        z_q: logits of q, the same shape.
+    """
+    return kl_from_logprobs(z_p.double().log_softmax(-1), z_q.double().log_softmax(-1)).clamp_min(0.0)

@@ -82,7 +82,9 @@ import numpy as np
 import torch
 from factscope.edit import finetune, kn, memit, rome
 from factscope.edit.finetune import FTConfig
+from factscope.edit import registry
 from factscope.edit.handle import Edit
+from factscope.edit.kn import KNConfig
 from factscope.edit.memit import MEMITConfig
 from factscope.edit.rome import ROMEConfig
 from factscope.probes.stats import LEVEL, bootstrap, mean_ci, percentile_ci, slope
@@ -569,29 +571,14 @@ def key_similarity(K: Float[Tensor, "probe d_mlp"], k_e: Float[Tensor, d_mlp], W
 
 
 def _check_editor(editor: Any) -> str:
-    if not isinstance(editor, str) or editor.lower() not in EDITORS:
+    name = registry.editor(editor).name
+    if name not in EDITORS:
         raise ValueError(f"expected editor to be one of {list(EDITORS)}, got {editor!r}")
-    e = editor.lower()
-    return "finetune" if e == "ft-l" else e
+    return "finetune" if name == "ft-l" else name
 
 
 def _check_config(name: str, config: Any) -> Any:
-    if config is None:
-        return None
-    if name == "kn":
-        if not isinstance(config, Mapping):
-            raise TypeError(f"expected config for the kn editor to be a mapping of keyword arguments of "
-                            f"factscope.edit.kn, got {type(config).__name__}")
-        real = importlib.import_module("factscope.edit.kn").kn  # the module, not the re-exported name
-        allowed = set(inspect.signature(real).parameters) - {"model", "request", "progress", "verbose"}
-        bad = sorted(set(config) - allowed)
-        if bad:
-            raise ValueError(f"expected kn config keys among {sorted(allowed)}, got unknown {bad}")
-        return dict(config)
-    cls = _CONFIGS[name]
-    if not isinstance(config, cls):
-        raise TypeError(f"expected config for the {name} editor to be a {cls.__name__}, got {type(config).__name__}")
-    return config
+    return None if config is None else registry.editor(name).check_config(config)
 
 
 def _kn_layer_counts(edit: Edit) -> dict[int, int]:
@@ -633,7 +620,7 @@ def _make_edit(model: Bridge, request: EditRequest, name: str, layer: int | None
         layers = None if layer is None else list(range(max(0, layer - cfg.n_layers + 1), layer + 1))
         return memit(model, [request], layers=layers, config=cfg, progress=progress, verbose=verbose)
     if name == "kn":
-        return kn(model, request, progress=progress, verbose=verbose, **(config or {}))
+        return kn(model, request, config=config or KNConfig(), progress=progress, verbose=verbose)
     if layer is None:
         from factscope.locate.profile import recommended_layer
 

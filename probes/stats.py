@@ -11,6 +11,7 @@ Everything here is plain NumPy/SciPy on small arrays (one number per request, pr
 - `mean_ci(x)`: the mean and its percentile-bootstrap CI in one call.
 - `ols(X, y)`: least squares with an intercept column added; coefficients, R², residual sum of
   squares and residual degrees of freedom (``numpy.linalg.lstsq``, rank-aware).
+- `format_ci(value, lo, hi)`: the one way a value with its interval is printed, ``0.812 [0.701, 0.903]``.
 - `nested_f_test(small, big)`: does the bigger model explain significantly more? F and its p-value
   (``scipy.stats.f``).
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["bootstrap", "percentile_ci", "mean_ci", "slope", "OLS", "ols", "nested_f_test", "N_BOOT", "LEVEL"]
+__all__ = ["format_ci", "bootstrap", "percentile_ci", "mean_ci", "slope", "OLS", "ols", "nested_f_test", "N_BOOT", "LEVEL"]
 
 N_BOOT = 2000
 LEVEL = 0.95
@@ -123,3 +124,19 @@ def nested_f_test(small: OLS, big: OLS) -> tuple[float, float]:
         return float("inf"), 0.0
     F = ((small.rss - big.rss) / df_num) / (big.rss / big.df_resid)
     return float(F), float(f_dist.sf(F, df_num, big.df_resid))
+
+
+def format_ci(value: float, lo: float, hi: float, *, fmt: str = ".3g", width: int | None = None) -> str:
+    """``value [lo, hi]`` with each number in format ``fmt``, or ``–`` when the value is missing (NaN).
+
+    The one CI-cell formatter of factscope (reports, spillover tables, the demo, the CLI).
+
+    Args:
+        value, lo, hi: the estimate and its interval.
+        fmt: a format spec for each number (default ``".3g"``; ``".2f"`` for scores in [0, 1]).
+        width: right-align the whole cell to this many characters (default: no padding).
+    """
+    import math
+
+    cell = f"{value:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]" if math.isfinite(value) else "–"
+    return cell if width is None else f"{cell:>{width}}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from factscope.edit import Edit, kn
+from factscope.edit import Edit, KNConfig, kn
 from factscope.locate import neurons
 
 from factscope import EditRequest, Fact, arch_of, fingerprint, target_ids
@@ -36,7 +36,8 @@ def plain_rule(v, e_old, e_new, l1, l2):
 def test_kn_update_is_the_official_rule(tiny, direction):
     a = arch_of(tiny)
     snap = snapshot(tiny)
-    e = kn(tiny, REQ, neurons=CHOSEN, lambda_erase=1.0, lambda_insert=8.0, direction=direction, verbose=False)
+    e = kn(tiny, REQ, neurons=CHOSEN, config=KNConfig(lambda_erase=1.0, lambda_insert=8.0, direction=direction),
+           verbose=False)
     assert_same(tiny, snap)  # computing an edit changes nothing
     old, new = target_ids(tiny, "Seattle")[0], target_ids(tiny, "Paris")[0]
     E = tiny.W_E.detach() if direction == "embedding" else tiny.W_U.detach().T  # [d_vocab, d_model]
@@ -83,7 +84,7 @@ def test_kn_edit_reverts_bit_exactly_and_round_trips(tiny, tmp_path):
 
 
 def test_kn_locates_neurons_when_none_given(tiny):
-    e = kn(tiny, REQ, steps=3, progress=False, verbose=False)
+    e = kn(tiny, REQ, config=KNConfig(steps=3), progress=False, verbose=False)
     r = neurons(tiny, REQ, steps=3, progress=False)
     assert e.info["located"] and e.info["neurons"] == [[l, i] for l, i, _ in r.neurons]
     assert e.info["refine_used"] == r.settings["refine_used"]
@@ -110,9 +111,9 @@ def test_kn_bad_input_leaves_model_untouched(tiny):
     with pytest.raises(TypeError, match="EditRequest"):
         kn(tiny, Fact("The {} is in downtown", "Space Needle", "Seattle"), neurons=CHOSEN)
     with pytest.raises(ValueError, match="lambda_erase"):
-        kn(tiny, REQ, neurons=CHOSEN, lambda_erase=-1)
+        kn(tiny, REQ, neurons=CHOSEN, config=KNConfig(lambda_erase=-1))
     with pytest.raises(ValueError, match="lambda_insert"):
-        kn(tiny, REQ, neurons=CHOSEN, lambda_insert=float("inf"))
+        kn(tiny, REQ, neurons=CHOSEN, config=KNConfig(lambda_insert=float("inf")))
     with pytest.raises(ValueError, match="neuron index"):
         kn(tiny, REQ, neurons=[(1, d_mlp)], verbose=False)
     with pytest.raises(ValueError, match="layer"):
@@ -120,7 +121,7 @@ def test_kn_bad_input_leaves_model_untouched(tiny):
     with pytest.raises(ValueError, match="at least one knowledge neuron"):
         kn(tiny, REQ, neurons=[], verbose=False)
     with pytest.raises(ValueError, match="direction"):
-        kn(tiny, REQ, neurons=CHOSEN, direction="both")
+        kn(tiny, REQ, neurons=CHOSEN, config=KNConfig(direction="both"))
     same_start = EditRequest(REQ.prompt, REQ.subject, "Seattle Center", target_true="Seattle")
     if target_ids(tiny, "Seattle Center")[0] == target_ids(tiny, "Seattle")[0]:
         with pytest.raises(ValueError, match="different tokens"):

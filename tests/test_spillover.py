@@ -8,7 +8,7 @@ import importlib
 import numpy as np
 import pytest
 import torch
-from factscope.edit import Edit
+from factscope.edit import Edit, KNConfig
 from factscope.edit.handle import applied_edits
 from factscope.edit.rome import ROMEConfig
 from factscope.probes.spillover import (
@@ -362,8 +362,8 @@ def test_editor_dispatch(model, monkeypatch):
     assert calls[-1][1]["layers"] == [0, 1, 2, 3]
     r = go(editor="memit")
     assert calls[-1][1]["layers"] is None and r.layer == 2
-    r = go(editor="kn", config={"steps": 5})
-    assert calls[-1][1]["steps"] == 5 and (r.editor, r.layer) == ("kn", 2)
+    r = go(editor="kn", config=KNConfig(steps=5))
+    assert calls[-1][1]["config"].steps == 5 and (r.editor, r.layer) == ("kn", 2)
     assert "most edited neurons" in r.settings["layer_reason"]
     for name in ("finetune", "ft-l"):
         r = go(editor=name)
@@ -415,7 +415,7 @@ def test_model_is_bit_identical_after_a_run_and_after_a_failure(model, monkeypat
     (dict(layer=99), ValueError, "layer"),
     (dict(editor="kn", layer=1), ValueError, "locates its neurons"),
     (dict(editor="memit", config=ROMEConfig()), TypeError, "MEMITConfig"),
-    (dict(editor="kn", config={"bogus": 1}), ValueError, "unknown"),
+    (dict(editor="kn", config={"steps": 1}), TypeError, "KNConfig"),
     (dict(C=torch.eye(3)), ValueError, "shape"),
     (dict(n_boot=0), ValueError, "n_boot"),
     (dict(n_unrelated=-1), ValueError, "n_unrelated"),
