@@ -78,8 +78,8 @@ from factscope.arch import arch_of
 from factscope.facts import EditRequest
 from factscope.models import fingerprint as model_fingerprint
 from factscope.bridge import Bridge
-from factscope.result_files import (Record, ResultFileError, Saveable, fact_from_json, fact_to_json, load_result,
-                                    plain_json)
+from factscope.result_files import (ResultContents, ResultFileError, Saveable, fact_from_json, fact_to_json,
+                                    load_result, plain_json)
 
 __all__ = [
     "FORMAT",
@@ -498,7 +498,7 @@ class Edit(Saveable):
     RESULT_KIND = FORMAT
     RESULT_VERSION = FORMAT_VERSION
 
-    def to_record(self) -> Record:
+    def to_contents(self) -> ResultContents:
         """The edit as tensors ``layer.{l}.u`` / ``.v`` / ``.dense`` and JSON meta (see the module docstring).
 
         Cost: negligible (no copies; `save` copies to the CPU).
@@ -514,18 +514,18 @@ class Edit(Saveable):
             kinds[str(layer)] = "low-rank" if isinstance(d, tuple) else "dense"
         meta = {"method": self.method, "fingerprint": self.fingerprint, "layers": kinds,
                 "requests": [fact_to_json(r) for r in self.requests], "config": self.config, "info": self.info}
-        return Record(tensors, meta)
+        return ResultContents(tensors, meta)
 
     @classmethod
-    def from_record(cls, record: Record) -> Edit:
-        """The edit that `to_record` described.
+    def from_contents(cls, contents: ResultContents) -> Edit:
+        """The edit that `to_contents` described.
 
         Args:
-            record: its tensors and meta (from `factscope.result_files.load_result`).
+            contents: its tensors and meta (from `factscope.result_files.load_result`).
 
         Cost: the constructor's checks (a finiteness scan of the tensors).
         """
-        tensors, meta = record
+        tensors, meta = contents
         deltas: dict[int, LayerDelta] = {}
         for key, kind in meta["layers"].items():
             names = [f"layer.{key}.u", f"layer.{key}.v"] if kind == "low-rank" else [f"layer.{key}.dense"]
@@ -553,7 +553,7 @@ class Edit(Saveable):
                 together (one was overwritten or edited): a `factscope.result_files.ResultFileError`.
             FingerprintMismatchError: ``model``'s fingerprint is not the edit's.
         """
-        edit = cls.from_record(load_result(path, kind=FORMAT, version=FORMAT_VERSION))
+        edit = cls.from_contents(load_result(path, kind=FORMAT, version=FORMAT_VERSION))
         if model is not None:
             fp = model_fingerprint(model)
             if fp != edit.fingerprint:

@@ -22,9 +22,9 @@ holds the digest of the tensor file, the tensor file the digest of the sidecar, 
 editing either one is noticed.
 
 ``meta`` is stored in its JSON form (`plain_json`: tuples become lists, dict keys strings, 0-d
-tensors and NumPy scalars numbers). JSON has no NaN or infinity, so non-finite floats are written
-as ``{"$float": "nan"}``, ``{"$float": "inf"}`` or ``{"$float": "-inf"}`` and read back as floats;
-a dict of that one key is reserved.
+tensors and NumPy scalars numbers), as UTF-8 with dict keys in their order. JSON has no NaN or
+infinity, so non-finite floats are written as ``{"$float": "nan"}``, ``{"$float": "inf"}`` or
+``{"$float": "-inf"}`` and read back as floats; a dict of that one key is reserved.
 
 Writing and reading
 -------------------
@@ -36,8 +36,8 @@ SHA-256. Each failure raises `ResultFileError` (a ``ValueError``; `MissingResult
 ``FileNotFoundError``, for a missing file) naming the file, what was expected and what was found.
 
 Result types mix in `Saveable`, which gives them ``save(path)`` and ``Type.load(path)`` from two
-methods of their own: ``to_record()`` (their tensors and JSON meta, a `Record`) and
-``from_record(record)``. Results that hold another result (a `SpilloverResult` its `Edit`) store
+methods of their own: ``to_contents()`` (their tensors and JSON meta, a `ResultContents`) and
+``from_contents(contents)``. Results that hold another result (a `SpilloverResult` its `Edit`) store
 it under a prefix with `nest` and read it back with `unnest`.
 """
 
@@ -55,12 +55,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from factscope.cache import atomic_file, write_json
+from factscope.cache import atomic_file
 from factscope.facts import EditRequest, Fact
 
 __all__ = [
     "FORMAT",
-    "Record",
+    "ResultContents",
     "ResultFileError",
     "MissingResultFileError",
     "Saveable",
@@ -88,7 +88,7 @@ class MissingResultFileError(ResultFileError, FileNotFoundError):
     """One of a result file's two files (the tensors or the JSON sidecar) does not exist."""
 
 
-class Record(NamedTuple):
+class ResultContents(NamedTuple):
     """What a result file holds: named tensors and the JSON meta.
 
     Attributes:
@@ -231,7 +231,7 @@ def unnest(prefix: str, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
     Args:
         prefix: the group's name.
-        tensors: every tensor of a loaded `Record`.
+        tensors: every tensor of a loaded `ResultContents`.
 
     Cost: negligible (no copies).
     """
@@ -306,7 +306,9 @@ def save_result(path: str | os.PathLike, *, kind: str, version: int, tensors: Ma
     blob = save(_standalone(tensors), metadata=stamp)
     with atomic_file(path) as tmp:
         tmp.write_bytes(blob)
-    write_json(sidecar_of(path), {**head, "tensors_sha256": hashlib.sha256(blob).hexdigest()})
+    side = {**head, "tensors_sha256": hashlib.sha256(blob).hexdigest()}
+    with atomic_file(sidecar_of(path)) as tmp:  # keys in their order: a dict's order is part of the result
+        tmp.write_text(json.dumps(side, indent=1, ensure_ascii=False, allow_nan=False), encoding="utf-8")
     return path
 
 
@@ -361,7 +363,7 @@ def _check_pair(blob: bytes, head: dict[str, Any], path: Path, side: Path) -> No
                               f"one stored in the tensor file, so the sidecar was edited after saving")
 
 
-def load_result(path: str | os.PathLike, *, kind: str, version: int) -> Record:
+def load_result(path: str | os.PathLike, *, kind: str, version: int) -> ResultContents:
     """Read and check a result file written by `save_result`; returns its tensors and meta.
 
     Checks, before using anything: both files exist, the sidecar is this format's JSON, its kind is
@@ -373,7 +375,7 @@ def load_result(path: str | os.PathLike, *, kind: str, version: int) -> Record:
         version: the layout version expected.
 
     Returns:
-        A `Record`: the tensors (CPU) sorted by name, and the meta (non-finite floats restored).
+        A `ResultContents`: the tensors (CPU) sorted by name, and the meta (non-finite floats restored).
 
     Raises:
         MissingResultFileError: either file is missing (also a ``FileNotFoundError``).
@@ -395,7 +397,7 @@ def load_result(path: str | os.PathLike, *, kind: str, version: int) -> Record:
         tensors = load_tensors(blob)
     except Exception as e:  # noqa: BLE001  (safetensors raises its own error types)
         raise ResultFileError(f"expected safetensors in {path}, could not read them: {type(e).__name__}: {e}") from None
-    return Record(tensors=dict(sorted(tensors.items())), meta=_decode(head["meta"]))
+    return ResultContents(tensors=dict(sorted(tensors.items())), meta=_decode(head["meta"]))
 
 
 # --------------------------------------------------------------------------- the mix-in
@@ -407,7 +409,7 @@ class Saveable:
     """Mix-in: ``save(path)`` and ``Type.load(path)`` through `save_result` / `load_result`.
 
     A subclass sets ``RESULT_KIND`` (e.g. ``"factscope.trace"``) and ``RESULT_VERSION`` (bumped
-    when its layout changes) and defines ``to_record()`` and the class method ``from_record(record)``.
+    when its layout changes) and defines ``to_contents()`` and the class method ``from_contents(contents)``.
 
     Cost: what its `save` and `load` say.
     """
@@ -415,18 +417,18 @@ class Saveable:
     RESULT_KIND: ClassVar[str]
     RESULT_VERSION: ClassVar[int]
 
-    def to_record(self) -> Record:
+    def to_contents(self) -> ResultContents:
         """The tensors and JSON meta that stand for this result (defined by each result type)."""
-        raise NotImplementedError(f"{type(self).__name__} does not define to_record()")
+        raise NotImplementedError(f"{type(self).__name__} does not define to_contents()")
 
     @classmethod
-    def from_record(cls: type[S], record: Record) -> S:
-        """The result that `to_record` described (defined by each result type).
+    def from_contents(cls: type[S], contents: ResultContents) -> S:
+        """The result that `to_contents` described (defined by each result type).
 
         Args:
-            record: tensors and meta, as `load_result` returns them.
+            contents: tensors and meta, as `load_result` returns them.
         """
-        raise NotImplementedError(f"{cls.__name__} does not define from_record()")
+        raise NotImplementedError(f"{cls.__name__} does not define from_contents()")
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write this result as a result file: ``path`` (safetensors) and ``path + ".json"``, atomically.
@@ -439,7 +441,7 @@ class Saveable:
 
         Cost: writing the result's tensors and a SHA-256 of them (no model passes).
         """
-        tensors, meta = self.to_record()
+        tensors, meta = self.to_contents()
         return save_result(path, kind=self.RESULT_KIND, version=self.RESULT_VERSION, tensors=tensors, meta=meta)
 
     @classmethod
@@ -454,4 +456,4 @@ class Saveable:
 
         Cost: reading both files and a SHA-256 of the tensors (no model passes).
         """
-        return cls.from_record(load_result(path, kind=cls.RESULT_KIND, version=cls.RESULT_VERSION))
+        return cls.from_contents(load_result(path, kind=cls.RESULT_KIND, version=cls.RESULT_VERSION))

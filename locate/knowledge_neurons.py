@@ -92,7 +92,7 @@ from factscope.kv import repeat_rows, run_cached
 from factscope.tokens import encode, str_tokens, target_ids
 from factscope.bridge import Bridge
 from factscope.arch import context_of
-from factscope.result_files import Record, Saveable, nest, unnest
+from factscope.result_files import ResultContents, Saveable, nest, unnest
 
 __all__ = [
     "NeuronResult",
@@ -250,7 +250,7 @@ class NeuronResult(Saveable):
     RESULT_KIND = "factscope.neurons"
     RESULT_VERSION = 1
 
-    def to_record(self) -> Record:
+    def to_contents(self) -> ResultContents:
         """Tensors ``attributions``, ``p_clean``, ``p_baseline``, ``activations.{i}``; the rest as JSON meta.
 
         Cost: negligible (no copies).
@@ -258,22 +258,23 @@ class NeuronResult(Saveable):
         tensors = {"attributions": self.attributions, "p_clean": self.p_clean, "p_baseline": self.p_baseline}
         meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in (*tensors, "activations")}
         tensors.update(nest("activations", {str(i): a for i, a in enumerate(self.activations)}))
-        return Record(tensors, {**meta, "n_activations": len(self.activations)})
+        return ResultContents(tensors, {**meta, "n_activations": len(self.activations)})
 
     @classmethod
-    def from_record(cls, record: Record) -> NeuronResult:
-        """The result that `to_record` described.
+    def from_contents(cls, contents: ResultContents) -> NeuronResult:
+        """The result that `to_contents` described.
 
         Args:
-            record: its tensors and meta (from `factscope.result_files.load_result`).
+            contents: its tensors and meta (from `factscope.result_files.load_result`).
 
         Cost: negligible.
         """
-        t, meta = record
+        t, meta = contents
         acts = unnest("activations", t)
         return cls(attributions=t["attributions"], p_clean=t["p_clean"], p_baseline=t["p_baseline"],
                    activations=tuple(acts[str(i)] for i in range(meta["n_activations"])),
-                   prompts=tuple(meta["prompts"]), neurons=tuple((int(l), int(i), float(s)) for l, i, s in meta["neurons"]),
+                   prompts=tuple(meta["prompts"]),
+                   neurons=tuple((int(l), int(i), float(s)) for l, i, s in meta["neurons"]),
                    answer=meta["answer"], answer_id=int(meta["answer_id"]), target=meta["target"],
                    subject=meta["subject"], tokens=tuple(tuple(x) for x in meta["tokens"]), settings=meta["settings"])
 

@@ -27,7 +27,7 @@ from factscope.facts import EditRequest, Fact
 from factscope.locate.tracing import KINDS, trace
 from factscope.predict import predict
 from factscope.bridge import Bridge
-from factscope.result_files import Record, Saveable, unnest
+from factscope.result_files import ResultContents, Saveable, unnest
 
 __all__ = ["BUCKETS", "ProfileResult", "layer_profile", "token_buckets", "LayerChoice", "recommended_layer",
            "one_per_relation"]
@@ -118,25 +118,25 @@ class ProfileResult(Saveable):
     RESULT_KIND = "factscope.profile"
     RESULT_VERSION = 1
 
-    def to_record(self) -> Record:
+    def to_contents(self) -> ResultContents:
         """Tensors ``{mean,lo,hi,n}.{kind}``; facts, skipped, settings and the kinds' order as JSON meta.
 
         Cost: negligible (no copies).
         """
         tensors = {f"{part}.{k}": t for part in _PARTS for k, t in getattr(self, part).items()}
-        return Record(tensors, {"kinds": list(self.kinds), "facts": self.facts, "skipped": self.skipped,
-                                "settings": self.settings})
+        meta = {"kinds": list(self.kinds), "facts": self.facts, "skipped": self.skipped, "settings": self.settings}
+        return ResultContents(tensors, meta)
 
     @classmethod
-    def from_record(cls, record: Record) -> ProfileResult:
-        """The profile that `to_record` described.
+    def from_contents(cls, contents: ResultContents) -> ProfileResult:
+        """The profile that `to_contents` described.
 
         Args:
-            record: its tensors and meta (from `factscope.result_files.load_result`).
+            contents: its tensors and meta (from `factscope.result_files.load_result`).
 
         Cost: negligible.
         """
-        t, meta = record
+        t, meta = contents
         parts = {part: {k: unnest(part, t)[k] for k in meta["kinds"]} for part in _PARTS}
         return cls(**parts, facts=tuple(meta["facts"]), skipped=tuple(tuple(s) for s in meta["skipped"]),
                    settings=meta["settings"])

@@ -50,7 +50,7 @@ from factscope.facts import EditRequest, Fact
 from factscope.tokens import encode, str_tokens, subject_span, target_ids
 from factscope.bridge import Bridge
 from factscope.arch import context_of
-from factscope.result_files import Record, Saveable, nest, unnest
+from factscope.result_files import ResultContents, Saveable, nest, unnest
 
 __all__ = ["TraceResult", "trace", "embedding_sigma", "KINDS"]
 
@@ -167,24 +167,24 @@ class TraceResult(Saveable):
     RESULT_KIND = "factscope.trace"
     RESULT_VERSION = 1
 
-    def to_record(self) -> Record:
+    def to_contents(self) -> ResultContents:
         """The score grids as tensors ``scores.{kind}``; everything else as JSON meta.
 
         Cost: negligible (no copies).
         """
         meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "scores"}
-        return Record(nest("scores", self.scores), {**meta, "kinds": list(self.scores)})
+        return ResultContents(nest("scores", self.scores), {**meta, "kinds": list(self.scores)})
 
     @classmethod
-    def from_record(cls, record: Record) -> TraceResult:
-        """The result that `to_record` described.
+    def from_contents(cls, contents: ResultContents) -> TraceResult:
+        """The result that `to_contents` described.
 
         Args:
-            record: its tensors and meta (from `factscope.result_files.load_result`).
+            contents: its tensors and meta (from `factscope.result_files.load_result`).
 
         Cost: negligible.
         """
-        scores, meta = unnest("scores", record.tensors), dict(record.meta)
+        scores, meta = unnest("scores", contents.tensors), dict(contents.meta)
         kinds = meta.pop("kinds")
         meta["tokens"], meta["subject"] = tuple(meta["tokens"]), tuple(meta["subject"])
         return cls(scores={k: scores[k] for k in kinds}, **meta)
