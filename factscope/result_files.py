@@ -22,7 +22,7 @@ holds the digest of the tensor file, the tensor file the digest of the sidecar, 
 editing either one is noticed.
 
 ``meta`` is stored in its JSON form (`plain_json`: tuples become lists, dict keys strings, 0-d
-tensors and NumPy scalars numbers), as UTF-8 with dict keys in their order. JSON has no NaN or
+tensors and NumPy scalars numbers, dataclass instances dicts), as UTF-8 with dict keys in their order. JSON has no NaN or
 infinity, so non-finite floats are written as ``{"$float": "nan"}``, ``{"$float": "inf"}`` or
 ``{"$float": "-inf"}`` and read back as floats; a dict of that one key is reserved.
 
@@ -43,6 +43,7 @@ it under a prefix with `nest` and read it back with `unnest`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -106,10 +107,12 @@ class ResultContents(NamedTuple):
 def plain_json(obj: Any, what: str = "meta") -> Any:
     """``obj`` in its JSON form: tuples as lists, keys as strings, 0-d tensors and NumPy scalars as numbers.
 
+    Dataclass instances (an editor's config in a result's settings) become dicts of their fields.
     Non-finite floats stay floats here (`save_result` tags them in the file).
 
     Args:
-        obj: dicts, lists, tuples, strings, numbers, booleans, ``None``, 0-d tensors, NumPy scalars.
+        obj: dicts, lists, tuples, strings, numbers, booleans, ``None``, 0-d tensors, NumPy scalars,
+            dataclass instances of those.
         what: the name used in the error (default ``"meta"``).
 
     Raises:
@@ -121,14 +124,16 @@ def plain_json(obj: Any, what: str = "meta") -> Any:
     def scalar(o: Any) -> Any:
         if hasattr(o, "item") and getattr(o, "ndim", None) == 0:  # 0-d tensor, NumPy scalar
             return o.item()
+        if dataclasses.is_dataclass(o) and not isinstance(o, type):
+            return {f.name: getattr(o, f.name) for f in dataclasses.fields(o)}
         raise TypeError(f"a {type(o).__name__} is not JSON-able")
 
     try:
         return json.loads(json.dumps(obj, default=scalar))
     except (TypeError, ValueError) as e:
         raise TypeError(
-            f"expected `{what}` to be JSON-able (dicts with str keys, lists, strings, numbers, booleans, None), "
-            f"got {obj!r:.200} ({e})"
+            f"expected `{what}` to be JSON-able (dicts, lists, tuples, strings, numbers, booleans, None, 0-d "
+            f"tensors, dataclasses of those), got {obj!r:.200} ({e})"
         ) from None
 
 
@@ -169,11 +174,9 @@ def fact_to_json(fact: Fact | EditRequest) -> dict[str, Any]:
 
     Cost: negligible.
     """
-    from dataclasses import asdict
-
     if not isinstance(fact, (Fact, EditRequest)):
         raise TypeError(f"expected a Fact or an EditRequest, got {type(fact).__name__}")
-    return {"record": type(fact).__name__, **plain_json(asdict(fact), "fact")}
+    return {"record": type(fact).__name__, **plain_json(fact, "fact")}
 
 
 def fact_from_json(d: Mapping[str, Any]) -> Fact | EditRequest:
@@ -342,8 +345,8 @@ def _check_header(head: dict[str, Any], side: Path, kind: str, version: int) -> 
         raise ResultFileError(f"expected an integer version in {side}, found {found!r}")
     if found != version:
         by = f"factscope {head.get('factscope_version')!r}"
-        hint = "a newer factscope wrote it: upgrade factscope" if found > version else \
-            "an older factscope wrote it, in a layout this one no longer reads: compute the result again"
+        hint = ("a newer factscope wrote it: upgrade factscope" if found > version else
+                "an older factscope wrote it, in a layout this one no longer reads: compute the result again")
         raise ResultFileError(f"expected {kind!r} version {version}, {side} has version {found} (written by {by}; "
                               f"{hint})")
 

@@ -32,7 +32,7 @@ from factscope.probes.neuron_effect import NeuronEffect
 from factscope.probes.overlap import OverlapResult, Pair
 from factscope.probes.spillover import SpilloverFit, SpilloverProbe, SpilloverResult
 from factscope.probes.stats import OLS
-from factscope.result_files import sidecar_of
+from factscope.result_files import plain_json, sidecar_of
 
 COV = importlib.import_module("factscope.edit.covariance")  # the package attribute is the function
 NAN, INF = float("nan"), float("inf")
@@ -283,6 +283,10 @@ def test_meta_keeps_non_finite_floats_and_order(tmp_path):
     tensors, back = load_result(path, kind="test", version=3)
     assert_same(back, {"z": NAN, "a": [INF, -INF, 1.5], "m": {"y": 1, "b": None}, "t": [1, 2]})
     assert_same(tensors, {"w": rand(2)})
+    cfg = AlphaEditConfig(v_steps=3)  # a dataclass in the settings (an editor's config) is stored as its fields
+    _, back = load_result(save_result(tmp_path / "c.safetensors", kind="test", version=1, tensors={},
+                                      meta={"config": cfg}), kind="test", version=1)
+    assert back["config"] == plain_json(dataclasses.asdict(cfg)) and back["config"]["v_steps"] == 3
     with pytest.raises(ValueError, match=r"\$float"):
         save_result(tmp_path / "y.safetensors", kind="test", version=1, tensors={}, meta={"x": {"$float": "nan"}})
     with pytest.raises(TypeError, match="JSON-able"):
