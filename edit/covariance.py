@@ -60,13 +60,14 @@ seed, ``seq_len``, ``n_tokens``, the sampler's batch size (the draws depend on i
 version and the device type. ``batch_size`` of the statistics' forwards is not part of the key: it
 changes C only by float32 rounding (padding and batch shape change the kernels' summation order).
 
-The safetensors metadata of every file holds ``key`` (the JSON key), ``tokens`` (keys counted),
-``sha256`` (of the tensor's bytes) and ``format``. Files are written to a temporary name and renamed
-into place, so readers, and several processes computing the same statistic at once, never see a
-partial file (both compute it; the last rename wins, with identical contents). A file that cannot
-be read, has the wrong shape or dtype, fails its checksum, holds non-finite values or whose key
-does not match is reported with a warning and recomputed, never used. ``cache=False`` bypasses the
-cache both ways.
+Every file is a result file (`factscope.result_files`: the safetensors file and its JSON sidecar,
+each holding the other's SHA-256) whose meta holds ``key`` (the JSON key) and ``tokens`` (keys
+counted). Both are written to a temporary name and renamed into place, the sidecar last, so readers,
+and several processes computing the same statistic at once, never see a partial file (a tensor file
+without its sidecar yet counts as a miss; both compute it; the last rename wins, with identical
+contents). A file that cannot be read, was modified, has the wrong shape or dtype, holds non-finite
+values or whose key does not match is reported with a warning and recomputed, never used.
+``cache=False`` bypasses the cache both ways.
 
 Cost (Gemma 3 270M, one thread of this 2-core CPU; ``benchmarks/bench_covariance.py``)
 -----------------------------------------------------------------------------
@@ -100,7 +101,6 @@ Dimension names: ``seq`` sequences, ``pos`` positions (BOS included), ``d_mlp`` 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import re
@@ -115,7 +115,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from factscope.arch import arch_of
-from factscope.cache import atomic_file, cache_dir, key_digest
+from factscope.cache import cache_dir, key_digest
+from factscope.result_files import MissingResultFileError, ResultFileError, load_result, plain_json, save_result
 from factscope.checks import check_int
 from factscope.kv import run_cached
 from factscope.tokens import encode, tokenizer_of
@@ -183,50 +184,28 @@ def _notice(msg: str) -> None:
 # --------------------------------------------------------------------------- checked cache files
 
 
-def _sha256(t: Tensor) -> str:
-    return hashlib.sha256(t.detach().contiguous().cpu().numpy().tobytes()).hexdigest()
-
-
 def _save(path: Path, name: str, t: Tensor, key: dict[str, Any], fmt: str, tokens: int) -> None:
-    """Write ``{name: t}`` with its key, token count and checksum as metadata, atomically."""
-    from safetensors.torch import save_file
-
-    t = t.detach().contiguous().cpu()
-    meta = {"format": fmt, "key": json.dumps(key, sort_keys=True), "tokens": str(tokens), "sha256": _sha256(t)}
-    with atomic_file(path) as tmp:
-        save_file({name: t}, str(tmp), metadata=meta)
+    """Write ``{name: t}`` as a result file of kind ``fmt``, its key and token count in the meta."""
+    save_result(path, kind=fmt, version=1, tensors={name: t}, meta={"key": key, "tokens": tokens})
 
 
 def _load(path: Path, name: str, key: dict[str, Any], fmt: str, shape: Callable[[tuple[int, ...]], bool],
           dtype: torch.dtype) -> tuple[Tensor, int] | None:
     """The tensor and token count of a valid cache file; ``None`` (with a warning if it exists but is bad)."""
-    from safetensors import safe_open
-
-    if not path.exists():
-        return None
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            t = f.get_tensor(name)
-    except FileNotFoundError:  # removed since exists(): a miss, not damage
+        tensors, meta = load_result(path, kind=fmt, version=1)
+    except MissingResultFileError:  # absent, or its sidecar not written yet (a writer at work, a crash): a miss
         return None
-    except Exception as e:  # noqa: BLE001  (truncated or garbage files: safetensors raises its own types)
-        return _damaged(path, f"unreadable: {type(e).__name__}: {e}")
-    try:
-        stored_key = json.loads(meta.get("key", "null"))
-        tokens = int(meta.get("tokens", "-1"))
-    except (ValueError, TypeError):
-        return _damaged(path, "its metadata cannot be parsed")
-    if meta.get("format") != fmt:
-        return _damaged(path, f"expected format {fmt!r}, found {meta.get('format')!r}")
-    if stored_key != json.loads(json.dumps(key, sort_keys=True)):
+    except (ResultFileError, OSError) as e:
+        return _damaged(path, f"{type(e).__name__}: {e}")
+    t, tokens = tensors.get(name), meta.get("tokens")
+    if meta.get("key") != plain_json(key, "key"):
         return _damaged(path, "its key does not match the statistic asked for")
-    if t.dtype != dtype or not shape(tuple(t.shape)):
-        return _damaged(path, f"unexpected tensor {t.dtype} {tuple(t.shape)}")
-    if tokens < 1:
-        return _damaged(path, f"expected a positive token count, found {tokens}")
-    if meta.get("sha256") != _sha256(t):
-        return _damaged(path, "checksum mismatch")
+    if t is None or t.dtype != dtype or not shape(tuple(t.shape)):
+        found = None if t is None else f"{t.dtype} {tuple(t.shape)}"
+        return _damaged(path, f"expected a tensor {name!r} of {dtype} of the statistic's shape, found {found}")
+    if type(tokens) is not int or tokens < 1:
+        return _damaged(path, f"expected a positive token count, found {tokens!r}")
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         return _damaged(path, f"{int((~torch.isfinite(t)).sum())} non-finite values")
     return t, tokens

@@ -43,17 +43,18 @@ numbers per layer) or its dense deltas (``d_mlp × d_model``).
 
 File format
 -----------
-``edit.save(path)`` writes two files, each atomically (temporary name, then rename), no pickle:
+``edit.save(path)`` writes a result file (`factscope.result_files`, kind ``"factscope.edit"``,
+version 2), atomically, no pickle:
 
 - ``path``: safetensors with tensors ``layer.{l}.u`` ``[d_mlp, rank]`` and ``layer.{l}.v``
   ``[rank, d_model]`` for low-rank layers, ``layer.{l}.dense`` ``[d_mlp, d_model]`` for dense ones,
-  in the dtype they were given; its metadata holds ``format``, ``version``, ``fingerprint``.
-- ``path + ".json"``: ``{"format": "factscope.edit", "version": 1, "method", "fingerprint",
-  "requests": [asdict(request), ...], "config", "info", "layers": {"l": "low-rank" | "dense"},
-  "tensors_sha256"}``.
+  in the dtype they were given.
+- ``path + ".json"``: the sidecar, whose ``meta`` is ``{"method", "fingerprint", "requests":
+  [fact_to_json(request), ...], "config", "info", "layers": {"l": "low-rank" | "dense"}}``.
 
-`Edit.load` checks that the two files belong together (the digest and the fingerprint in both) and,
-given a model, that its fingerprint is the edit's.
+`Edit.load` checks that the two files belong together (each holds the other's SHA-256), the kind and
+the version (files of version 1, written before result files, are refused with a `ResultFileError`)
+and, given a model, that its fingerprint is the edit's.
 
 Dimension names: ``d_mlp``, ``d_model`` as in `factscope`; ``rank`` the number of factor columns.
 """
@@ -61,8 +62,6 @@ Dimension names: ``d_mlp``, ``d_model`` as in `factscope`; ``rank`` the number o
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import warnings
 import weakref
@@ -79,6 +78,8 @@ from factscope.arch import arch_of
 from factscope.facts import EditRequest
 from factscope.models import fingerprint as model_fingerprint
 from factscope.bridge import Bridge
+from factscope.result_files import (ResultContents, ResultFileError, Saveable, fact_from_json, fact_to_json,
+                                    load_result, plain_json)
 
 __all__ = [
     "FORMAT",
@@ -92,7 +93,9 @@ __all__ = [
 ]
 
 FORMAT = "factscope.edit"
-FORMAT_VERSION = 1
+"""The kind of an edit's result file (`factscope.result_files`)."""
+FORMAT_VERSION = 2
+"""The layout version `Edit.save` writes and `Edit.load` reads (2: result files; 1: the older sidecar)."""
 
 # Shapes, named once.
 FactorU = Float[Tensor, "d_mlp rank"]
@@ -137,23 +140,6 @@ def applied_edits(model: Bridge) -> tuple[Edit, ...]:
 # --------------------------------------------------------------------------- validation helpers
 
 
-def _jsonable(obj: Any, what: str) -> Any:
-    """``obj`` in its JSON form (round-tripped), with 0-d tensors / NumPy scalars as numbers."""
-
-    def default(o: Any) -> Any:
-        if hasattr(o, "item") and getattr(o, "ndim", None) == 0:  # 0-d tensor, NumPy scalar
-            return o.item()
-        raise TypeError(f"a {type(o).__name__} is not JSON-able")
-
-    try:
-        return json.loads(json.dumps(obj, default=default))
-    except (TypeError, ValueError) as e:
-        raise TypeError(
-            f"expected `{what}` to be JSON-able (dicts with str keys, lists, strings, numbers, booleans, None), "
-            f"got {obj!r:.200} ({e})"
-        ) from None
-
-
 def _check_matrix(t: Any, name: str) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f"expected {name} to be a torch.Tensor, got {type(t).__name__}")
@@ -193,7 +179,7 @@ def _request_text(r: EditRequest) -> str:
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class Edit:
+class Edit(Saveable):
     """A weight edit of the MLP output projections: apply, revert, compose, save, inspect.
 
     What every editor returns; see the module docstring for the semantics. Cost: constructing and
@@ -264,8 +250,8 @@ class Edit:
         config = self.config
         if is_dataclass(config) and not isinstance(config, type):
             config = asdict(config)
-        object.__setattr__(self, "config", _jsonable(dict(config), "config"))
-        object.__setattr__(self, "info", _jsonable(dict(self.info), "info"))
+        object.__setattr__(self, "config", plain_json(dict(config), "config"))
+        object.__setattr__(self, "info", plain_json(dict(self.info), "info"))
 
     # ------------------------------------------------------------------ views
 
@@ -509,39 +495,47 @@ class Edit:
 
     # ------------------------------------------------------------------ save / load
 
-    def save(self, path: str | Path) -> None:
-        """Write ``path`` (safetensors) and ``path + ".json"`` (see the module docstring), atomically.
+    RESULT_KIND = FORMAT
+    RESULT_VERSION = FORMAT_VERSION
 
-        Args:
-            path: the safetensors file; its folder must exist.
+    def to_contents(self) -> ResultContents:
+        """The edit as tensors ``layer.{l}.u`` / ``.v`` / ``.dense`` and JSON meta (see the module docstring).
 
-        Cost: writing the factors (ROME on Gemma 3 270M: ~21 KB, float64) or dense deltas
-        (``d_mlp × d_model`` each: 5 MB in float32), plus a SHA-256 of the file.
+        Cost: negligible (no copies; `save` copies to the CPU).
         """
-        from safetensors.torch import save_file
-
-        from factscope.cache import atomic_file, write_json
-
-        path = Path(path)
         tensors: dict[str, Tensor] = {}
         kinds: dict[str, str] = {}
         for layer in self.layers:
             d = self.deltas[layer]
             if isinstance(d, tuple):
-                tensors[f"layer.{layer}.u"], tensors[f"layer.{layer}.v"] = (t.cpu().contiguous() for t in d)
-                kinds[str(layer)] = "low-rank"
+                tensors[f"layer.{layer}.u"], tensors[f"layer.{layer}.v"] = d
             else:
-                tensors[f"layer.{layer}.dense"] = d.cpu().contiguous()
-                kinds[str(layer)] = "dense"
-        meta = {"format": FORMAT, "version": str(FORMAT_VERSION), "fingerprint": self.fingerprint}
-        with atomic_file(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-            digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        write_json(_sidecar(path), {
-            "format": FORMAT, "version": FORMAT_VERSION, "method": self.method, "fingerprint": self.fingerprint,
-            "requests": [asdict(r) for r in self.requests], "config": self.config, "info": self.info,
-            "layers": kinds, "tensors_sha256": digest,
-        })
+                tensors[f"layer.{layer}.dense"] = d
+            kinds[str(layer)] = "low-rank" if isinstance(d, tuple) else "dense"
+        meta = {"method": self.method, "fingerprint": self.fingerprint, "layers": kinds,
+                "requests": [fact_to_json(r) for r in self.requests], "config": self.config, "info": self.info}
+        return ResultContents(tensors, meta)
+
+    @classmethod
+    def from_contents(cls, contents: ResultContents) -> Edit:
+        """The edit that `to_contents` described.
+
+        Args:
+            contents: its tensors and meta (from `factscope.result_files.load_result`).
+
+        Cost: the constructor's checks (a finiteness scan of the tensors).
+        """
+        tensors, meta = contents
+        deltas: dict[int, LayerDelta] = {}
+        for key, kind in meta["layers"].items():
+            names = [f"layer.{key}.u", f"layer.{key}.v"] if kind == "low-rank" else [f"layer.{key}.dense"]
+            missing = [n for n in names if n not in tensors]
+            if missing:
+                raise ResultFileError(f"expected tensors {names} for layer {key} ({kind}), missing {missing}")
+            deltas[int(key)] = (tensors[names[0]], tensors[names[1]]) if kind == "low-rank" else tensors[names[0]]
+        return cls(method=meta["method"], fingerprint=meta["fingerprint"], deltas=deltas,
+                   requests=tuple(fact_from_json(r) for r in meta["requests"]), config=meta["config"],
+                   info=meta["info"])
 
     @classmethod
     def load(cls, path: str | Path, model: Bridge | None = None) -> Edit:
@@ -554,48 +548,12 @@ class Edit:
         Cost: reading both files and a SHA-256 of the tensors; with ``model``, a fingerprint.
 
         Raises:
-            FileNotFoundError: either file is missing.
-            ValueError: not an edit file, an unknown format version, or the two files do not belong
-                together (one was overwritten or edited).
+            FileNotFoundError: either file is missing (a `factscope.result_files.MissingResultFileError`).
+            ValueError: not an edit file, another format version, or the two files do not belong
+                together (one was overwritten or edited): a `factscope.result_files.ResultFileError`.
             FingerprintMismatchError: ``model``'s fingerprint is not the edit's.
         """
-        from safetensors import safe_open
-
-        path = Path(path)
-        side = _sidecar(path)
-        if not path.is_file() or not side.is_file():
-            raise FileNotFoundError(f"expected an edit saved as {path} and {side}; "
-                                    f"{'the tensor file' if not path.is_file() else 'its JSON sidecar'} is missing")
-        try:
-            meta = json.loads(side.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"expected JSON in {side}, could not parse it: {e}") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ValueError(f"expected {side} to describe a factscope edit (format {FORMAT!r}), got "
-                             f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r}")
-        if meta.get("version") != FORMAT_VERSION:
-            raise ValueError(f"expected edit format version {FORMAT_VERSION}, {side} has {meta.get('version')!r}")
-        blob = path.read_bytes()
-        if hashlib.sha256(blob).hexdigest() != meta.get("tensors_sha256"):
-            raise ValueError(f"{path} is not the tensor file that {side} was saved with (its SHA-256 differs): "
-                             f"one of the two was overwritten or modified")
-        with safe_open(str(path), framework="pt") as f:
-            tmeta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if tmeta.get("fingerprint") != meta.get("fingerprint"):
-            raise ValueError(f"the fingerprint in {side} ({meta.get('fingerprint')}) differs from the one stored "
-                             f"with the tensors in {path} ({tmeta.get('fingerprint')}): the sidecar was edited")
-        deltas: dict[int, LayerDelta] = {}
-        for key, kind in meta["layers"].items():
-            layer = int(key)
-            names = [f"layer.{layer}.u", f"layer.{layer}.v"] if kind == "low-rank" else [f"layer.{layer}.dense"]
-            missing = [n for n in names if n not in tensors]
-            if missing:
-                raise ValueError(f"expected tensors {names} in {path} for layer {layer} ({kind}), missing {missing}")
-            deltas[layer] = (tensors[names[0]], tensors[names[1]]) if kind == "low-rank" else tensors[names[0]]
-        edit = cls(method=meta["method"], fingerprint=meta["fingerprint"], deltas=deltas,
-                   requests=tuple(EditRequest(**r) for r in meta["requests"]),
-                   config=meta["config"], info=meta["info"])
+        edit = cls.from_contents(load_result(path, kind=FORMAT, version=FORMAT_VERSION))
         if model is not None:
             fp = model_fingerprint(model)
             if fp != edit.fingerprint:
@@ -604,10 +562,6 @@ class Edit:
                     f"passed has fingerprint {fp}. If it was computed after other edits, apply those first, in order"
                 )
         return edit
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
 
 
 # --------------------------------------------------------------------------- compose

@@ -197,28 +197,25 @@ class EditSession:
     # ------------------------------------------------------------------ files
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``step-0000.safetensors`` (+ ``.json``) per edit, AlphaEdit's keys, and ``session.json``.
+        """Write ``step-0000.safetensors`` (+ ``.json``) per edit and ``session.safetensors`` (+ ``.json``).
+
+        Every file is a result file (`factscope.result_files`): each step an `Edit`'s, and the session's
+        (kind ``"factscope.session"``) holds the method, layers and step count, and AlphaEdit's keys
+        as tensors ``keys.{step}.layer.{l}``.
 
         Args:
             folder: created if missing; returned.
 
         Cost: one `Edit.save` per step, plus AlphaEdit's keys (``[request, d_mlp]`` float64 per layer).
         """
-        from safetensors.torch import save_file
-
-        from factscope.cache import atomic_file
+        from factscope.result_files import save_result
 
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         for i, e in enumerate(self.history):
             e.save(folder / f"step-{i:04d}.safetensors")
-        for i, keys in enumerate(self._keys):
-            with atomic_file(folder / f"keys-{i:04d}.safetensors") as tmp:
-                save_file({f"layer.{l}": K.contiguous() for l, K in keys.items()}, str(tmp))
-        meta = dict(format="factscope.session", version=1, method=self.method, layers=self.layers,
-                    steps=len(self.history))
-        with atomic_file(folder / "session.json") as tmp:
-            Path(tmp).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        tensors = {f"keys.{i}.layer.{l}": K for i, keys in enumerate(self._keys) for l, K in keys.items()}
+        meta = dict(method=self.method, layers=self.layers, steps=len(self.history))
+        save_result(folder / "session.safetensors", kind="factscope.session", version=2, tensors=tensors, meta=meta)
         return folder
 
     @classmethod
@@ -231,22 +228,22 @@ class EditSession:
             model: the unedited base model the session was run on.
             config, C, progress, verbose: as for `EditSession` (the saved method and layers are used).
 
+        Raises:
+            factscope.result_files.ResultFileError: a file is missing, modified or of another kind.
+
         Cost: constructing the session (C per layer, from the disk cache after the first time) plus
         one `Edit.load` and `Edit.apply` per step; no edit is recomputed.
         """
-        from safetensors.torch import load_file
-
         from factscope.edit.handle import Edit
+        from factscope.result_files import load_result, unnest
 
         folder = Path(folder)
-        meta = json.loads((folder / "session.json").read_text(encoding="utf-8"))
-        if meta.get("format") != "factscope.session":
-            raise ValueError(f"expected a factscope session folder, got format {meta.get('format')!r} in {folder}")
+        tensors, meta = load_result(folder / "session.safetensors", kind="factscope.session", version=2)
         layers = meta["layers"][0] if meta["method"] == "rome" else meta["layers"]
         s = cls(model, meta["method"], layers=layers, config=config, C=C, progress=progress, verbose=verbose)
         for i in range(meta["steps"]):
             keys = None
             if meta["method"] == "alphaedit":
-                keys = {int(k.split(".")[1]): v for k, v in load_file(str(folder / f"keys-{i:04d}.safetensors")).items()}
+                keys = dict(sorted((int(l), K) for l, K in unnest(f"keys.{i}.layer", tensors).items()))
             s._push(Edit.load(folder / f"step-{i:04d}.safetensors", model).apply(model), keys)
         return s

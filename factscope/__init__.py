@@ -1,6 +1,7 @@
 """factscope: locate-then-edit study of factual knowledge in language models.
 
-Core (this package): models, fact records, tokenisation, the architecture adapter, the cache.
+Core (this package): models, fact records, tokenisation, the architecture adapter, the cache, result
+files (`save_result` / `load_result`: how every result is saved and checked).
 Sub-packages: `factscope.locate` (causal tracing, knowledge neurons), `factscope.edit` (ROME,
 MEMIT, KN, fine-tuning, AlphaEdit), `factscope.probes` (edit evaluation, locality tests) and
 `factscope.figures`.
@@ -41,6 +42,7 @@ from factscope.models import (
     tiny_model,
 )
 from factscope.predict import Prediction, predict
+from factscope.result_files import MissingResultFileError, ResultFileError, load_result, save_result
 from factscope.synthetic import synthetic_requests
 from factscope.tokens import encode, encode_batch, str_tokens, subject_span, target_ids
 from factscope.versions import library_versions
@@ -58,6 +60,6 @@ __all__ = [
     "load_counterfact", "load_zsre", "load_known", "DatasetNotAvailableError", "synthetic_requests",
     # tokens and predictions
     "encode", "encode_batch", "target_ids", "subject_span", "str_tokens", "predict", "Prediction",
-    # cache and versions
-    "cache_dir", "library_versions",
+    # cache, result files and versions
+    "cache_dir", "save_result", "load_result", "ResultFileError", "MissingResultFileError", "library_versions",
 ]

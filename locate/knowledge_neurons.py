@@ -76,12 +76,10 @@ Dimension names: ``prompt`` prompts, ``layer`` blocks, ``d_mlp`` neurons, ``pos`
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -94,6 +92,7 @@ from factscope.kv import repeat_rows, run_cached
 from factscope.tokens import encode, str_tokens, target_ids
 from factscope.bridge import Bridge
 from factscope.arch import context_of
+from factscope.result_files import ResultContents, Saveable, nest, unnest
 
 __all__ = [
     "NeuronResult",
@@ -126,7 +125,7 @@ def _device(model: Bridge) -> torch.device:
 
 
 @dataclass(frozen=True)
-class NeuronResult:
+class NeuronResult(Saveable):
     """Knowledge-neuron attributions of one fact over several prompts, and the selected neurons.
 
     What `neurons` returns. Cost: negligible to use and save (no model passes); ``attributions``
@@ -147,9 +146,8 @@ class NeuronResult:
         tokens: each prompt's tokens, decoded (BOS first).
         activations: per prompt, ``[pos, neuron]`` clean activations of the selected neurons at every
             token (for `factscope.figures.neurons_html`).
-        settings: every argument that shaped the result (``post_norm`` included: ``"live"`` for files
-            saved before it existed), the fraction ``refine_used`` the refinement ended at, its
-            ``refine_note`` and the model fingerprint.
+        settings: every argument that shaped the result (``post_norm`` included), the fraction
+            ``refine_used`` the refinement ended at, its ``refine_note`` and the model fingerprint.
     """
 
     attributions: Float[Tensor, "prompt layer d_mlp"]
@@ -249,46 +247,36 @@ class NeuronResult:
         df["selected"] = [(l, i) in chosen for l, i in zip(df.layer, df.neuron)]
         return df
 
-    def save(self, path: str | Path) -> None:
-        """Write ``path`` (safetensors: the tensors) and ``path`` + ``.json`` (everything else).
+    RESULT_KIND = "factscope.neurons"
+    RESULT_VERSION = 1
 
-        Args:
-            path: the safetensors file to write (atomically); its folder must exist.
+    def to_contents(self) -> ResultContents:
+        """Tensors ``attributions``, ``p_clean``, ``p_baseline``, ``activations.{i}``; the rest as JSON meta.
+
+        Cost: negligible (no copies).
         """
-        from safetensors.torch import save_file
-
-        from factscope.cache import atomic_file, write_json
-
-        path = Path(path)
-        tensors = {"attributions": self.attributions.contiguous(), "p_clean": self.p_clean.contiguous(),
-                   "p_baseline": self.p_baseline.contiguous()}
-        tensors.update({f"activations.{i}": a.contiguous() for i, a in enumerate(self.activations)})
-        with atomic_file(path) as tmp:
-            save_file(tensors, str(tmp))
-        meta = {k: v for k, v in asdict(self).items() if k not in ("attributions", "p_clean", "p_baseline", "activations")}
-        write_json(path.with_name(path.name + ".json"), meta)
+        tensors = {"attributions": self.attributions, "p_clean": self.p_clean, "p_baseline": self.p_baseline}
+        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in (*tensors, "activations")}
+        tensors.update(nest("activations", {str(i): a for i, a in enumerate(self.activations)}))
+        return ResultContents(tensors, {**meta, "n_activations": len(self.activations)})
 
     @classmethod
-    def load(cls, path: str | Path) -> "NeuronResult":
-        """Read a result written by `save` (``FileNotFoundError`` if either file is missing).
+    def from_contents(cls, contents: ResultContents) -> NeuronResult:
+        """The result that `to_contents` described.
 
         Args:
-            path: the safetensors file (``path`` + ``.json`` must sit beside it).
-        """
-        from safetensors.torch import load_file
+            contents: its tensors and meta (from `factscope.result_files.load_result`).
 
-        path = Path(path)
-        side = path.with_name(path.name + ".json")
-        if not path.is_file() or not side.is_file():
-            raise FileNotFoundError(f"expected a NeuronResult saved as {path} and {side}; one is missing")
-        meta = json.loads(side.read_text())
-        meta["settings"].setdefault("post_norm", "live")  # saved before the setting existed: the live norm
-        t = load_file(str(path))
-        acts = tuple(t[f"activations.{i}"] for i in range(len(meta["prompts"])))
-        return cls(attributions=t["attributions"], p_clean=t["p_clean"], p_baseline=t["p_baseline"], activations=acts,
-                   prompts=tuple(meta["prompts"]), neurons=tuple((int(l), int(i), float(s)) for l, i, s in meta["neurons"]),
+        Cost: negligible.
+        """
+        t, meta = contents
+        acts = unnest("activations", t)
+        return cls(attributions=t["attributions"], p_clean=t["p_clean"], p_baseline=t["p_baseline"],
+                   activations=tuple(acts[str(i)] for i in range(meta["n_activations"])),
+                   prompts=tuple(meta["prompts"]),
+                   neurons=tuple((int(l), int(i), float(s)) for l, i, s in meta["neurons"]),
                    answer=meta["answer"], answer_id=int(meta["answer_id"]), target=meta["target"],
-                   subject=meta["subject"], tokens=tuple(tuple(t) for t in meta["tokens"]), settings=meta["settings"])
+                   subject=meta["subject"], tokens=tuple(tuple(x) for x in meta["tokens"]), settings=meta["settings"])
 
 
 # --------------------------------------------------------------------------- selection

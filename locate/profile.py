@@ -15,10 +15,8 @@ Cost: one `trace` per fact (Gemma 3 270M, kind="mlp", 10 samples: tens of second
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -29,6 +27,7 @@ from factscope.facts import EditRequest, Fact
 from factscope.locate.tracing import KINDS, trace
 from factscope.predict import predict
 from factscope.bridge import Bridge
+from factscope.result_files import ResultContents, Saveable, unnest
 
 __all__ = ["BUCKETS", "ProfileResult", "layer_profile", "token_buckets", "LayerChoice", "recommended_layer",
            "one_per_relation"]
@@ -62,7 +61,7 @@ def token_buckets(n_tokens: int, subject: tuple[int, int]) -> dict[str, list[int
 
 
 @dataclass(frozen=True)
-class ProfileResult:
+class ProfileResult(Saveable):
     """Average indirect effect per (kind, bucket, layer) over facts (what `layer_profile` returns).
 
     Cost: negligible to use and save (no model passes).
@@ -116,40 +115,34 @@ class ProfileResult:
                                  "n": int(self.n[k][bi])})
         return pd.DataFrame(rows)
 
-    def save(self, path: str | Path) -> None:
-        """Write ``path`` (safetensors) and ``path.json`` (facts, skipped, settings).
+    RESULT_KIND = "factscope.profile"
+    RESULT_VERSION = 1
 
-        Args:
-            path: the safetensors file to write (atomically); its folder must exist.
+    def to_contents(self) -> ResultContents:
+        """Tensors ``{mean,lo,hi,n}.{kind}``; facts, skipped, settings and the kinds' order as JSON meta.
+
+        Cost: negligible (no copies).
         """
-        from safetensors.torch import save_file
-
-        from factscope.cache import atomic_file, write_json
-
-        path = Path(path)
-        tensors = {f"{part}.{k}": getattr(self, part)[k].contiguous() for part in ("mean", "lo", "hi", "n")
-                   for k in self.kinds}
-        with atomic_file(path) as tmp:
-            save_file(tensors, str(tmp))
-        write_json(path.with_name(path.name + ".json"),
-                   {"facts": list(self.facts), "skipped": [list(s) for s in self.skipped], "settings": self.settings})
+        tensors = {f"{part}.{k}": t for part in _PARTS for k, t in getattr(self, part).items()}
+        meta = {"kinds": list(self.kinds), "facts": self.facts, "skipped": self.skipped, "settings": self.settings}
+        return ResultContents(tensors, meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ProfileResult":
-        """Read a profile written by `save`.
+    def from_contents(cls, contents: ResultContents) -> ProfileResult:
+        """The profile that `to_contents` described.
 
         Args:
-            path: the safetensors file (``path`` + ``.json`` must sit beside it).
-        """
-        from safetensors.torch import load_file
+            contents: its tensors and meta (from `factscope.result_files.load_result`).
 
-        path = Path(path)
-        meta = json.loads(path.with_name(path.name + ".json").read_text())
-        t = load_file(str(path))
-        kinds = meta["settings"]["kinds"]
-        parts = {part: {k: t[f"{part}.{k}"] for k in kinds} for part in ("mean", "lo", "hi", "n")}
+        Cost: negligible.
+        """
+        t, meta = contents
+        parts = {part: {k: unnest(part, t)[k] for k in meta["kinds"]} for part in _PARTS}
         return cls(**parts, facts=tuple(meta["facts"]), skipped=tuple(tuple(s) for s in meta["skipped"]),
                    settings=meta["settings"])
+
+
+_PARTS = ("mean", "lo", "hi", "n")
 
 
 def _target(f: Fact | EditRequest) -> str | None:

@@ -36,10 +36,8 @@ Dimension names: ``tok`` prompt tokens (BOS included), ``layer`` blocks, ``sampl
 
 from __future__ import annotations
 
-import json
 import weakref
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Sequence
 
 import torch
@@ -52,6 +50,7 @@ from factscope.facts import EditRequest, Fact
 from factscope.tokens import encode, str_tokens, subject_span, target_ids
 from factscope.bridge import Bridge
 from factscope.arch import context_of
+from factscope.result_files import ResultContents, Saveable, nest, unnest
 
 __all__ = ["TraceResult", "trace", "embedding_sigma", "KINDS"]
 
@@ -109,7 +108,7 @@ def _device(model: Bridge) -> torch.device:
 
 
 @dataclass(frozen=True)
-class TraceResult:
+class TraceResult(Saveable):
     """Scores of a causal trace (what `trace` returns); ``.to_dataframe()``, ``.save()``, ``.load()``.
 
     Cost: negligible to use and save (no model passes; a few KB of scores).
@@ -165,37 +164,30 @@ class TraceResult:
                                  "layer": l, "score": float(sc[t, l]), "indirect_effect": float(sc[t, l]) - self.corrupted})
         return pd.DataFrame(rows)
 
-    def save(self, path: str | Path) -> None:
-        """Write ``path`` (safetensors: the score grids) and ``path`` + ``.json`` (everything else).
+    RESULT_KIND = "factscope.trace"
+    RESULT_VERSION = 1
 
-        Args:
-            path: the safetensors file to write (atomically); its folder must exist.
+    def to_contents(self) -> ResultContents:
+        """The score grids as tensors ``scores.{kind}``; everything else as JSON meta.
+
+        Cost: negligible (no copies).
         """
-        from safetensors.torch import save_file
-
-        from factscope.cache import atomic_file, write_json
-
-        path = Path(path)
-        with atomic_file(path) as tmp:
-            save_file({k: v.contiguous() for k, v in self.scores.items()}, str(tmp))
-        meta = {k: v for k, v in asdict(self).items() if k != "scores"}
-        write_json(path.with_name(path.name + ".json"), meta)
+        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "scores"}
+        return ResultContents(nest("scores", self.scores), {**meta, "kinds": list(self.scores)})
 
     @classmethod
-    def load(cls, path: str | Path) -> "TraceResult":
-        """Read a result written by `save`.
+    def from_contents(cls, contents: ResultContents) -> TraceResult:
+        """The result that `to_contents` described.
 
         Args:
-            path: the safetensors file (``path`` + ``.json`` must sit beside it).
-        """
-        from safetensors.torch import load_file
+            contents: its tensors and meta (from `factscope.result_files.load_result`).
 
-        path = Path(path)
-        meta = json.loads(path.with_name(path.name + ".json").read_text())
-        scores = load_file(str(path))
-        ordered = {k: scores[k] for k in meta["settings"]["kinds"]}
+        Cost: negligible.
+        """
+        scores, meta = unnest("scores", contents.tensors), dict(contents.meta)
+        kinds = meta.pop("kinds")
         meta["tokens"], meta["subject"] = tuple(meta["tokens"]), tuple(meta["subject"])
-        return cls(scores=ordered, **meta)
+        return cls(scores={k: scores[k] for k in kinds}, **meta)
 
 
 # --------------------------------------------------------------------------- trace

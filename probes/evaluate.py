@@ -63,6 +63,7 @@ from torch import Tensor
 
 from factscope.facts import EditRequest
 from factscope.bridge import Bridge
+from factscope.result_files import ResultContents, Saveable, fact_from_json, fact_to_json, nest, unnest
 
 __all__ = ["RewriteScores", "rewrite_scores", "EditReport", "evaluate", "METRICS", "ngram_entropy",
            "harmonic_mean", "NPLUS_FORMAT"]
@@ -276,7 +277,7 @@ def _kl_per_request(requests: Sequence[EditRequest], pre: Tensor, post: Tensor) 
 
 
 @dataclass(frozen=True)
-class EditReport:
+class EditReport(Saveable):
     """Every metric of every request, before (``pre``) and after (``post``) an edit.
 
     What `evaluate` returns. Cost: negligible, except `summary` (and `table`, `score`):
@@ -297,6 +298,33 @@ class EditReport:
     post: dict[str, np.ndarray]
     generations: dict[str, list[str]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+
+    RESULT_KIND = "factscope.edit_report"
+    RESULT_VERSION = 1
+
+    def to_contents(self) -> ResultContents:
+        """Arrays as tensors ``pre.{metric}`` / ``post.{metric}``; the rest as JSON meta (`save` writes it).
+
+        Cost: negligible (no copies).
+        """
+        meta = {"method": self.method, "requests": [fact_to_json(r) for r in self.requests],
+                "metrics": {"pre": list(self.pre), "post": list(self.post)}, "generations": self.generations,
+                "settings": self.settings}
+        return ResultContents({**nest("pre", self.pre), **nest("post", self.post)}, meta)
+
+    @classmethod
+    def from_contents(cls, contents: ResultContents) -> EditReport:
+        """The report that `to_contents` described.
+
+        Args:
+            contents: its tensors and meta (from `factscope.result_files.load_result`).
+
+        Cost: negligible.
+        """
+        t, meta = contents
+        arrays = {w: {m: unnest(w, t)[m].numpy() for m in meta["metrics"][w]} for w in ("pre", "post")}
+        return cls(method=meta["method"], requests=tuple(fact_from_json(r) for r in meta["requests"]), **arrays,
+                   generations=meta["generations"], settings=meta["settings"])
 
     @staticmethod
     def concat(reports: Sequence[EditReport], *, method: str | None = None) -> EditReport:

@@ -62,6 +62,7 @@ from factscope.arch import arch_of
 from factscope.checks import as_requests, check_int
 from factscope.facts import EditRequest
 from factscope.bridge import Bridge
+from factscope.result_files import ResultContents, Saveable, fact_from_json, fact_to_json, nest, unnest
 
 __all__ = ["LocalizationResult", "localization_vs_editing", "tracing_effect", "rewrite_score", "hase_regressions",
            "EDITORS", "HASE_ROME_GPTJ", "ALPHA", "SMALL_DELTA_R2"]
@@ -136,7 +137,7 @@ def hase_regressions(tracing: Any, edit_score: Any) -> tuple[dict[str, OLS], dic
 
 
 @dataclass(frozen=True, kw_only=True)
-class LocalizationResult:
+class LocalizationResult(Saveable):
     """Tracing effects and rewrite scores per (fact, layer), and the regressions between them.
 
     What `localization_vs_editing` returns. Cost: negligible (plain data; the fits are stored).
@@ -168,6 +169,39 @@ class LocalizationResult:
     f_tests: dict[str, tuple[float, float]]
     n_facts_used: int
     settings: dict[str, Any] = field(default_factory=dict)
+
+    RESULT_KIND = "factscope.localization"
+    RESULT_VERSION = 1
+    _GRIDS = ("tracing", "edit_score", "p_before", "p_after", "p_clean", "p_corrupted")  # the tensor fields
+
+    def to_contents(self) -> ResultContents:
+        """The ``[fact, layer]`` / ``[fact]`` grids and each fit's ``coef`` as tensors; the rest as JSON meta.
+
+        Cost: negligible (no copies).
+        """
+        tensors = {k: getattr(self, k) for k in self._GRIDS}
+        tensors.update(nest("fits", {f"{k}.coef": f.coef for k, f in self.fits.items()}))
+        fits = {k: {x.name: getattr(f, x.name) for x in dataclasses.fields(f) if x.name != "coef"}
+                for k, f in self.fits.items()}
+        meta = {"facts": [fact_to_json(r) for r in self.facts], "layers": self.layers, "fits": fits,
+                "f_tests": self.f_tests, "n_facts_used": self.n_facts_used, "settings": self.settings}
+        return ResultContents(tensors, meta)
+
+    @classmethod
+    def from_contents(cls, contents: ResultContents) -> LocalizationResult:
+        """The result that `to_contents` described.
+
+        Args:
+            contents: its tensors and meta (from `factscope.result_files.load_result`).
+
+        Cost: negligible.
+        """
+        t, meta = contents
+        coefs = unnest("fits", t)
+        return cls(facts=tuple(fact_from_json(r) for r in meta["facts"]), layers=tuple(meta["layers"]),
+                   **{k: t[k] for k in cls._GRIDS}, n_facts_used=meta["n_facts_used"], settings=meta["settings"],
+                   fits={k: OLS(coef=coefs[f"{k}.coef"].numpy(), **f) for k, f in meta["fits"].items()},
+                   f_tests={k: tuple(v) for k, v in meta["f_tests"].items()})
 
     @property
     def r2(self) -> dict[str, float]:

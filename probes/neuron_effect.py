@@ -32,6 +32,7 @@ from torch import Tensor
 from factscope.arch import arch_of
 from factscope.facts import EditRequest, Fact
 from factscope.bridge import Bridge
+from factscope.result_files import ResultContents, Saveable, nest
 
 __all__ = ["NeuronEffect", "neuron_effect", "random_controls", "GROUPS"]
 
@@ -41,7 +42,7 @@ Record = Fact | EditRequest | tuple[str, str]
 
 
 @dataclass(frozen=True)
-class NeuronEffect:
+class NeuronEffect(Saveable):
     """p(answer) per prompt before and during an intervention on found and on random neurons.
 
     What `neuron_effect` returns. Cost: negligible (plain data; no model passes).
@@ -63,6 +64,36 @@ class NeuronEffect:
     p_control: dict[str, Float[Tensor, "control prompt"]]
     controls: tuple[tuple[tuple[int, int], ...], ...]
     settings: dict[str, Any] = field(default_factory=dict)
+
+    RESULT_KIND = "factscope.neuron_effect"
+    RESULT_VERSION = 1
+    _MEASURES = ("p_before", "p_found", "p_control")  # the tensor fields, group -> tensor
+
+    def to_contents(self) -> ResultContents:
+        """Tensors ``{p_before,p_found,p_control}.{group}``; neurons, prompts, controls, settings as meta.
+
+        Cost: negligible (no copies).
+        """
+        tensors = {k: v for m in self._MEASURES for k, v in nest(m, getattr(self, m)).items()}
+        meta = {"neurons": self.neurons, "prompts": self.prompts, "controls": self.controls, "settings": self.settings,
+                "keys": {m: list(getattr(self, m)) for m in self._MEASURES}}
+        return ResultContents(tensors, meta)
+
+    @classmethod
+    def from_contents(cls, contents: ResultContents) -> NeuronEffect:
+        """The result that `to_contents` described.
+
+        Args:
+            contents: its tensors and meta (from `factscope.result_files.load_result`).
+
+        Cost: negligible.
+        """
+        t, meta = contents
+        measured = {m: {g: t[f"{m}.{g}"] for g in groups} for m, groups in meta["keys"].items()}
+        return cls(neurons=tuple(tuple(n) for n in meta["neurons"]),
+                   prompts={g: tuple(tuple(x) for x in ps) for g, ps in meta["prompts"].items()},
+                   controls=tuple(tuple(tuple(n) for n in c) for c in meta["controls"]), settings=meta["settings"],
+                   **measured)
 
     @property
     def groups(self) -> tuple[str, ...]:

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,8 @@ from jaxtyping import Float
 from factscope.arch import arch_of
 from factscope.facts import EditRequest, Fact
 from factscope.bridge import Bridge
+from factscope.locate.knowledge_neurons import NeuronResult
+from factscope.result_files import ResultContents, Saveable, fact_from_json, fact_to_json, nest, unnest
 
 __all__ = ["OverlapResult", "Pair", "neuron_overlap", "jaccard", "random_jaccards", "overlap_prompts", "MIN_PROMPTS"]
 
@@ -155,7 +157,7 @@ class Pair:
 
 
 @dataclass(frozen=True, kw_only=True)
-class OverlapResult:
+class OverlapResult(Saveable):
     """Knowledge-neuron sets per seed and half, their overlaps, and the matched random baseline.
 
     What `neuron_overlap` returns. Cost: negligible (plain data; the draws are stored).
@@ -181,6 +183,43 @@ class OverlapResult:
     draws: Float[np.ndarray, "pair draw"]
     attribution: Any
     settings: dict[str, Any] = field(default_factory=dict)
+
+    RESULT_KIND = "factscope.overlap"
+    RESULT_VERSION = 1
+
+    def to_contents(self) -> ResultContents:
+        """``draws`` and the attribution's tensors (under ``attribution.``) as tensors; the rest as JSON meta.
+
+        Cost: negligible (no copies).
+        """
+        tensors: dict[str, Any] = {"draws": self.draws}
+        att = None
+        if self.attribution is not None:
+            att_tensors, att = self.attribution.to_contents()
+            tensors.update(nest("attribution", att_tensors))
+        meta = {"fact": fact_to_json(self.fact), "prompts": self.prompts, "seeds": self.seeds,
+                "halves": [[s, *h] for s, h in self.halves.items()], "sets": [[s, *h] for s, h in self.sets.items()],
+                "pairs": [asdict(p) for p in self.pairs], "attribution": att, "settings": self.settings}
+        return ResultContents(tensors, meta)
+
+    @classmethod
+    def from_contents(cls, contents: ResultContents) -> OverlapResult:
+        """The result that `to_contents` described.
+
+        Args:
+            contents: its tensors and meta (from `factscope.result_files.load_result`).
+
+        Cost: negligible.
+        """
+        t, meta = contents
+        att = meta["attribution"]
+        if att is not None:
+            att = NeuronResult.from_contents(ResultContents(unnest("attribution", t), att))
+        return cls(fact=fact_from_json(meta["fact"]), prompts=tuple(meta["prompts"]), seeds=tuple(meta["seeds"]),
+                   halves={s: (tuple(h0), tuple(h1)) for s, h0, h1 in meta["halves"]},
+                   sets={s: tuple(tuple(tuple(n) for n in h) for h in (h0, h1)) for s, h0, h1 in meta["sets"]},
+                   pairs=tuple(Pair(**{**p, "a": tuple(p["a"]), "b": tuple(p["b"])}) for p in meta["pairs"]),
+                   draws=t["draws"].numpy(), attribution=att, settings=meta["settings"])
 
     @property
     def split_half(self) -> dict[int, float]:

@@ -75,7 +75,7 @@ import inspect
 import math
 import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -99,6 +99,7 @@ from factscope.predict import next_token_logits, target_logprob
 from factscope.tokens import encode, pad_left, str_tokens, subject_span
 from factscope.bridge import Bridge
 from factscope.arch import context_of
+from factscope.result_files import ResultContents, Saveable, fact_from_json, fact_to_json, nest, unnest
 
 __all__ = [
     "spillover",
@@ -249,7 +250,7 @@ def fit_slope(x: np.ndarray, y: np.ndarray, *, group: str = "", effect: str = ""
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
-class SpilloverResult:
+class SpilloverResult(Saveable):
     """What `spillover` measured: per-probe effects, slopes on key similarity, a verdict.
 
     See the module docstring. Cost: negligible to use (no model passes); `summary` and `table`
@@ -273,6 +274,42 @@ class SpilloverResult:
     fits: tuple[SpilloverFit, ...]
     verdict: str
     settings: dict[str, Any] = field(default_factory=dict)
+
+    RESULT_KIND = "factscope.spillover"
+    RESULT_VERSION = 1
+
+    def to_contents(self) -> ResultContents:
+        """The edit's tensors under ``edit.``, each fit's replicates as ``fits.{i}.boot_*``; the rest as meta.
+
+        Cost: negligible (no copies).
+        """
+        tensors, edit_meta = self.edit.to_contents()
+        tensors = nest("edit", tensors)
+        fits = []
+        for i, f in enumerate(self.fits):
+            tensors.update(nest(f"fits.{i}", {"boot_slope": f.boot_slope, "boot_intercept": f.boot_intercept}))
+            fits.append({x.name: getattr(f, x.name) for x in fields(f) if not x.name.startswith("boot_")})
+        meta = {"request": fact_to_json(self.request), "editor": self.editor, "layer": self.layer, "edit": edit_meta,
+                "probes": [asdict(p) for p in self.probes], "fits": fits, "verdict": self.verdict,
+                "settings": self.settings}
+        return ResultContents(tensors, meta)
+
+    @classmethod
+    def from_contents(cls, contents: ResultContents) -> SpilloverResult:
+        """The result that `to_contents` described.
+
+        Args:
+            contents: its tensors and meta (from `factscope.result_files.load_result`).
+
+        Cost: the edit's constructor checks (a finiteness scan of its tensors).
+        """
+        t, meta = contents
+        fits = tuple(SpilloverFit(**f, **{k: v.numpy() for k, v in unnest(f"fits.{i}", t).items()})
+                     for i, f in enumerate(meta["fits"]))
+        return cls(request=fact_from_json(meta["request"]), editor=meta["editor"], layer=meta["layer"],
+                   edit=Edit.from_contents(ResultContents(unnest("edit", t), meta["edit"])),
+                   probes=tuple(SpilloverProbe(**p) for p in meta["probes"]), fits=fits, verdict=meta["verdict"],
+                   settings=meta["settings"])
 
     @property
     def categories(self) -> tuple[str, ...]:

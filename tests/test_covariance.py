@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from factscope import tiny_model
+from factscope import load_result, save_result, tiny_model
 from factscope.arch import arch_of
 from factscope.edit.covariance import DEFAULT_N_TOKENS, covariance, covariances, sample_corpus
 from factscope.tokens import encode
@@ -93,7 +93,12 @@ def direct(model, windows, layer):
 
 
 def cache_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file())
+    """Every file under ``root`` but the result files' JSON sidecars (``*.safetensors.json``)."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".safetensors.json"))
+
+
+def sidecar(path: Path) -> dict:
+    return json.loads(path.with_name(path.name + ".json").read_text())
 
 
 # --------------------------------------------------------------------------- values
@@ -325,16 +330,15 @@ def test_cache_hit_and_key(gpt2, _cache):
     kw = dict(corpus=TEXTS, n_tokens=50, seq_len=16, progress=False)
     first = covariance(gpt2, 1, **kw)
     [path] = cache_files(_cache)
-    # metadata: the key, the count and a checksum of the tensor's bytes
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-        assert f.keys() == ["mom2"]
-        assert meta["sha256"] == hashlib.sha256(f.get_tensor("mom2").numpy().tobytes()).hexdigest()
-    key = json.loads(meta["key"])
+    # a result file: the key and the count in its meta, the tensor file's SHA-256 in its sidecar
+    side = sidecar(path)
+    assert side["kind"] == cov_mod._STAT_FORMAT and side["version"] == 1
+    assert side["tensors_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    tensors, meta = load_result(path, kind=cov_mod._STAT_FORMAT, version=1)
+    assert list(tensors) == ["mom2"] and torch.equal(tensors["mom2"], first)
+    key = meta["key"]
     assert key["layer"] == 1 and key["n_tokens"] == 50 and key["corpus"]["type"] == "texts"
-    assert key["dtype"] == "float64" and int(meta["tokens"]) == 50
+    assert key["dtype"] == "float64" and meta["tokens"] == 50
     assert path.name.startswith(f"mom2-{key['model']}-L1-")
     with count_forwards(gpt2) as calls:
         again = covariance(gpt2, 1, **kw)
@@ -357,36 +361,38 @@ def test_cache_hit_and_key(gpt2, _cache):
 
 
 def _damage(path: Path, how: str, good: torch.Tensor):
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    with safe_open(str(path), "pt") as f:
-        meta = dict(f.metadata())
+    kind = sidecar(path)["kind"]
+    _, meta = load_result(path, kind=kind, version=1)
+
+    def rewrite(t: torch.Tensor, **changes) -> None:  # a valid result file (both digests match), bad contents
+        save_result(path, kind=kind, version=1, tensors={"mom2": t}, meta={**meta, **changes})
+
     if how == "truncated":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     elif how == "garbage":
         path.write_bytes(os.urandom(4096))
     elif how == "empty":
         path.write_bytes(b"")
-    elif how == "checksum":  # tensor bytes changed, stale checksum
-        save_file({"mom2": good * 1.01}, str(path), metadata=meta)
-    elif how == "nan":  # NaN with a checksum that matches
+    elif how == "checksum":  # tensor bytes changed, the sidecar's digest stale
+        path.write_bytes(save({"mom2": good * 1.01}))
+    elif how == "sidecar":  # the sidecar edited: its digest in the tensor file is stale
+        side = path.with_name(path.name + ".json")
+        side.write_text(side.read_text().replace('"tokens": 50', '"tokens": 51'))
+    elif how == "nan":
         bad = good.clone()
         bad[0, 0] = float("nan")
-        meta["sha256"] = hashlib.sha256(bad.numpy().tobytes()).hexdigest()
-        save_file({"mom2": bad}, str(path), metadata=meta)
+        rewrite(bad)
     elif how == "shape":
-        bad = good[:-1, :-1].contiguous()
-        meta["sha256"] = hashlib.sha256(bad.numpy().tobytes()).hexdigest()
-        save_file({"mom2": bad}, str(path), metadata=meta)
+        rewrite(good[:-1, :-1])
     elif how == "key":
-        meta["key"] = json.dumps(dict(json.loads(meta["key"]), n_tokens=1), sort_keys=True)
-        save_file({"mom2": good}, str(path), metadata=meta)
+        rewrite(good, key=dict(meta["key"], n_tokens=1))
     else:
         raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["truncated", "garbage", "empty", "checksum", "nan", "shape", "key"])
+@pytest.mark.parametrize("how", ["truncated", "garbage", "empty", "checksum", "sidecar", "nan", "shape", "key"])
 def test_damaged_cache_is_recomputed(gpt2, _cache, how):
     kw = dict(corpus=TEXTS, n_tokens=50, seq_len=16, progress=False)
     good = covariance(gpt2, 1, **kw)
@@ -407,7 +413,7 @@ def test_damaged_cache_is_recomputed(gpt2, _cache, how):
 def test_damaged_sample_cache_is_resampled(gpt2, _cache):
     kw = dict(seq_len=16, batch_size=4, seed=0, progress=False)
     ids = sample_corpus(gpt2, 60, **kw)
-    [path] = list((_cache / "stats" / "samples").glob("*"))
+    [path] = cache_files(_cache / "stats" / "samples")
     path.write_bytes(path.read_bytes()[:100])
     with pytest.warns(UserWarning, match="damaged cache file"):
         assert torch.equal(sample_corpus(gpt2, 60, **kw), ids)
@@ -416,7 +422,7 @@ def test_damaged_sample_cache_is_resampled(gpt2, _cache):
 CHILD = r"""
 import sys, torch
 torch.set_num_threads(1)
-from factscope import tiny_model
+from factscope import load_result, save_result, tiny_model
 from factscope.edit.covariance import covariances
 m = tiny_model("gpt2")
 C = covariances(m, [1, 2], corpus="model", n_tokens=6000, seq_len=64, sample_batch_size=16, batch_size=8,
@@ -426,13 +432,16 @@ torch.save(C, sys.argv[1])
 
 
 def _valid(path: Path) -> bool:
-    """Independent check of a stats file: readable, checksum of the tensor bytes, finite, square."""
-    from safetensors import safe_open
+    """Independent check of a stats file: its sidecar's SHA-256 of the tensor file, readable, finite, square.
 
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-        t = f.get_tensor(f.keys()[0])
-    assert meta["sha256"] == hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest(), path
+    A tensor file whose sidecar is not written yet raises FileNotFoundError (not complete, not a miss).
+    """
+    from safetensors.torch import load
+
+    side = sidecar(path)
+    blob = path.read_bytes()
+    assert side["tensors_sha256"] == hashlib.sha256(blob).hexdigest(), path
+    [t] = load(blob).values()
     if t.is_floating_point():
         assert torch.isfinite(t).all() and t.shape[0] == t.shape[1]
     return True

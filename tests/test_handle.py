@@ -285,8 +285,8 @@ def test_save_load_round_trip(model, tmp_path):
     header_len = int.from_bytes(path.read_bytes()[:8], "little")  # safetensors: u64 header length + JSON
     assert path.read_bytes()[8:8 + header_len].startswith(b"{")
     side = json.loads((tmp_path / "sub" / "edit.safetensors.json").read_text())
-    assert side["format"] == "factscope.edit" and side["version"] == 1 and side["fingerprint"] == e.fingerprint
-    assert side["layers"] == {"1": "low-rank", "3": "dense"}
+    assert side["kind"] == "factscope.edit" and side["version"] == 2 and side["meta"]["fingerprint"] == e.fingerprint
+    assert side["meta"]["layers"] == {"1": "low-rank", "3": "dense"}
 
     for loaded in (Edit.load(path), Edit.load(str(path), model=model)):
         assert loaded.method == e.method and loaded.fingerprint == e.fingerprint and loaded.layers == (1, 3)
@@ -311,7 +311,7 @@ def test_load_refuses_another_model_and_mismatched_files(model, other, tmp_path)
 
     side = tmp_path / "edit.safetensors.json"
     meta = json.loads(side.read_text())
-    meta["fingerprint"] = fingerprint(other)
+    meta["meta"]["fingerprint"] = fingerprint(other)
     side.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="sidecar was edited"):
         Edit.load(path)

@@ -20,7 +20,7 @@ from factscope.locate import (
 )
 from factscope.probes import neuron_effect
 
-from factscope import EditRequest, Fact, arch_of, encode, target_ids
+from factscope import EditRequest, Fact, ResultFileError, arch_of, encode, target_ids
 
 N = sys.modules["factscope.locate.knowledge_neurons"]  # (the package's `neurons` attribute is the function)
 PROMPT, TARGET = "The Space Needle is in downtown", "Seattle"
@@ -310,11 +310,12 @@ def test_neurons_result_save_load_and_tables(tiny, tmp_path):
     assert torch.equal(back.p_baseline, r.p_baseline)
     assert back.neurons == r.neurons and back.tokens == r.tokens and back.settings == r.settings
     assert all(torch.equal(x, y) for x, y in zip(back.activations, r.activations))
-    side = tmp_path / "n.safetensors.json"  # a file saved before post_norm existed: computed live
+    side = tmp_path / "n.safetensors.json"  # an edited sidecar is refused (tests/test_result_files.py: the rest)
     meta = json.loads(side.read_text())
-    del meta["settings"]["post_norm"]
+    del meta["meta"]["settings"]["post_norm"]
     side.write_text(json.dumps(meta))
-    assert NeuronResult.load(tmp_path / "n.safetensors").settings["post_norm"] == "live"
+    with pytest.raises(ResultFileError, match="sidecar was edited"):
+        NeuronResult.load(tmp_path / "n.safetensors")
     assert_untouched(tiny, snap)
 
 
