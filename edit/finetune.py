@@ -27,8 +27,8 @@ only, so no parameter's ``.grad`` is touched either. The result is a dense `Edit
 
 Cost: per epoch, one forward and one backward (from the top down to layer l) per chunk of
 requests; rows are ``prompt + target[:-1]``, a few dozen tokens. Memory: the chunk's activations
-above layer l, plus ΔW and Adam's two moments: ``3 · d_mlp · d_model`` float32 numbers (Gemma 3
-270M: 2048 × 640, 15 MB). Gemma 3 270M on 2 CPU threads: about 0.3 s per step for one request.
+above layer l, plus ΔW and Adam's two moments: ``3 · d_mlp · d_model`` float32 numbers. Measured
+times: docs/guide.md, "Measured costs of the editors".
 
 Dimension names: ``d_mlp`` keys, ``d_model`` values, ``row`` requests in a chunk, ``pos`` tokens,
 ``n`` target positions kept (the longest target in the chunk), ``d_vocab`` the vocabulary.
@@ -226,9 +226,9 @@ def finetune(
         The model is left untouched in every case.
 
     Cost: per epoch (at most ``steps``), one forward and one backward down to ``layer`` per chunk
-    of ``batch_size`` requests (Gemma 3 270M, 2 CPU threads: about 0.3 s per step for one request).
-    Memory: the chunk's activations above ``layer``, plus ΔW and Adam's two moments,
-    ``3 · d_mlp · d_model`` float32 (Gemma: 15 MB).
+    of ``batch_size`` requests. Memory: the chunk's activations above ``layer``, plus ΔW and Adam's
+    two moments, ``3 · d_mlp · d_model`` float32. Measured times: docs/guide.md, "Measured costs of
+    the editors".
     """
     cfg = _resolve_config(config, norm_bound, steps)
     a = arch_of(model)

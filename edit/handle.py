@@ -37,8 +37,8 @@ concatenated, ``U = [U_A U_B]``, ``V = [V_A; V_B]``; the sum is dense if any par
 fingerprint. Applying it equals applying A, B, ... in sequence up to float rounding, not
 bit-exactly: sequential application rounds the weights after every edit.
 
-Memory: while applied, one saved copy of each touched ``W_out`` (Gemma 3 270M: 5 MB per layer in
-float32), on the weight's device. The edit itself holds its factors (``(d_mlp + d_model) × r``
+Memory: while applied, one saved copy of each touched ``W_out`` (``d_mlp × d_model`` numbers in the
+weight's dtype), on the weight's device. The edit itself holds its factors (``(d_mlp + d_model) × r``
 numbers per layer) or its dense deltas (``d_mlp × d_model``).
 
 File format
@@ -299,7 +299,7 @@ class Edit:
         """Rank of ``layer``'s ΔW: the factors' column count, or the numerical rank of a dense ΔW.
 
         For low-rank layers it is an upper bound (``compose`` adds the columns up); for dense ones
-        `torch.linalg.matrix_rank` (an SVD of ``[d_mlp, d_model]``: about a second on Gemma 3 270M).
+        `torch.linalg.matrix_rank` (an SVD of ``[d_mlp, d_model]``, O(d_mlp · d_model²)).
 
         Args:
             layer: one of ``self.layers``.

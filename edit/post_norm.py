@@ -69,7 +69,7 @@ def invert_post_norm(y: Float[Tensor, "request d_model"], g: Float[Tensor, "d_mo
     ``w = v / rms(v)`` ranges over the sphere ``‖w‖² = d``; the closest point to y solves
     ``min ‖g ⊙ w − y‖²`` there: ``w = g y / (g² + μ)`` with μ > −min g² found by bisection on
     ``‖w(μ)‖² = d`` (the trust-region secular equation). In the "hard case" (y has no component on
-    the smallest gains, e.g. gains of exactly 0, which Gemma 3 270M has at layers 1, 3 and 4) the
+    the smallest gains, e.g. gains of exactly 0, which Gemma 3 270M has at some layers) the
     equation has no root; then μ = −min g² and the missing norm goes onto the smallest-gain
     coordinates, which do not change the output, signed like ``raw``. When y is reachable the
     result is exact. The norm ignores scale, so ``v = rms(raw) · w`` keeps the current output's
