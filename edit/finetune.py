@@ -40,16 +40,15 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from factscope.edit.handle import Edit
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from factscope.arch import arch_of
 from factscope.checks import as_requests
+from factscope.edit.handle import Edit
 from factscope.facts import EditRequest
 from factscope.models import fingerprint
 from factscope.tokens import encode, pad_left, subject_span, target_ids
@@ -150,10 +149,10 @@ def _delta_hooks(model: Bridge, layer: int, delta: Float[Tensor, "d_mlp d_model"
     a = arch_of(model)
     keys: list[Tensor] = []
 
-    def keep(act: Tensor, hook: Any) -> None:  # act: [row, pos, d_mlp]
+    def keep(act: Tensor, hook: object) -> None:  # act: [row, pos, d_mlp]
         keys.append(act)
 
-    def add(act: Tensor, hook: Any) -> Tensor:  # act: [row, pos, d_model]
+    def add(act: Tensor, hook: object) -> Tensor:  # act: [row, pos, d_model]
         return act + (keys.pop().float() @ delta).to(act.dtype)
 
     return [(a.hook("mlp_key", layer), keep), (a.hook("mlp_raw_out", layer), add)]
@@ -168,7 +167,7 @@ def _forward_nll(model: Bridge, layer: int, delta: Tensor, batch: FTBatch) -> Fl
 # --------------------------------------------------------------------------- input checks
 
 
-def _check_requests(model: Bridge, requests: Any) -> tuple[EditRequest, ...]:
+def _check_requests(model: Bridge, requests: EditRequest | Sequence[EditRequest]) -> tuple[EditRequest, ...]:
     reqs = as_requests(requests)
     for r in reqs:
         subject_span(model, r)  # raises if the subject is not a whole run of the prompt's tokens

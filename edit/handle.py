@@ -75,7 +75,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from factscope.arch import arch_of
+from factscope.arch import Arch, arch_of
 from factscope.facts import EditRequest
 from factscope.models import fingerprint as model_fingerprint
 from factscope.bridge import Bridge
@@ -126,7 +126,7 @@ class _Applied:
     fingerprint_after: str
 
 
-_APPLIED: weakref.WeakKeyDictionary[Any, list[_Applied]] = weakref.WeakKeyDictionary()
+_APPLIED: weakref.WeakKeyDictionary[Bridge, list[_Applied]] = weakref.WeakKeyDictionary()
 
 
 def applied_edits(model: Bridge) -> tuple[Edit, ...]:
@@ -373,7 +373,7 @@ class Edit:
         """
         return any(e.edit is self for e in _APPLIED.get(model, ()))
 
-    def _checked_weights(self, model: Bridge, a: Any, layers: Iterable[int]) -> dict[int, Tensor]:
+    def _checked_weights(self, model: Bridge, a: Arch, layers: Iterable[int]) -> dict[int, Tensor]:
         """The live ``W_out`` of ``layers``, after checking the layer range and every shape."""
         out = {}
         for layer in layers:
@@ -495,7 +495,7 @@ class Edit:
             _APPLIED.pop(model, None)
 
     @contextlib.contextmanager
-    def applied(self, model: Bridge) -> Iterator[Any]:
+    def applied(self, model: Bridge) -> Iterator[Bridge]:
         """Context manager: apply on entry, revert on exit (also after an exception). Yields the model.
 
         Args:

@@ -273,6 +273,16 @@ def rank_one_update(C: Float[Tensor, "d_mlp d_mlp"], k_star: Float[Tensor, "d_ml
 
     Then ``k* @ ΔW = δ`` and ``k @ ΔW = 0`` whenever ``uᵀk = 0``. C is solved by Cholesky
     (it is symmetric positive definite when estimated from more tokens than ``d_mlp``).
+
+    Args:
+        C: ``[d_mlp, d_mlp]`` the key statistics E[kkᵀ].
+        k_star: ``[d_mlp]`` k*.
+        delta: ``[d_model]`` δ, the change k* must map to.
+
+    Raises:
+        ValueError: C of the wrong shape, not finite or not positive definite; ``k*ᵀC⁻¹k* <= 0``.
+
+    Cost: one Cholesky factorisation of C, ``d_mlp³/3`` flops.
     """
     C, k, delta = C.double(), k_star.double(), delta.double()
     if C.shape != (k.shape[0], k.shape[0]):
@@ -298,7 +308,16 @@ def update_response(model: Bridge, prompts: list[str], layer: int, u: Float[Tens
     ``k @ ΔW = (kᵀu / k*ᵀu) · δ``, so a response of 1 moves that position's MLP output by all of δ and
     0 leaves it alone. Maximised over each prompt's positions (BOS and padding excluded). It does not
     depend on δ; for ROME's ``u = C⁻¹k*`` it measures how well C separates the prompt's keys from k*
-    (neighbourhood failures come from large responses). One forward up to ``layer`` per batch.
+    (neighbourhood failures come from large responses).
+
+    Args:
+        model: a bridge.
+        prompts: full prompts (the subject filled in).
+        layer: the edited MLP.
+        u: ``[d_mlp]`` the update's left factor (ROME's ``C⁻¹k*``).
+        k_star: ``[d_mlp]`` k*.
+
+    Cost: one forward of the left-padded prompts up to ``layer``.
     """
     a = arch_of(model)
     dev = context_of(model).device
