@@ -28,6 +28,9 @@ from typing import Optional
 import typer
 
 from factscope.app.demo import DEMO_GROUP, neuron_suppression
+from factscope.edit.kn import pad_prompts
+from factscope.edit.registry import EditorConfig, editor, editor_names
+from factscope.edit.target import TargetConfig
 
 app = typer.Typer(
     help="factscope: locate and edit factual knowledge in language models (TransformerLens 4.x).",
@@ -220,7 +223,7 @@ def _before_after(m, e, request) -> str:
     return "\n".join(lines)
 
 
-EDIT_METHODS = ("rome", "memit", "alphaedit", "ft-l", "kn")
+EDIT_METHODS = editor_names()
 
 
 def _fail(msg: str) -> None:
@@ -330,77 +333,13 @@ def read_requests(path: Path, limit: Optional[int] = None) -> tuple[list, str]:
     return out, "CounterFact" if counterfact else "factscope"
 
 
-def _edit_config(method: str, corpus: str, n_tokens: Optional[int], steps: Optional[int]):
-    from factscope.edit import AlphaEditConfig, FTConfig, MEMITConfig, ROMEConfig
-
-    if method == "ft-l":
-        return FTConfig() if steps is None else FTConfig(steps=steps)
-    if method == "kn":
-        return None
-    cls = {"rome": ROMEConfig, "memit": MEMITConfig, "alphaedit": AlphaEditConfig}[method]
-    return cls(corpus=corpus, n_tokens=n_tokens, **({} if steps is None else {"v_steps": steps}))
-
-
-def _sequential(m, requests, make_one):
-    """Compute and apply one edit per request (each on the model with the earlier ones applied), then
-    revert them all; returns them composed into one Edit for the unedited model."""
-    from factscope.edit import compose
-
-    done = []
-    try:
-        for r in requests:
-            done.append(make_one(r).apply(m))
-    finally:
-        for e in reversed(done):
-            e.revert(m)
-    return compose(done)
-
-
-def _kn_prompts(r) -> tuple[list[str], int]:
-    """KN's prompts for request ``r``: its prompt and paraphrases, padded with context-prefixed copies of the
-    prompt up to the 3 that the refinement needs; also how many copies were added."""
-    return _pad_prompts([r.text, *r.paraphrases])
-
-
-def _run_editor(m, method: str, requests: list, layers: Optional[list[int]], config, steps: Optional[int],
-                progress: bool):
-    """The Edit of ``requests`` by ``method`` (not applied; the model is left as it was)."""
-    from factscope.edit import EditSession, alphaedit, finetune, kn, memit, rome
-
-    if method == "memit":
-        return memit(m, requests, layers=layers, config=config, progress=progress)
-    if method == "alphaedit":
-        return alphaedit(m, requests, layers=layers, config=config, progress=progress)
-    if method == "ft-l":
-        return finetune(m, requests, layer=layers[0], config=config, progress=progress)
-    if method == "kn":
-        from factscope.edit import KNConfig
-
-        kw = {} if steps is None else {"config": KNConfig(steps=steps)}
-        padded = sum(_kn_prompts(r)[1] for r in requests)
-        if padded:
-            typer.echo(f"note: {padded} prompt(s) added with a context prefix so that every request has the 3 "
-                       f"prompts the neuron refinement needs (give requests paraphrases to avoid it)")
-
-        def one(r):
-            return kn(m, r, prompts=_kn_prompts(r)[0], progress=progress, **kw)
-
-        if len(requests) == 1:
-            return one(requests[0])
-        typer.echo(f"KN: {len(requests)} requests, edited one after another (each on the model with the earlier "
-                   f"ones applied), then composed into one edit")
-        return _sequential(m, requests, one)
-    layer = None if layers is None else layers[0]
-    if len(requests) == 1:
-        return rome(m, requests[0], layer=layer, config=config, progress=progress)
-    session = EditSession(m, "rome", layers=layer, config=config, progress=progress)
-    typer.echo(f"ROME: editing the MLP at layer {session.layers[0]}; {len(requests)} requests applied one after "
-               f"another, then composed into one edit")
-    try:
-        session.edit(requests)
-        return session.compose()
-    finally:
-        session.revert()
+def _edit_config(method: str, corpus: str, n_tokens: Optional[int], steps: Optional[int]) -> EditorConfig:
+    """The registry's config class for ``method`` with the command's options: the key statistics' corpus and
+    tokens and ``--steps`` as ``v_steps`` for ROME/MEMIT/AlphaEdit; ``--steps`` as ``steps`` for FT-L and KN."""
+    cls = editor(method).config_class
+    if issubclass(cls, TargetConfig):
+        return cls(corpus=corpus, n_tokens=n_tokens, **({} if steps is None else {"v_steps": steps}))
+    return cls() if steps is None else cls(steps=steps)
 
 
 def _edit_summary(m, e, requests: list) -> str:
@@ -489,14 +428,15 @@ def edit(
         layer_list = None if layers is None else parse_layers(layers)
     except ValueError as e:
         _fail(str(e))
-    name = {"rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit", "ft-l": "FT-L", "kn": "KN"}[method]
-    if method in ("rome", "ft-l") and layer_list is not None and len(layer_list) != 1:
+    spec = editor(method)
+    name = spec.label
+    if spec.layers == "one" and layer_list is not None and len(layer_list) != 1:
         _fail(f"{name} rewrites one MLP layer; got --layers {layers} = {layer_list}. Pass one layer (e.g. --layers "
               f"{layer_list[-1]}), or use --method memit / alphaedit to spread an edit over several layers")
     if method == "ft-l" and layer_list is None:
         _fail("FT-L needs --layers with one layer, e.g. --layers 5: it has no default (the reference runs fine-tuned "
               "different layers), and unlike ROME it does not pick the traced layer")
-    if method == "kn" and layer_list is not None:
+    if spec.layers == "none" and layer_list is not None:
         _fail("KN locates its knowledge neurons over all layers by integrated gradients; --layers does not apply")
     try:
         config = _edit_config(method, corpus, n_tokens, steps)
@@ -505,7 +445,7 @@ def edit(
     m, _ = _load(model)
     t = time.perf_counter()
     try:
-        e = _run_editor(m, method, requests, layer_list, config, steps, progress)
+        e = spec.run(m, requests, layers=layer_list, config=config, progress=progress, verbose=True)
     except (ValueError, TypeError, FloatingPointError, MemoryError) as err:
         _fail(f"{name}: {err}" if not str(err).startswith(name) else str(err))
     typer.echo(f"computed the edit in {time.perf_counter() - t:.1f} s")
@@ -752,10 +692,6 @@ def stats(
     typer.echo(f"done in {time.perf_counter() - t:.1f} s (cached: later calls load from disk)")
 
 
-# Context prefixes that pad a fact without enough paraphrases up to the 3 prompts refinement needs.
-CONTEXTS = ("Here is a fact.", "From an encyclopedia:", "Quiz question, answered correctly:")
-
-
 def _neuron_prompts(prompt: str, subject: str, paraphrases: list[str]) -> tuple[list[str], Optional[str], int]:
     """The prompts to refine over: the prompt, a matching built-in fact's paraphrases, the given ones,
     then context-prefixed copies of the prompt up to 3. Also the built-in target (if any) and how
@@ -763,20 +699,8 @@ def _neuron_prompts(prompt: str, subject: str, paraphrases: list[str]) -> tuple[
     from factscope.datasets import builtin_facts
 
     known = next((f for f in builtin_facts() if f.text == prompt and f.subject == subject), None)
-    prompts, added = _pad_prompts([prompt, *(known.paraphrases if known else ()), *paraphrases])
+    prompts, added = pad_prompts([prompt, *(known.paraphrases if known else ()), *paraphrases])
     return prompts, known.target_true if known else None, added
-
-
-def _pad_prompts(prompts: list[str]) -> tuple[list[str], int]:
-    """``prompts`` without repeats, padded with context-prefixed copies of the first up to 3; and how many were added."""
-    out = list(dict.fromkeys(prompts))
-    added = 0
-    for ctx in CONTEXTS:
-        if len(out) >= 3:
-            break
-        out.append(f"{ctx} {prompts[0]}")
-        added += 1
-    return out, added
 
 
 def _neuron_summary(result, before: float, after: float) -> str:

@@ -61,18 +61,20 @@ def _fwd_bwd(model, a, ids, kv, rows: int, layer: int, answer_id: int) -> float:
 
 def floors(model, prompts, answer_id: int, steps: int) -> tuple[float, float]:
     """Seconds of the plain batched passes over the IG rows: (last token with a cache, whole prompt)."""
-    from factscope.locate.knowledge_neurons import _clean_run, _default_batch_size, _ig_batches
+    from factscope.kv import run_cached
+    from factscope.locate.knowledge_neurons import ig_batch_size, ig_batches
 
     from factscope import arch_of, encode
 
     a = arch_of(model)
     layers = list(range(a.n_layers))
-    bs = _default_batch_size(a, steps, len(layers))
+    bs = ig_batch_size(a, steps, len(layers))
     kv_s = full_s = 0.0
     for text in prompts:
         ids = torch.tensor([encode(model, text)])
-        kv = _clean_run(model, a, ids, answer_id).kv
-        for rows in _ig_batches(layers, steps, bs):
+        with torch.no_grad():  # the prompt's cache without its last token, as `neurons` builds it
+            kv = run_cached(model, ids[:, :-1], logits_to_keep=1)[1] if ids.shape[1] > 1 else None
+        for rows in ig_batches(layers, steps, bs):
             low = min(l for l, _ in rows)
             kv_s += _fwd_bwd(model, a, ids, kv, len(rows), low, answer_id)
             for i in range(0, len(rows), FULL_CHUNK):  # whole-prompt rows keep every position's activations

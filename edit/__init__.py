@@ -10,6 +10,12 @@
 - `EditSession`: sequential editing (batch after batch; AlphaEdit's carried-over keys; revert, save).
 - `covariance` / `covariances` / `sample_corpus`: the key statistics C = E[kkᵀ], cached on disk.
 - `Edit` / `compose`: what every editor returns: ``apply`` / ``revert`` / ``applied``, ``save`` / ``load``.
+
+The engine ROME, MEMIT and AlphaEdit share, one concept per module: `factscope.edit.target`
+(`TargetConfig`, the v*/z settings both configs inherit), `factscope.edit.templates` (the context
+templates and their token rows), `factscope.edit.key_stats` (C for the edited layers, given or
+cached), `factscope.edit.layer_update` (spreading an edit over layers: keys, shares, solver, writes)
+and `factscope.edit.post_norm` (mapping a target through Gemma's MLP post-norm).
 """
 
 from factscope.edit.alphaedit import AlphaEditConfig, alphaedit

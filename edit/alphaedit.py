@@ -19,8 +19,8 @@ Defaults are the authors' Llama3-8B settings (`hparams/AlphaEdit/Llama3-8B.json`
 α (``L2``) 10, and MEMIT's z settings. The threshold is absolute, so its meaning depends on the keys'
 scale; the null-space dimension per layer is printed (``verbose``) and stored in ``edit.info``.
 
-Cost: MEMIT's, plus one ``eigh`` of C per layer (Gemma: 2048², ~2 s) and one ``d_mlp²`` LU per layer.
-Memory: MEMIT's plus P per layer (``d_mlp² · 8`` B: 32 MiB on Gemma).
+Cost: MEMIT's, plus one ``eigh`` of C per layer (O(d_mlp³)) and one ``d_mlp × d_mlp`` LU solve per
+layer. Memory: MEMIT's plus P per layer (``d_mlp² · 8`` B).
 """
 
 from __future__ import annotations
@@ -28,17 +28,21 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from factscope.edit.memit import MEMITConfig, _layer_delta, _stats, compute_zs, prepare, run_layers
-from factscope.facts import EditRequest
 from factscope.bridge import Bridge
+from factscope.edit.handle import Edit
+from factscope.edit.key_stats import key_stats
+from factscope.edit.layer_update import layer_delta, run_layers
+from factscope.edit.memit import MEMITConfig, compute_zs, prepare
+from factscope.edit.templates import context_templates
+from factscope.facts import EditRequest
+from factscope.models import fingerprint
 
-__all__ = ["AlphaEditConfig", "alphaedit", "null_space_projection", "alphaedit_solve"]
+__all__ = ["AlphaEditConfig", "alphaedit", "alphaedit_with_keys", "null_space_projection", "alphaedit_solve"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +68,17 @@ class AlphaEditConfig(MEMITConfig):
 
 
 def null_space_projection(C: Float[Tensor, "d_mlp d_mlp"], threshold: float) -> Float[Tensor, "d_mlp d_mlp"]:
-    """``P = Û Ûᵀ`` over C's eigenvectors with eigenvalue < ``threshold`` (float64)."""
+    """``P = Û Ûᵀ`` over C's eigenvectors with eigenvalue < ``threshold`` (float64).
+
+    Args:
+        C: ``[d_mlp, d_mlp]`` the key statistics of the unedited model (symmetrised before ``eigh``).
+        threshold: eigenvalues below it span the null space.
+
+    Raises:
+        ValueError: C not square or not finite.
+
+    Cost: one ``eigh`` of C, O(d_mlp³).
+    """
     C = C.double()
     if C.ndim != 2 or C.shape[0] != C.shape[1]:
         raise ValueError(f"expected a square C, got shape {tuple(C.shape)}")
@@ -77,7 +91,16 @@ def null_space_projection(C: Float[Tensor, "d_mlp d_mlp"], threshold: float) -> 
 
 def alphaedit_solve(P: Float[Tensor, "d_mlp d_mlp"], K: Float[Tensor, "request d_mlp"],
                     cache_c: Float[Tensor, "d_mlp d_mlp"] | None, alpha: float) -> Float[Tensor, "d_mlp request"]:
-    """``U = (P (KᵀK + cache_c) + α I)⁻¹ P Kᵀ`` (float64 LU); AlphaEdit's ``ΔW = U R``."""
+    """``U = (P (KᵀK + cache_c) + α I)⁻¹ P Kᵀ`` (float64 LU); AlphaEdit's ``ΔW = U R``.
+
+    Args:
+        P: ``[d_mlp, d_mlp]`` the null-space projection (`null_space_projection`).
+        K: ``[request, d_mlp]`` the new keys.
+        cache_c: ``[d_mlp, d_mlp]`` Σ KᵀK of earlier batches, or ``None``.
+        alpha: α, the ridge term (``AlphaEditConfig.L2``).
+
+    Cost: one ``d_mlp × d_mlp`` LU solve, O(d_mlp³).
+    """
     P, K = P.double(), K.double()
     KK = K.T @ K if cache_c is None else K.T @ K + cache_c.double()
     M = P @ KK + alpha * torch.eye(P.shape[0], dtype=torch.float64)
@@ -95,7 +118,7 @@ def alphaedit(
     cache_c: dict[int, Tensor] | None = None,
     progress: bool = True,
     verbose: bool = True,
-) -> Any:
+) -> Edit:
     """Compute an AlphaEdit edit: MEMIT's update projected onto the null space of preserved keys.
 
     See the module docstring for the algorithm. The model is not changed.
@@ -114,23 +137,27 @@ def alphaedit(
         An `Edit`; ``info`` holds MEMIT's fields plus the null-space dimension per layer. Its keys
         per layer (needed to grow ``cache_c``) are returned by `alphaedit_with_keys`.
 
-    Cost: `memit`'s (z dominates: ~10 s per request on Gemma 3 270M, 2 CPU threads), plus per
-    layer one ``eigh`` of C when P is not given (~2 s on Gemma) and one ``d_mlp²`` LU solve.
-    Memory: MEMIT's plus P per layer (``d_mlp² · 8`` B: 32 MiB on Gemma).
+    Cost: `memit`'s (z dominates), plus per layer one ``eigh`` of C when P is not given and one
+    ``d_mlp × d_mlp`` LU solve, both O(d_mlp³). Memory: MEMIT's plus P per layer (``d_mlp² · 8`` B).
     """
     return alphaedit_with_keys(model, requests, layers=layers, config=config, C=C, P=P, cache_c=cache_c,
                                progress=progress, verbose=verbose)[0]
 
 
-def alphaedit_with_keys(model: Bridge, requests: Any, *, layers: Sequence[int] | None = None,
-                        config: AlphaEditConfig = AlphaEditConfig(), C: dict[int, Tensor] | None = None,
-                        P: dict[int, Tensor] | None = None, cache_c: dict[int, Tensor] | None = None,
-                        progress: bool = True, verbose: bool = True) -> tuple[Any, dict[int, Tensor]]:
-    """`alphaedit`, also returning ``{layer: K}`` (``[request, d_mlp]`` float64) as used in each layer's solve."""
-    from factscope.edit.handle import Edit
-    from factscope.edit.rome import context_templates
-    from factscope.models import fingerprint
+def alphaedit_with_keys(model: Bridge, requests: EditRequest | Sequence[EditRequest], *,
+                        layers: int | Sequence[int] | None = None, config: AlphaEditConfig = AlphaEditConfig(),
+                        C: dict[int, Tensor] | None = None, P: dict[int, Tensor] | None = None,
+                        cache_c: dict[int, Tensor] | None = None, progress: bool = True,
+                        verbose: bool = True) -> tuple[Edit, dict[int, Tensor]]:
+    """`alphaedit`, also returning ``{layer: K}`` (``[request, d_mlp]`` float64) as used in each layer's solve.
 
+    `EditSession` grows ``cache_c`` from these keys.
+
+    Args:
+        model, requests, layers, config, C, P, cache_c, progress, verbose: as `alphaedit`.
+
+    Cost: `alphaedit`'s.
+    """
     if not isinstance(config, AlphaEditConfig):
         raise TypeError(f"AlphaEdit: expected an AlphaEditConfig, got {type(config).__name__}")
     reqs, layers, why = prepare(model, requests, layers, config, progress=progress, verbose=verbose, what="AlphaEdit")
@@ -138,7 +165,7 @@ def alphaedit_with_keys(model: Bridge, requests: Any, *, layers: Sequence[int] |
     P = dict(P or {})
     missing = [l for l in layers if l not in P]
     if missing:
-        C = _stats(model, missing, config, C, progress)
+        C = key_stats(model, missing, config, C, progress=progress)
         P.update({l: null_space_projection(C[l], config.null_space_threshold) for l in missing})
     dims = {l: int(round(float(torch.trace(P[l])))) for l in layers}
     if verbose:
@@ -146,12 +173,11 @@ def alphaedit_with_keys(model: Bridge, requests: Any, *, layers: Sequence[int] |
     templates = context_templates(model, config)
     zs = compute_zs(model, reqs, layers[-1], templates, config, progress=progress)
     cc = cache_c or {}
-    deltas, keys, errors = run_layers(
-        model, reqs, layers, templates, zs,
-        lambda l, K, R: (alphaedit_solve(P[l], K, cc.get(l), config.L2), R), config, progress=progress,
-        what="AlphaEdit")
-    info = dict(layers=layers, layer_reason=why, residual_error=errors, z_steps=list(zs.steps),
+    up = run_layers(model, reqs, layers, templates, zs.z,
+                    lambda l, K, R: (alphaedit_solve(P[l], K, cc.get(l), config.L2), R),
+                    key_chunk=config.key_chunk, progress=progress, what="AlphaEdit")
+    info = dict(layers=layers, layer_reason=why, residual_error=up.errors, z_steps=list(zs.steps),
                 p_new=list(zs.p_new), templates=list(templates), null_space_dim={str(l): d for l, d in dims.items()})
-    edit = Edit(deltas={l: _layer_delta(*d) for l, d in deltas.items()}, method="alphaedit", requests=tuple(reqs),
+    edit = Edit(deltas={l: layer_delta(*d) for l, d in up.deltas.items()}, method="alphaedit", requests=tuple(reqs),
                 config=dataclasses.asdict(config), fingerprint=fp, info=info)
-    return edit, keys
+    return edit, up.keys

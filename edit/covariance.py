@@ -69,31 +69,28 @@ contents). A file that cannot be read, was modified, has the wrong shape or dtyp
 values or whose key does not match is reported with a warning and recomputed, never used.
 ``cache=False`` bypasses the cache both ways.
 
-Cost (Gemma 3 270M, one thread of this 2-core CPU; ``benchmarks/bench_covariance.py``)
------------------------------------------------------------------------------
-- Memory: one ``d_mlp²`` float64 accumulator per layer (Gemma: 2048² × 8 B = 32 MiB; all 18 layers
-  576 MiB). Sampling holds up to ``sample_batch_size × seq_len`` tokens of KV cache (Gemma: 37 KB
-  per token: 0.6 GB for the default run's 130 × 128, 1.2 GB at most for 256 rows) and per step a
-  ``[rows, 262144]`` float64 CDF plus two float32 copies (0.5 GB for 130 rows). The statistics
-  forward holds a few ``batch_size × seq_len × d_mlp`` float32 activations (Gemma: 34 MB each).
-- Sampling is the expensive part: every token passes all 18 blocks *and* the 262k-vocabulary
-  unembedding (335 MFLOP, ~3× the blocks), one position at a time. Measured 83 tokens/s decoding
-  137 rows at once (each decode step has a large fixed cost, ~0.8 s, so few rows are slower: ~50
-  tokens/s at 64 rows). This is paid once per (model, seed, n_tokens, seq_len).
-- Statistics: a forward only up to the layer (``stop_at_layer``; the unembedding is skipped), 575
-  tokens/s to layer 9 (1300 to layer 4), including the float64 rank update (~6000 tokens/s per
-  layer at d_mlp 2048); all 18 layers in one pass: 157 tokens/s.
-- All measured on a shared machine under load; trust the ratios more than the absolute values.
+Cost
+----
+- Memory: one ``d_mlp²`` float64 accumulator per layer. Sampling holds up to
+  ``sample_batch_size × seq_len`` tokens of KV cache and per step a ``[rows, d_vocab]`` float64
+  CDF plus two float32 copies. The statistics forward holds a few ``batch_size × seq_len × d_mlp``
+  float32 activations.
+- Sampling is the expensive part: every token passes all blocks *and* the unembedding (on a
+  large-vocabulary model such as Gemma 3 the unembedding costs more than the blocks), one position
+  at a time; each decoding step has a large fixed cost, so decoding many rows at once is cheaper per
+  token. This is paid once per (model, seed, n_tokens, seq_len).
+- Statistics: a forward only up to the layer (``stop_at_layer``; the unembedding is skipped), plus
+  an O(d_mlp²) float64 rank update per token and layer; several layers share one forward to the
+  deepest.
+- Measured throughputs (``benchmarks/bench_covariance.py``): docs/guide.md, "Measured costs of the editors".
 
-``DEFAULT_N_TOKENS = 16384``: the first call on the default model samples 16384 tokens (130
-sequences of 128, one decoding batch) in about 3.3 minutes, and C at one layer takes another ~30 s
-(3.8 minutes in all; all 18 layers at once ~1.8 minutes instead of 30 s). Keys live in d_mlp =
-2048 dimensions on Gemma 3 270M, so n/d = 8. By the Marchenko-Pastur law the sample second moment of white keys at
-n/d = 8 has its eigenvalues within (1 ± 1/√8)² ≈ [0.42, 1.83] of the truth: every direction is
-estimated (full rank, condition number inflated at most ~4×), while 4096 tokens (n/d = 2) would
-shrink the smallest to (1 − 1/√2)² ≈ 0.09 and fewer than 2048 leave C singular. Doubling n_tokens
-doubles the first-time cost; pass more (or use a text corpus, where only the cheap statistics
-forward is paid) when the time is there. ROME's reference used ~100k Wikipedia texts.
+``DEFAULT_N_TOKENS = 16384`` is 8 × d_mlp on Gemma 3 270M (d_mlp = 2048): n/d = 8. By the
+Marchenko-Pastur law the sample second moment of white keys at n/d = 8 has its eigenvalues within
+(1 ± 1/√8)² ≈ [0.42, 1.83] of the truth: every direction is estimated (full rank, condition number
+inflated at most ~4×), while 4096 tokens (n/d = 2) would shrink the smallest to (1 − 1/√2)² ≈ 0.09
+and fewer than 2048 leave C singular. Doubling n_tokens doubles the first-time cost; pass more (or
+use a text corpus, where only the cheap statistics forward is paid) when the time is there. ROME's
+reference used ~100k Wikipedia texts.
 
 Dimension names: ``seq`` sequences, ``pos`` positions (BOS included), ``d_mlp`` key dimensions.
 """
@@ -126,7 +123,7 @@ from factscope.arch import context_of
 __all__ = ["DEFAULT_N_TOKENS", "covariance", "covariances", "sample_corpus"]
 
 DEFAULT_N_TOKENS = 16384
-"""Keys counted per statistic: 8 × d_mlp on Gemma 3 270M (~3.3 min of first-time sampling)."""
+"""Keys counted per statistic: 8 × d_mlp on Gemma 3 270M (the module docstring says why)."""
 DEFAULT_SEQ_LEN = 128
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_SAMPLE_BATCH_SIZE = 256
@@ -300,9 +297,9 @@ def sample_corpus(
         ``[seq, pos]`` int64 ids on the CPU, column 0 = BOS; no special token after it.
 
     Cost: one decoding step over the batch per position, each through every block and the
-    unembedding (Gemma 3 270M: 70-90 tokens/s on one CPU thread, so ~3.3 min for the default
-    16,384 tokens); cached after. Memory: the batch's KV cache (Gemma: 37 KB per token, ~0.6 GB by
-    default) plus a ``[rows, d_vocab]`` float64 CDF per step (~0.5 GB for 130 rows).
+    unembedding; cached after (measured throughput: docs/guide.md, "Measured costs of the editors").
+    Memory: the batch's KV cache (``rows × seq_len`` tokens) plus a ``[rows, d_vocab]`` float64 CDF
+    per step.
     """
     from factscope.models import fingerprint
 
@@ -561,10 +558,10 @@ def covariances(
     Returns:
         ``{layer: C}``, keyed by the non-negative layer index; each C float64 ``[d_mlp, d_mlp]`` on the CPU.
 
-    Cost: cached layers are a file read each (32 MiB on Gemma 3 270M). Otherwise the corpus (for
-    ``"model"``: sampling, ~3.3 min for the default 16,384 tokens on Gemma, one CPU thread, once) and
-    one statistics forward over it up to the deepest missing layer (~30 s to a middle layer, ~1.8 min
-    for all 18). Memory: one ``d_mlp²`` float64 accumulator per missing layer (32 MiB on Gemma).
+    Cost: cached layers are a file read each (``d_mlp² × 8`` bytes). Otherwise the corpus (for
+    ``"model"``: `sample_corpus`, once per model and seed) and one statistics forward over it up to
+    the deepest missing layer. Memory: one ``d_mlp²`` float64 accumulator per missing layer.
+    Measured times: docs/guide.md, "Measured costs of the editors".
 
     Raises:
         ValueError / TypeError: bad layer, ``n_tokens < 1``, an empty corpus, a corpus of an unknown
@@ -644,10 +641,10 @@ def covariance(
             = 16384, ``seq_len`` 128, ``batch_size`` 32, ``seed`` 0, ``sample_batch_size`` 256,
             ``split="train"``, ``cache=True``, ``progress=True``).
 
-    Cost: cached on disk: later calls read 32 MiB (Gemma 3 270M). First call, offline default corpus
-    on Gemma: sampling 16,384 tokens, ~3.3 min on one CPU thread (once per model and seed), then
-    ~30 s for the statistics forward up to ``layer``. Memory: see the module docstring (sampling
-    ~1 GB; the accumulator ``d_mlp² × 8`` bytes).
+    Cost: cached on disk: later calls read ``d_mlp² × 8`` bytes. The first call samples the corpus
+    (offline default; once per model and seed), then runs the statistics forward up to ``layer``.
+    Memory: see the module docstring (the sampler's KV cache and CDF; the accumulator
+    ``d_mlp² × 8`` bytes). Measured times: docs/guide.md, "Measured costs of the editors".
 
     Example:
         >>> C = covariance(model, 6, corpus="model")   # doctest: +SKIP

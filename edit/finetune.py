@@ -27,8 +27,8 @@ only, so no parameter's ``.grad`` is touched either. The result is a dense `Edit
 
 Cost: per epoch, one forward and one backward (from the top down to layer l) per chunk of
 requests; rows are ``prompt + target[:-1]``, a few dozen tokens. Memory: the chunk's activations
-above layer l, plus ΔW and Adam's two moments: ``3 · d_mlp · d_model`` float32 numbers (Gemma 3
-270M: 2048 × 640, 15 MB). Gemma 3 270M on 2 CPU threads: about 0.3 s per step for one request.
+above layer l, plus ΔW and Adam's two moments: ``3 · d_mlp · d_model`` float32 numbers. Measured
+times: docs/guide.md, "Measured costs of the editors".
 
 Dimension names: ``d_mlp`` keys, ``d_model`` values, ``row`` requests in a chunk, ``pos`` tokens,
 ``n`` target positions kept (the longest target in the chunk), ``d_vocab`` the vocabulary.
@@ -40,16 +40,15 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from factscope.edit.handle import Edit
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from factscope.arch import arch_of
 from factscope.checks import as_requests
+from factscope.edit.handle import Edit
 from factscope.facts import EditRequest
 from factscope.models import fingerprint
 from factscope.tokens import encode, pad_left, subject_span, target_ids
@@ -150,10 +149,10 @@ def _delta_hooks(model: Bridge, layer: int, delta: Float[Tensor, "d_mlp d_model"
     a = arch_of(model)
     keys: list[Tensor] = []
 
-    def keep(act: Tensor, hook: Any) -> None:  # act: [row, pos, d_mlp]
+    def keep(act: Tensor, hook: object) -> None:  # act: [row, pos, d_mlp]
         keys.append(act)
 
-    def add(act: Tensor, hook: Any) -> Tensor:  # act: [row, pos, d_model]
+    def add(act: Tensor, hook: object) -> Tensor:  # act: [row, pos, d_model]
         return act + (keys.pop().float() @ delta).to(act.dtype)
 
     return [(a.hook("mlp_key", layer), keep), (a.hook("mlp_raw_out", layer), add)]
@@ -168,7 +167,7 @@ def _forward_nll(model: Bridge, layer: int, delta: Tensor, batch: FTBatch) -> Fl
 # --------------------------------------------------------------------------- input checks
 
 
-def _check_requests(model: Bridge, requests: Any) -> tuple[EditRequest, ...]:
+def _check_requests(model: Bridge, requests: EditRequest | Sequence[EditRequest]) -> tuple[EditRequest, ...]:
     reqs = as_requests(requests)
     for r in reqs:
         subject_span(model, r)  # raises if the subject is not a whole run of the prompt's tokens
@@ -226,9 +225,9 @@ def finetune(
         The model is left untouched in every case.
 
     Cost: per epoch (at most ``steps``), one forward and one backward down to ``layer`` per chunk
-    of ``batch_size`` requests (Gemma 3 270M, 2 CPU threads: about 0.3 s per step for one request).
-    Memory: the chunk's activations above ``layer``, plus ΔW and Adam's two moments,
-    ``3 · d_mlp · d_model`` float32 (Gemma: 15 MB).
+    of ``batch_size`` requests. Memory: the chunk's activations above ``layer``, plus ΔW and Adam's
+    two moments, ``3 · d_mlp · d_model`` float32. Measured times: docs/guide.md, "Measured costs of
+    the editors".
     """
     cfg = _resolve_config(config, norm_bound, steps)
     a = arch_of(model)

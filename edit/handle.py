@@ -37,8 +37,8 @@ concatenated, ``U = [U_A U_B]``, ``V = [V_A; V_B]``; the sum is dense if any par
 fingerprint. Applying it equals applying A, B, ... in sequence up to float rounding, not
 bit-exactly: sequential application rounds the weights after every edit.
 
-Memory: while applied, one saved copy of each touched ``W_out`` (Gemma 3 270M: 5 MB per layer in
-float32), on the weight's device. The edit itself holds its factors (``(d_mlp + d_model) × r``
+Memory: while applied, one saved copy of each touched ``W_out`` (``d_mlp × d_model`` numbers in the
+weight's dtype), on the weight's device. The edit itself holds its factors (``(d_mlp + d_model) × r``
 numbers per layer) or its dense deltas (``d_mlp × d_model``).
 
 File format
@@ -74,7 +74,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from factscope.arch import arch_of
+from factscope.arch import Arch, arch_of
 from factscope.facts import EditRequest
 from factscope.models import fingerprint as model_fingerprint
 from factscope.bridge import Bridge
@@ -129,7 +129,7 @@ class _Applied:
     fingerprint_after: str
 
 
-_APPLIED: weakref.WeakKeyDictionary[Any, list[_Applied]] = weakref.WeakKeyDictionary()
+_APPLIED: weakref.WeakKeyDictionary[Bridge, list[_Applied]] = weakref.WeakKeyDictionary()
 
 
 def applied_edits(model: Bridge) -> tuple[Edit, ...]:
@@ -285,7 +285,7 @@ class Edit(Saveable):
         """Rank of ``layer``'s ΔW: the factors' column count, or the numerical rank of a dense ΔW.
 
         For low-rank layers it is an upper bound (``compose`` adds the columns up); for dense ones
-        `torch.linalg.matrix_rank` (an SVD of ``[d_mlp, d_model]``: about a second on Gemma 3 270M).
+        `torch.linalg.matrix_rank` (an SVD of ``[d_mlp, d_model]``, O(d_mlp · d_model²)).
 
         Args:
             layer: one of ``self.layers``.
@@ -359,7 +359,7 @@ class Edit(Saveable):
         """
         return any(e.edit is self for e in _APPLIED.get(model, ()))
 
-    def _checked_weights(self, model: Bridge, a: Any, layers: Iterable[int]) -> dict[int, Tensor]:
+    def _checked_weights(self, model: Bridge, a: Arch, layers: Iterable[int]) -> dict[int, Tensor]:
         """The live ``W_out`` of ``layers``, after checking the layer range and every shape."""
         out = {}
         for layer in layers:
@@ -481,7 +481,7 @@ class Edit(Saveable):
             _APPLIED.pop(model, None)
 
     @contextlib.contextmanager
-    def applied(self, model: Bridge) -> Iterator[Any]:
+    def applied(self, model: Bridge) -> Iterator[Bridge]:
         """Context manager: apply on entry, revert on exit (also after an exception). Yields the model.
 
         Args:

@@ -29,9 +29,15 @@ The update only touches one row of ``W_out`` per neuron, so the `Edit` is low-ra
 ``U`` one-hot columns ``[d_mlp, r]`` and ``V`` the row changes ``[r, d_model]`` (float64). It is
 reversible bit-exactly, saveable and fingerprinted, like ROME's.
 
-Cost: locating the neurons (`factscope.locate.knowledge_neurons`, about 20 s per fact on Gemma 3 270M,
-one thread) when ``neurons`` is not given; the update itself is microseconds. Dimension names as in
-`factscope`; ``r`` neurons in a layer.
+Locating needs at least 3 prompts (`factscope.locate.knowledge_neurons.MIN_PROMPTS`) for the
+refinement: the request's prompt and paraphrases. `kn_prompts` pads a request with fewer by
+context-prefixed copies of its prompt (`CONTEXTS`); the editor registry's KN entry (and so the
+CLI) does that and says so.
+
+Cost: locating the neurons (`factscope.locate.knowledge_neurons`: integrated gradients over every
+layer, ``steps`` forward+backward rows per layer and prompt) when ``neurons`` is not given; the
+update itself is O(r · d_model) per layer. Measured times: docs/guide.md, "Measured costs of the
+editors". Dimension names as in `factscope`; ``r`` neurons in a layer.
 """
 
 from __future__ import annotations
@@ -39,18 +45,28 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from factscope.arch import arch_of
-from factscope.facts import EditRequest
 from factscope.bridge import Bridge
 from factscope.edit.handle import Edit
+from factscope.facts import EditRequest
+from factscope.locate.knowledge_neurons import MIN_PROMPTS, NeuronResult, neuron_list
+from factscope.locate.knowledge_neurons import neurons as locate_neurons
+from factscope.models import fingerprint
+from factscope.predict import next_token_logits
+from factscope.tokens import str_tokens, target_ids
 
-__all__ = ["kn", "KNConfig", "kn_update", "token_direction"]
+__all__ = ["kn", "KNConfig", "kn_update", "token_direction", "kn_prompts", "pad_prompts", "CONTEXTS"]
+
+CONTEXTS = ("Here is a fact.", "From an encyclopedia:", "Quiz question, answered correctly:")
+"""Context prefixes that pad a fact without enough paraphrases up to the prompts the refinement needs."""
+
+Neurons = NeuronResult | Sequence[tuple[int, int] | tuple[int, int, float]]
 
 Direction = Literal["embedding", "unembedding"]
 
@@ -111,10 +127,42 @@ def kn_update(v: Float[Tensor, "d_model"], e_old: Float[Tensor, "d_model"], e_ne
     return -lambda_erase * (n / e_old.norm()) * e_old + lambda_insert * (n / e_new.norm()) * e_new
 
 
-def _old_token(model: Bridge, request: EditRequest) -> int:
-    from factscope.predict import next_token_logits
-    from factscope.tokens import target_ids
+def pad_prompts(prompts: Sequence[str]) -> tuple[list[str], int]:
+    """``prompts`` without repeats, padded with `CONTEXTS`-prefixed copies of the first up to ``MIN_PROMPTS``.
 
+    Args:
+        prompts: a non-empty sequence of prompts, the first the fact's own.
+
+    Returns:
+        ``(prompts, added)``: the padded list (first occurrences kept, in order) and how many copies were added.
+
+    Cost: negligible.
+    """
+    out = list(dict.fromkeys(prompts))
+    added = 0
+    for ctx in CONTEXTS:
+        if len(out) >= MIN_PROMPTS:
+            break
+        out.append(f"{ctx} {prompts[0]}")
+        added += 1
+    return out, added
+
+
+def kn_prompts(request: EditRequest) -> tuple[list[str], int]:
+    """The prompts KN locates a request's neurons over: its prompt and paraphrases, padded by `pad_prompts`.
+
+    Args:
+        request: the `EditRequest` (``text`` and ``paraphrases``).
+
+    Returns:
+        ``(prompts, added)``; ``added`` is 0 when the request has enough prompts of its own.
+
+    Cost: negligible.
+    """
+    return pad_prompts([request.text, *request.paraphrases])
+
+
+def _old_token(model: Bridge, request: EditRequest) -> int:
     if request.target_true is not None:
         return target_ids(model, request.target_true)[0]
     return int(next_token_logits(model, [request.text])[0].argmax())
@@ -124,7 +172,7 @@ def kn(
     model: Bridge,
     request: EditRequest,
     *,
-    neurons: Any = None,
+    neurons: Neurons | None = None,
     prompts: Sequence[str] | None = None,
     config: KNConfig = KNConfig(),
     progress: bool = True,
@@ -155,16 +203,11 @@ def kn(
         range, negative or non-finite λ, old and new targets sharing their first token. The model
         is left untouched in every case.
 
-    Cost: with ``neurons=None``, that of `factscope.locate.knowledge_neurons` (about 20 s per fact on Gemma 3
-    270M, one CPU thread, 3 prompts); given the neurons, microseconds (one forward only when the
-    request has no ``target_true``).
+    Cost: with ``neurons=None``, that of `factscope.locate.knowledge_neurons` (integrated gradients
+    over every layer and prompt; measured times in docs/guide.md, "Measured costs of the editors");
+    given the neurons, O(r · d_model) per layer (plus one forward when the request has no
+    ``target_true``).
     """
-    from factscope.locate.knowledge_neurons import NeuronResult, neuron_list
-    from factscope.locate.knowledge_neurons import neurons as locate
-
-    from factscope.models import fingerprint
-    from factscope.tokens import str_tokens, target_ids
-
     if not isinstance(request, EditRequest):
         raise TypeError(f"expected an EditRequest, got {type(request).__name__}")
     if not isinstance(config, KNConfig):
@@ -179,7 +222,7 @@ def kn(
                          f"the KN rule would cancel out")
     found = None
     if neurons is None:
-        found = locate(model, request, prompts=prompts, steps=c.steps, threshold=c.threshold, refine=c.refine,
+        found = locate_neurons(model, request, prompts=prompts, steps=c.steps, threshold=c.threshold, refine=c.refine,
                        batch_size=c.batch_size, progress=progress)
         neurons = found
     elif isinstance(neurons, NeuronResult):

@@ -16,7 +16,11 @@ The uniform call (`EditorSpec.run`, or `run_editor` by name)::
 - ``requests``: a sequence of `EditRequest`. Editors that take one fact at a time (``batch`` is
   ``False``: ROME, KN) edit them one after another, each computed on the model with the earlier
   ones applied, and return them composed into one `Edit` for the unedited model (the model is
-  restored before returning).
+  restored before returning). What such a sequence shares is fixed once, on the unedited model,
+  as `factscope.edit.EditSession` does: the layer (a one-layer editor's default is resolved before
+  the first request) and the key statistics (`factscope.edit.key_stats`, for editors whose config is
+  a `factscope.edit.target.TargetConfig`), so later requests neither re-trace nor re-estimate C on
+  an edited model.
 - ``layers``: what it means depends on ``spec.layers``: ``"one"`` (ROME, FT-L) takes exactly one
   layer, ``"many"`` (MEMIT, AlphaEdit) any set, ``"none"`` (KN: its neurons are found by
   attribution over all layers) must be ``None``. ``None`` means the editor's own default: the
@@ -25,6 +29,9 @@ The uniform call (`EditorSpec.run`, or `run_editor` by name)::
 - ``config``: an instance of ``spec.config_class`` (``None``: its defaults).
 - ``C``: key statistics ``{layer: [d_mlp, d_mlp]}`` to reuse (ROME takes its layer's; KN and FT-L
   need none and ignore it).
+- KN needs 3 prompts per request to locate its neurons; a request with fewer is padded with
+  context-prefixed copies of its prompt (`factscope.edit.kn.kn_prompts`), and with ``verbose`` a
+  note says how many.
 
 Cost: the editor's own (see each editor's docstring); the lookup is negligible.
 """
@@ -43,10 +50,14 @@ from factscope.bridge import Bridge
 from factscope.edit.alphaedit import AlphaEditConfig, alphaedit
 from factscope.edit.finetune import FTConfig, finetune
 from factscope.edit.handle import Edit, compose
-from factscope.edit.kn import KNConfig, kn
+from factscope.edit.key_stats import key_stats
+from factscope.edit.kn import KNConfig, kn, kn_prompts
 from factscope.edit.memit import MEMITConfig, memit
 from factscope.edit.rome import ROMEConfig, rome
+from factscope.edit.target import TargetConfig
 from factscope.facts import EditRequest
+from factscope.locate.knowledge_neurons import MIN_PROMPTS
+from factscope.locate.profile import recommended_layer
 
 __all__ = ["EditorSpec", "EDITORS", "editor", "editor_names", "run_editor", "EditorConfig", "LayerRule"]
 
@@ -61,6 +72,7 @@ class EditorSpec:
 
     Attributes:
         name: the canonical name (what `Edit.method` says), e.g. ``"ft-l"``.
+        label: the name as printed, e.g. ``"FT-L"``.
         aliases: other accepted names, e.g. ``("finetune",)``.
         config_class: the editor's settings dataclass.
         layers: ``"one"``, ``"many"`` or ``"none"`` (see the module docstring).
@@ -72,12 +84,21 @@ class EditorSpec:
     """
 
     name: str
+    label: str
     aliases: tuple[str, ...] = ()
     config_class: type
     layers: LayerRule
     batch: bool
     summary: str
     fn: RunFn
+
+    @property
+    def needs_stats(self) -> bool:
+        """Whether the editor uses key statistics C (its config is a `TargetConfig`: ROME, MEMIT, AlphaEdit).
+
+        Cost: negligible.
+        """
+        return issubclass(self.config_class, TargetConfig)
 
     def check_config(self, config: object | None) -> EditorConfig:
         """``config``, or the defaults when ``None``; a TypeError naming the expected class otherwise.
@@ -139,13 +160,26 @@ class EditorSpec:
             raise TypeError(f"expected one EditRequest or a non-empty sequence of them, got {requests!r}")
         cfg = self.check_config(config)
         ls = self.check_layers(model, layers)
-        kw = dict(layers=ls, config=cfg, C=C, progress=progress, verbose=verbose)
         if self.batch or len(reqs) == 1:
-            return self.fn(model, reqs, **kw)
+            return self.fn(model, reqs, layers=ls, config=cfg, C=C, progress=progress, verbose=verbose)
+        return self._sequential(model, reqs, layers=ls, config=cfg, C=C, progress=progress, verbose=verbose)
+
+    def _sequential(self, model: Bridge, reqs: list[EditRequest], *, layers: list[int] | None,
+                    config: EditorConfig, C: dict[int, Tensor] | None, progress: bool, verbose: bool) -> Edit:
+        """One edit per request, each on the model with the earlier ones applied; composed, model restored."""
+        if self.layers == "one" and layers is None:
+            layers = [recommended_layer(model, progress=progress).layer]
+        if self.needs_stats:
+            C = key_stats(model, layers or [], config, C, progress=progress)
+        if verbose:
+            where = f"editing the MLP at layer {layers[0]}; " if self.layers == "one" else ""
+            print(f"{self.label}: {where}{len(reqs)} requests applied one after another (each computed on the "
+                  f"model with the earlier ones applied), then composed into one edit")
         done: list[Edit] = []
         try:
             for r in reqs:
-                done.append(self.fn(model, [r], **kw).apply(model))
+                done.append(self.fn(model, [r], layers=layers, config=config, C=C, progress=progress,
+                                    verbose=verbose).apply(model))
         finally:
             for e in reversed(done):
                 e.revert(model)
@@ -155,14 +189,14 @@ class EditorSpec:
 def _one_layer(model: Bridge, layers: list[int] | None, progress: bool) -> int:
     if layers is not None:
         return layers[0]
-    from factscope.locate.profile import recommended_layer
-
     return recommended_layer(model, progress=progress).layer
 
 
 def _rome(model: Bridge, requests: list[EditRequest], *, layers: list[int] | None, config: ROMEConfig,
           C: dict[int, Tensor] | None, progress: bool, verbose: bool) -> Edit:
     (r,) = requests
+    if layers is None and not C:  # rome picks the recommended layer itself, and says why
+        return rome(model, r, config=config, progress=progress, verbose=verbose)
     layer = _one_layer(model, layers, progress)
     return rome(model, r, layer=layer, config=config, C=None if C is None else C.get(layer), progress=progress,
                 verbose=verbose)
@@ -187,19 +221,23 @@ def _finetune(model: Bridge, requests: list[EditRequest], *, layers: list[int] |
 def _kn(model: Bridge, requests: list[EditRequest], *, layers: list[int] | None, config: KNConfig,
         C: dict[int, Tensor] | None, progress: bool, verbose: bool) -> Edit:
     (r,) = requests
-    return kn(model, r, config=config, progress=progress, verbose=verbose)
+    prompts, added = kn_prompts(r)
+    if added and verbose:
+        print(f"KN: note: {added} prompt(s) added with a context prefix so that {r.subject!r} has the {MIN_PROMPTS} "
+              f"prompts the neuron refinement needs (give the request paraphrases to avoid it)")
+    return kn(model, r, prompts=prompts if added else None, config=config, progress=progress, verbose=verbose)
 
 
 EDITORS: dict[str, EditorSpec] = {s.name: s for s in (
-    EditorSpec(name="rome", config_class=ROMEConfig, layers="one", batch=False, fn=_rome,
+    EditorSpec(name="rome", label="ROME", config_class=ROMEConfig, layers="one", batch=False, fn=_rome,
                summary="ROME: a rank-one update of one MLP's W_out per fact (Meng et al. 2022)"),
-    EditorSpec(name="memit", config_class=MEMITConfig, layers="many", batch=True, fn=_memit,
+    EditorSpec(name="memit", label="MEMIT", config_class=MEMITConfig, layers="many", batch=True, fn=_memit,
                summary="MEMIT: many facts at once, spread over a range of layers (Meng et al. 2023)"),
-    EditorSpec(name="alphaedit", config_class=AlphaEditConfig, layers="many", batch=True, fn=_alphaedit,
+    EditorSpec(name="alphaedit", label="AlphaEdit", config_class=AlphaEditConfig, layers="many", batch=True, fn=_alphaedit,
                summary="AlphaEdit: MEMIT projected onto the null space of preserved keys (Fang et al. 2025)"),
-    EditorSpec(name="ft-l", aliases=("finetune", "ft"), config_class=FTConfig, layers="one", batch=True,
+    EditorSpec(name="ft-l", label="FT-L", aliases=("finetune", "ft"), config_class=FTConfig, layers="one", batch=True,
                fn=_finetune, summary="FT-L: L∞-constrained fine-tuning of one layer's W_out (the baseline)"),
-    EditorSpec(name="kn", config_class=KNConfig, layers="none", batch=False, fn=_kn,
+    EditorSpec(name="kn", label="KN", config_class=KNConfig, layers="none", batch=False, fn=_kn,
                summary="KN: move the knowledge neurons' value slots from the old answer to the new (Dai et al. 2022)"),
 )}
 """The editors by canonical name: ``rome``, ``memit``, ``alphaedit``, ``ft-l`` and ``kn``."""

@@ -21,10 +21,14 @@ The same averaged k\\* is used for v\\* and for the update (the r-ROME fix, arXi
 reference code used the bare prompt's key in the update, which collapses models under sequential
 editing).
 
-Cost (Gemma 3 270M, 2 CPU threads): templates once per model (~1 s); v\\* ≈ 20 forward+backward
-passes over 22 short prompts (10–30 s, fewer with early stopping); the solve is ``d_mlp³/3`` flops.
-C comes from the on-disk cache after its first computation. Memory: activations of 22 prompts with
-gradients through the layers above l, plus C (``d_mlp² × 8`` bytes).
+Cost: templates once per model; v\\* at most ``v_steps`` forward+backward passes over the template
+prompts and the essence prompt (fewer with early stopping); the solve is ``d_mlp³/3`` flops. C
+comes from the on-disk cache after its first computation (`factscope.edit.key_stats`). Memory:
+activations of the template prompts with gradients through the layers above l, plus C
+(``d_mlp² × 8`` bytes). Measured times: docs/guide.md, "Measured costs of the editors".
+
+The settings ROME shares with MEMIT (the δ optimisation, the templates, C's corpus) are
+`factscope.edit.target.TargetConfig`'s; the templates are `factscope.edit.templates`'.
 
 Dimension names: ``d_mlp`` keys, ``d_model`` values, ``row`` prompts in a batch.
 """
@@ -34,151 +38,108 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-import weakref
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from factscope.arch import arch_of
+from factscope.arch import arch_of, context_of
+from factscope.bridge import Bridge
+from factscope.edit.handle import Edit
+from factscope.edit.key_stats import key_stats
+from factscope.edit.target import TargetConfig
+from factscope.edit.templates import context_templates, prompt_rows, template_rows
 from factscope.facts import EditRequest, Fact
 from factscope.kv import run_after, run_cached
-from factscope.tokens import bos_ids, encode, pad_left, subject_span, target_ids, tokenizer_of
-from factscope.bridge import Bridge
-from factscope.arch import context_of
+from factscope.locate.profile import recommended_layer
+from factscope.models import fingerprint
+from factscope.predict import kl_from_logprobs, predict
+from factscope.tokens import encode, pad_left, subject_span, target_ids
 
 __all__ = ["ROMEConfig", "rome", "context_templates", "compute_k_star", "compute_v_star", "rank_one_update",
-           "update_response"]
+           "update_response", "VStar"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class ROMEConfig:
+class ROMEConfig(TargetConfig):
     """ROME's settings (defaults: the paper's GPT-2 XL hyper-parameters, `hparams/ROME/gpt2-xl.json`).
 
-    Cost: negligible (plain data, validated on construction); ``v_steps`` and ``context_lengths``
-    set `rome`'s number of passes.
+    Every field is `TargetConfig`'s (the δ optimisation, the templates, C's corpus), with ROME's
+    defaults: 10 template prefixes of 5 tokens and 10 of 10 (``context_lengths``), top-5 sampling,
+    20 Adam steps at learning rate 0.5, weight decay 0.5, clamp factor 4, KL weight 0.0625 on
+    ``"{} is a"``, early stop at NLL 0.05. ROME tests the total loss for the early stop; we test the
+    NLL: on post-norm models ‖v₀‖ is small, the decay term alone exceeds 0.05 there, and the stop
+    would never fire. Cost: negligible (plain data, validated on construction); ``v_steps`` and
+    ``context_lengths`` set `rome`'s number of passes.
 
     Attributes:
-        context_lengths: ``(tokens, count)`` pairs of model-written prefixes for the templates;
-            ROME's ``[[5, 10], [10, 10]]``: 10 prefixes of 5 tokens and 10 of 10, plus ``"{}"``.
-        context_top_k: top-k sampling for those prefixes (ROME's ``generate_fast`` uses 5).
-        seed: seeds the prefixes (and nothing else is random).
-        v_steps: Adam steps for δ (20).
-        v_lr: Adam learning rate (0.5).
-        v_weight_decay: weight of ``‖δ‖ / ‖v₀‖²`` (0.5).
-        clamp_norm_factor: ``‖δ‖ ≤ clamp_norm_factor · ‖v₀‖`` after every step (4).
-        kl_factor: weight of the KL term on the essence prompt (0.0625).
-        essence_prompt: the KL prompt, with ``{}`` for the subject (``"{} is a"``).
-        early_stop_loss: stop once the target's NLL falls below this (0.05). ROME tests the total
-            loss; on post-norm models ‖v₀‖ is small, the decay term alone exceeds 0.05 there, and
-            the stop would never fire.
-        corpus, n_tokens: where C comes from (`factscope.edit.covariance`); ``n_tokens=None`` is its default.
+        context_lengths, context_top_k, seed, v_steps, v_lr, v_weight_decay, clamp_norm_factor,
+            kl_factor, essence_prompt, early_stop_loss, corpus, n_tokens: see `TargetConfig`.
     """
-
-    context_lengths: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))
-    context_top_k: int = 5
-    seed: int = 0
-    v_steps: int = 20
-    v_lr: float = 0.5
-    v_weight_decay: float = 0.5
-    clamp_norm_factor: float = 4.0
-    kl_factor: float = 0.0625
-    essence_prompt: str = "{} is a"
-    early_stop_loss: float = 0.05
-    corpus: Any = "auto"
-    n_tokens: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("v_steps", "context_top_k"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"ROMEConfig: expected {name} to be a positive integer, got {v!r}")
-        for name in ("v_lr", "clamp_norm_factor"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"ROMEConfig: expected {name} > 0, got {getattr(self, name)!r}")
-        for name in ("v_weight_decay", "kl_factor", "early_stop_loss"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"ROMEConfig: expected {name} >= 0, got {getattr(self, name)!r}")
-        if self.essence_prompt.count("{}") != 1:
-            raise ValueError(f"ROMEConfig: expected essence_prompt with one '{{}}', got {self.essence_prompt!r}")
-        if any(n < 1 or c < 0 for n, c in self.context_lengths):
-            raise ValueError(f"ROMEConfig: expected (tokens >= 1, count >= 0) pairs, got {self.context_lengths!r}")
-
-
-# --------------------------------------------------------------------------- context templates
-
-_TEMPLATES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
-
-
-@torch.no_grad()
-def context_templates(model: Bridge, config: ROMEConfig = ROMEConfig()) -> tuple[str, ...]:
-    """``"{}"`` plus, per ``(n, count)`` in ``config.context_lengths``, ``count`` prefixes of ``n``
-    tokens sampled from the model after BOS (top-k, seeded), each followed by ``". {}"``.
-
-    Cached per model object and settings. Special and added tokens (BOS, image placeholders) are
-    never sampled; braces in the generated text become spaces.
-    """
-    key = (config.context_lengths, config.context_top_k, config.seed)
-    memo = _TEMPLATES.setdefault(model, {})
-    if key in memo:
-        return memo[key]
-    tok = tokenizer_of(model)
-    g = torch.Generator().manual_seed(config.seed)
-    device = context_of(model).device
-    banned = sorted(set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {})))  # e.g. <start_of_image>
-    out = ["{}"]
-    for n, count in config.context_lengths:
-        if count == 0:
-            continue
-        ids = torch.tensor([bos_ids(tok)] * count, device=device)  # [row, 1]: BOS
-        for _ in range(n):
-            logits = model(ids, logits_to_keep=1)[:, -1].float().cpu()  # [row, d_vocab]
-            logits[:, banned] = -math.inf
-            top = logits.topk(config.context_top_k, dim=-1)
-            pick = torch.multinomial(top.values.softmax(-1), 1, generator=g)  # [row, 1]
-            ids = torch.cat([ids, top.indices.gather(1, pick).to(device)], 1)
-        for row in ids[:, 1:].tolist():
-            text = tok.decode(row, skip_special_tokens=True)
-            text = " ".join(text.replace("{", " ").replace("}", " ").split())
-            out.append(text + ". {}")
-    memo[key] = tuple(out)
-    return memo[key]
 
 
 # --------------------------------------------------------------------------- k* and v*
 
 
-def _batch(model: Bridge, request: EditRequest, templates: tuple[str, ...], essence: str):
-    """Left-padded rows: every template + prompt + target_new[:-1], then the essence prompt.
+@dataclass(frozen=True, kw_only=True)
+class VBatch:
+    """ROME's prompts for one request, left-padded: every template row (+ ``target_new[:-1]``), then the essence row.
 
-    Returns ids ``[row, pos]``, mask, the subject's last token per row ``[row]``, the target ids and
-    how many final positions hold the target's predictions.
+    Attributes:
+        ids: ``[row, pos]`` token ids. mask: ``[row, pos]`` attention mask (0 on padding).
+        col: ``[row]`` the subject's last token in each row (where k* is read and δ is added).
+        target: ``[n]`` the target's token ids; their predictions sit in every template row's last
+            ``n`` positions.
+
+    Cost: plain data; `v_batch` builds it by tokenising.
+    """
+
+    ids: Int[Tensor, "row pos"]
+    mask: Int[Tensor, "row pos"]
+    col: Int[Tensor, "row"]
+    target: Int[Tensor, "n"]
+
+
+def v_batch(model: Bridge, request: EditRequest, templates: tuple[str, ...], essence: str) -> VBatch:
+    """The `VBatch` of ``request``: its template rows, each followed by ``target_new[:-1]``, then ``essence``.
+
+    Args:
+        model: a bridge (its tokenizer).
+        request: the `EditRequest`.
+        templates: the context templates (`context_templates`).
+        essence: the essence prompt, with ``{}`` for the subject.
+
+    Cost: tokenisation of ``len(templates) + 1`` prompts.
     """
     tgt = target_ids(model, request.target_new)
-    texts = [t.format(request.prompt) for t in templates]
-    rows, last = [], []
-    for text in texts:
-        _, s1 = subject_span(model, Fact(text, request.subject))
-        rows.append(encode(model, text.format(request.subject)) + tgt[:-1])
-        last.append(s1 - 1)
-    _, s1 = subject_span(model, Fact(essence, request.subject))
-    rows.append(encode(model, essence.format(request.subject)))
-    last.append(s1 - 1)
+    rows, last = template_rows(model, request, templates)
+    er, el = prompt_rows(model, [essence], request.subject)
+    rows, last = [r + tgt[:-1] for r in rows] + er, last + el
     ids, mask = pad_left(model, rows)
-    T = ids.shape[1]
-    lookup = torch.tensor([T - len(r) + i for r, i in zip(rows, last)])
-    return ids, mask, lookup, torch.tensor(tgt), len(tgt)
+    W = ids.shape[1]
+    return VBatch(ids=ids, mask=mask, col=torch.tensor([W - len(r) + i for r, i in zip(rows, last)]),
+                  target=torch.tensor(tgt))
 
 
 @torch.no_grad()
 def compute_k_star(model: Bridge, request: EditRequest, layer: int,
                    templates: tuple[str, ...]) -> Float[Tensor, "d_mlp"]:
-    """k*: the MLP key at the subject's last token, averaged over the template prompts (float64)."""
+    """k*: the MLP key at the subject's last token, averaged over the template prompts (float64).
+
+    Args:
+        model: a bridge.
+        request: the `EditRequest`.
+        layer: the MLP whose key is read.
+        templates: the context templates (`context_templates`).
+
+    Cost: one forward of the template prompts up to ``layer``.
+    """
     a = arch_of(model)
     dev = context_of(model).device
-    ids, mask, lookup, _, _ = _batch(model, request, templates, "{}")  # the target tokens follow: causal, no effect
+    b = v_batch(model, request, templates, "{}")  # the target tokens follow: causal, no effect
+    ids, mask, lookup = b.ids, b.mask, b.col
     R = len(templates)
     got: list[Tensor] = []
     model.run_with_hooks(ids[:R].to(dev), attention_mask=mask[:R].to(dev), stop_at_layer=layer + 1,
@@ -189,12 +150,19 @@ def compute_k_star(model: Bridge, request: EditRequest, layer: int,
 
 @dataclass(frozen=True)
 class VStar:
-    """The result of the δ optimisation: ``v_star = k* @ W_out (+ bias) + delta`` (float64)."""
+    """The result of the δ optimisation: ``v_star = k* @ W_out (+ bias) + delta`` (float64).
+
+    Attributes:
+        delta: ``[d_model]`` δ. v0_norm: ‖v₀‖, the bare prompt's raw MLP output norm.
+        losses: the total loss per step. p_new: mean p(target_new tokens) over the template prompts, per step.
+
+    Cost: plain data.
+    """
 
     delta: Float[Tensor, "d_model"]
     v0_norm: float
     losses: tuple[float, ...]
-    p_new: tuple[float, ...]  # mean p(target_new tokens) over the template prompts, per step
+    p_new: tuple[float, ...]
 
 
 def compute_v_star(model: Bridge, request: EditRequest, layer: int, templates: tuple[str, ...],
@@ -203,13 +171,27 @@ def compute_v_star(model: Bridge, request: EditRequest, layer: int, templates: t
 
     ``reuse_prefix=False`` runs every prompt in full at every step: the plain reference for the
     prefix reuse, which gives the same numbers.
-    """
-    from tqdm.auto import tqdm
 
+    Args:
+        model: a bridge.
+        request: the `EditRequest`.
+        layer: the MLP whose raw output δ is added to.
+        templates: the context templates (`context_templates`).
+        config: `ROMEConfig` (the δ optimisation's settings).
+        progress: a progress bar over the steps.
+        reuse_prefix: compute the positions before the subject's last token once (a KV cache).
+
+    Raises:
+        FloatingPointError: a non-finite loss or δ.
+
+    Cost: one forward without gradients, then at most ``v_steps`` forward+backward passes over the
+    template prompts (their suffix from the subject's last token, with ``reuse_prefix``) and the
+    essence prompt.
+    """
     a = arch_of(model)
     dev = context_of(model).device
-    ids, mask, lookup, tgt, n = _batch(model, request, templates, config.essence_prompt)
-    ids, mask, lookup, tgt = ids.to(dev), mask.to(dev), lookup.to(dev), tgt.to(dev)
+    b = v_batch(model, request, templates, config.essence_prompt)
+    ids, mask, lookup, tgt, n = b.ids.to(dev), b.mask.to(dev), b.col.to(dev), b.target.to(dev), len(b.target)
     R = ids.shape[0] - 1  # rewriting rows; the last row is the essence prompt
     hook = a.hook("mlp_raw_out", layer)
     delta = torch.zeros(a.d_model, device=dev, requires_grad=True)
@@ -258,7 +240,7 @@ def compute_v_star(model: Bridge, request: EditRequest, layer: int, templates: t
         lp, lp_ess = forward()
         nll_tok = -lp.gather(2, tgt.expand(R, n)[:, :, None])[:, :, 0]  # [row, n]
         nll = nll_tok.mean()
-        kl = torch.nn.functional.kl_div(kl_ref, lp_ess, log_target=True, reduction="sum")  # KL(p_δ ‖ p_0)
+        kl = kl_from_logprobs(lp_ess, kl_ref)  # KL(p_δ ‖ p_0)
         wd = delta.norm() / v0_norm ** 2
         loss = nll + config.kl_factor * kl + config.v_weight_decay * wd
         losses.append(float(loss.detach()))
@@ -291,6 +273,16 @@ def rank_one_update(C: Float[Tensor, "d_mlp d_mlp"], k_star: Float[Tensor, "d_ml
 
     Then ``k* @ ΔW = δ`` and ``k @ ΔW = 0`` whenever ``uᵀk = 0``. C is solved by Cholesky
     (it is symmetric positive definite when estimated from more tokens than ``d_mlp``).
+
+    Args:
+        C: ``[d_mlp, d_mlp]`` the key statistics E[kkᵀ].
+        k_star: ``[d_mlp]`` k*.
+        delta: ``[d_model]`` δ, the change k* must map to.
+
+    Raises:
+        ValueError: C of the wrong shape, not finite or not positive definite; ``k*ᵀC⁻¹k* <= 0``.
+
+    Cost: one Cholesky factorisation of C, ``d_mlp³/3`` flops.
     """
     C, k, delta = C.double(), k_star.double(), delta.double()
     if C.shape != (k.shape[0], k.shape[0]):
@@ -316,7 +308,16 @@ def update_response(model: Bridge, prompts: list[str], layer: int, u: Float[Tens
     ``k @ ΔW = (kᵀu / k*ᵀu) · δ``, so a response of 1 moves that position's MLP output by all of δ and
     0 leaves it alone. Maximised over each prompt's positions (BOS and padding excluded). It does not
     depend on δ; for ROME's ``u = C⁻¹k*`` it measures how well C separates the prompt's keys from k*
-    (neighbourhood failures come from large responses). One forward up to ``layer`` per batch.
+    (neighbourhood failures come from large responses).
+
+    Args:
+        model: a bridge.
+        prompts: full prompts (the subject filled in).
+        layer: the edited MLP.
+        u: ``[d_mlp]`` the update's left factor (ROME's ``C⁻¹k*``).
+        k_star: ``[d_mlp]`` k*.
+
+    Cost: one forward of the left-padded prompts up to ``layer``.
     """
     a = arch_of(model)
     dev = context_of(model).device
@@ -340,7 +341,7 @@ def rome(
     C: Float[Tensor, "d_mlp d_mlp"] | None = None,
     progress: bool = True,
     verbose: bool = True,
-) -> Any:
+) -> Edit:
     """Compute a ROME edit: one fact by a rank-one update of one MLP's ``W_out``. Model unchanged.
 
     See the module docstring for the algorithm.
@@ -364,24 +365,19 @@ def rome(
         ValueError: a subject not in the prompt, a layer out of range, bad statistics.
         FloatingPointError: a non-finite v*. In every case the model is left untouched.
 
-    Cost (Gemma 3 270M, 2 CPU threads): v* dominates, up to ``v_steps`` (20) forward+backward passes
-    over 22 short prompts: 10-30 s (less with early stopping); templates once per model (~1 s); the
-    solve ``d_mlp³/3`` flops. The first use of a layer also computes C (2-3.5 min of sampling once
-    per model, ~30 s per layer; cached) and, with ``layer=None``, the tracing profile (~3 min,
-    cached). Memory: activations of 22 prompts with gradients through the layers above ``layer``,
-    plus C (``d_mlp² × 8`` bytes: 32 MiB on Gemma).
+    Cost: v* dominates: at most ``v_steps`` forward+backward passes over the template prompts and
+    the essence prompt (fewer with early stopping); templates once per model; the solve
+    ``d_mlp³/3`` flops. The first use of a layer also computes C (`factscope.edit.covariance`, then
+    cached on disk) and, with ``layer=None``, the tracing profile (cached). Memory: activations of
+    the template prompts with gradients through the layers above ``layer``, plus C (``d_mlp² × 8``
+    bytes). Measured times: docs/guide.md, "Measured costs of the editors".
     """
-    from factscope.edit.handle import Edit
-    from factscope.models import fingerprint
-
     if not isinstance(request, EditRequest):
         raise TypeError(f"expected an EditRequest, got {type(request).__name__}")
     a = arch_of(model)
     subject_span(model, Fact(request.prompt, request.subject))  # raises if the subject is missing
     why = "given"
     if layer is None:
-        from factscope.locate.profile import recommended_layer
-
         choice = recommended_layer(model, progress=progress)
         layer, why = choice.layer, choice.reason
     layer = a.check_layer(layer)
@@ -393,10 +389,7 @@ def rome(
     k_star = compute_k_star(model, request, layer, templates)
     v = compute_v_star(model, request, layer, templates, config, progress=progress)
     if C is None:
-        from factscope.edit.covariance import covariance
-
-        kw = {} if config.n_tokens is None else {"n_tokens": config.n_tokens}
-        C = covariance(model, layer, corpus=config.corpus, progress=progress, **kw)
+        C = key_stats(model, [layer], config, progress=progress)[layer]
     u, lam = rank_one_update(C, k_star, v.delta)
     if not (torch.isfinite(u).all() and torch.isfinite(lam).all()):
         raise FloatingPointError("ROME: the update is not finite; nothing was changed")
@@ -407,8 +400,6 @@ def rome(
 
 
 def _warn_if_already_answered(model: Bridge, request: EditRequest) -> None:
-    from factscope.predict import predict
-
     p = predict(model, [request.text], [request.target_new], k=1)[0]
     if p.correct:
         warnings.warn(f"the model already answers {request.target_new!r} after {request.text!r}; "

@@ -1,26 +1,34 @@
 """Sequential editing: `EditSession` applies batch after batch and keeps what each method needs.
 
-    session = EditSession(model, method="alphaedit")       # or "rome", "memit"
+    session = EditSession(model, method="alphaedit")       # any editor name of factscope.edit.registry
     for batch in batches:
         session.edit(batch)                                   # computed on the current model, then applied
     session.history                                           # one `Edit` per step, oldest first
     session.revert()                                          # all of them, last first: bit-exact original
     session.save("run/")                                      # every step, plus what AlphaEdit carries over
 
+The methods, their config classes and what ``layers`` means for each come from the editor
+registry (`factscope.edit.registry`): ``"rome"``, ``"memit"``, ``"alphaedit"``, ``"ft-l"``
+(alias ``"finetune"``) and ``"kn"``. Batch editors (MEMIT, AlphaEdit, FT-L) make one `Edit` per
+step; one-at-a-time editors (ROME, KN) make one per request, applied one after another.
+
 What the session fixes once, on the unedited model
 --------------------------------------------------
-- **Layers**: ROME's traced layer, or MEMIT's range ending there (`choose_layers`). Re-tracing an
-  edited model would pick layers from a model that no longer exists, and cost minutes per step.
-- **Key statistics C** at those layers (`factscope.edit.covariances`). They are keyed by the
-  model's fingerprint, so asking again after an edit would recompute them from the edited model
-  (minutes per step) and drift with it; the session passes the base model's C to every step.
+- **Layers**: ROME's (and FT-L's) traced layer, or MEMIT's range ending there (`choose_layers`).
+  Re-tracing an edited model would pick layers from a model that no longer exists, and cost
+  minutes per step. KN locates its neurons afresh at every step (they are what it edits).
+- **Key statistics C** at those layers (`factscope.edit.key_stats`; ROME, MEMIT, AlphaEdit). They
+  are keyed by the model's fingerprint, so asking again after an edit would recompute them from the
+  edited model (minutes per step) and drift with it; the session passes the base model's C to
+  every step.
 - **AlphaEdit's P** (from C) and its growing ``cache_c = Σ KᵀK`` over the steps so far: each step
   adds the keys it wrote at each layer. Reverting steps recomputes ``cache_c`` from the remaining
   steps' keys in their original order, so it is bit-identical to what it was at that point.
 
-Memory: the applied edits' saved weights (one ``W_out`` copy per edited layer per step: 5 MB per
-layer on Gemma), the C's (and P's) of the edited layers (32 MiB each on Gemma), and for AlphaEdit
-every step's keys (``[request, d_mlp]`` float64 per layer).
+Memory: the applied edits' saved weights (one ``W_out`` copy per edited layer per step,
+``d_mlp × d_model`` numbers in the weights' dtype), the C's (and P's) of the edited layers
+(``d_mlp² × 8`` bytes each), and for AlphaEdit every step's keys (``[request, d_mlp]`` float64 per
+layer).
 
 Dimension names: ``request``, ``d_mlp`` as in `factscope.edit.memit`.
 """
@@ -34,12 +42,20 @@ from typing import Any
 
 from torch import Tensor
 
-from factscope.facts import EditRequest
 from factscope.bridge import Bridge
+from factscope.edit.alphaedit import AlphaEditConfig, alphaedit_with_keys, null_space_projection
+from factscope.edit.handle import Edit, compose
+from factscope.edit.key_stats import key_stats
+from factscope.edit.memit import MEMITConfig, choose_layers
+from factscope.edit.registry import EditorConfig, EditorSpec, editor, editor_names
+from factscope.edit.target import TargetConfig
+from factscope.facts import EditRequest
+from factscope.locate.profile import recommended_layer
 
 __all__ = ["EditSession", "METHODS"]
 
-METHODS = ("rome", "memit", "alphaedit")
+METHODS = editor_names()
+"""The methods a session takes: the registry's editor names (`factscope.edit.registry.editor_names`)."""
 
 
 class EditSession:
@@ -49,63 +65,49 @@ class EditSession:
 
     Args:
         model: a bridge, unedited; the session applies its edits to it.
-        method: ``"rome"`` (default; one edit per request, a batch applied request by request),
-            ``"memit"`` or ``"alphaedit"``.
-        layers: ROME: one layer; MEMIT/AlphaEdit: a list. ``None`` (default): chosen once from the
-            traced profile (`factscope.locate.recommended_layer`).
-        config: the method's config (`ROMEConfig`, `MEMITConfig`, `AlphaEditConfig`); ``None``
-            (default): its defaults.
+        method: an editor name or alias of `factscope.edit.registry` (default ``"rome"``: one edit
+            per request, a batch applied request by request; ``"memit"``, ``"alphaedit"``, ``"ft-l"``,
+            ``"kn"``).
+        layers: as the registry's ``layers`` for that editor (ROME, FT-L: one layer; MEMIT,
+            AlphaEdit: a list; KN: ``None``). ``None`` (default): chosen once from the traced
+            profile (`factscope.locate.recommended_layer`).
+        config: an instance of the method's config class (`ROMEConfig`, `MEMITConfig`,
+            `AlphaEditConfig`, `FTConfig`, `KNConfig`); ``None`` (default): its defaults.
         C: ``{layer: E[kkᵀ]}`` ``[d_mlp, d_mlp]`` to use instead of computing them from the model
             (default ``None``: `factscope.edit.covariances`, cached on disk).
         progress, verbose: passed to the editors (defaults ``True`` and ``False``).
 
     Attributes:
         history: the applied `Edit` s, oldest first.
-        layers: the layers every step edits.
+        layers: the layers every step edits (empty for KN).
         C, P: the key statistics and (AlphaEdit) null-space projections per layer, ``[d_mlp, d_mlp]``.
 
-    Cost: construction computes or loads C per layer (first time on Gemma 3 270M: 2-3.5 min of sampling
-    plus seconds per layer; then a file read), P by one ``eigh`` per layer (~2 s) for AlphaEdit, and
-    the traced layer when ``layers`` is ``None`` (cached; ~3 min the first time). Each step costs
-    its editor's call (Gemma, one fact per step: MEMIT ~15 s, AlphaEdit ~17 s on 2 CPU threads;
-    ROME 46-53 s on one thread of a shared machine). Memory grows per step: one ``W_out`` copy per
-    edited layer (5 MB on Gemma) and, for AlphaEdit, the step's keys.
+    Raises:
+        ValueError: an unknown method or bad layers. TypeError: a config of another class.
+
+    Cost: construction computes or loads C per layer (sampling and a statistics forward the first
+    time per model, then a file read), P by one O(d_mlp³) ``eigh`` per layer for AlphaEdit, and the
+    traced layer when ``layers`` is ``None`` (cached on disk). Each step costs its editor's call.
+    Memory grows per step: one ``W_out`` copy per edited layer and, for AlphaEdit, the step's keys.
+    Measured times: docs/guide.md, "Measured costs of the editors".
     """
 
     def __init__(self, model: Bridge, method: str = "rome", *, layers: int | Sequence[int] | None = None,
-                 config: Any = None, C: dict[int, Tensor] | None = None, progress: bool = True,
+                 config: EditorConfig | None = None, C: dict[int, Tensor] | None = None, progress: bool = True,
                  verbose: bool = False) -> None:
-        from factscope.arch import arch_of
-        from factscope.edit.alphaedit import AlphaEditConfig, null_space_projection
-        from factscope.edit.memit import MEMITConfig, _stats, choose_layers
-        from factscope.edit.rome import ROMEConfig
-
-        if method not in METHODS:
-            raise ValueError(f"EditSession: expected method in {METHODS}, got {method!r}")
-        want = {"rome": ROMEConfig, "memit": MEMITConfig, "alphaedit": AlphaEditConfig}[method]
-        config = want() if config is None else config
-        if type(config) is not want:
-            raise TypeError(f"EditSession: expected a {want.__name__} for method {method!r}, got {type(config).__name__}")
-        a = arch_of(model)
-        if method == "rome":
-            if layers is None:
-                from factscope.locate.profile import recommended_layer
-
-                layers = recommended_layer(model, progress=progress).layer
-            if not isinstance(layers, int):
-                raise TypeError(f"EditSession: ROME edits one layer; expected an int, got {layers!r}")
-            self.layers = [a.check_layer(layers)]
-        elif layers is None:
-            self.layers = choose_layers(model, config.n_layers, progress=progress)[0]
-        else:
-            self.layers = sorted({a.check_layer(l) for l in ([layers] if isinstance(layers, int) else layers)})
-        self.model, self.method, self.config = model, method, config
+        try:
+            spec = editor(method)
+            config = spec.check_config(config)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"EditSession(method={method!r}): {e}") from None
+        self.model, self.method, self.config, self.spec = model, spec.name, config, spec
         self.progress, self.verbose = progress, verbose
-        stats_config = config if method != "rome" else MEMITConfig(corpus=config.corpus, n_tokens=config.n_tokens)
-        self.C = _stats(model, self.layers, stats_config, C, progress)
+        self.layers = _fixed_layers(model, spec, config, layers, progress)
+        self.C = key_stats(model, self.layers, config, C, progress=progress) if isinstance(config, TargetConfig) \
+            else dict(C or {})
         self.P = ({l: null_space_projection(self.C[l], config.null_space_threshold) for l in self.layers}
-                  if method == "alphaedit" else {})
-        self.history: list[Any] = []
+                  if isinstance(config, AlphaEditConfig) else {})
+        self.history: list[Edit] = []
         self._keys: list[dict[int, Tensor]] = []  # AlphaEdit: each step's keys per layer
 
     # ------------------------------------------------------------------ state
@@ -128,43 +130,35 @@ class EditSession:
 
     # ------------------------------------------------------------------ editing
 
-    def edit(self, requests: EditRequest | Sequence[EditRequest]) -> list[Any]:
+    def edit(self, requests: EditRequest | Sequence[EditRequest]) -> list[Edit]:
         """Compute the next step's edit(s) on the current model and apply them; returns the new `Edit` s.
 
-        ROME makes one edit per request (applied one after another); MEMIT and AlphaEdit make one
-        edit for the batch. If computing fails, nothing is applied.
+        One-at-a-time editors (ROME, KN) make one edit per request, each applied before the next is
+        computed; batch editors (MEMIT, AlphaEdit, FT-L) make one edit for the batch. If computing
+        fails, nothing more is applied (earlier requests of the batch stay applied).
 
         Args:
             requests: one `EditRequest` or a non-empty sequence (the batch).
 
-        Cost: the editor's (`rome` per request, or one `memit` / `alphaedit` over the batch) plus
-        `Edit.apply`.
+        Cost: the editor's (once per request, or once over the batch) plus `Edit.apply`.
         """
-        from factscope.edit.alphaedit import alphaedit_with_keys
-        from factscope.edit.memit import memit
-        from factscope.edit.rome import rome
-
         reqs = [requests] if isinstance(requests, EditRequest) else list(requests)
         if not reqs:
             raise ValueError("EditSession.edit: expected at least one EditRequest, got an empty list")
-        kw = dict(config=self.config, progress=self.progress, verbose=self.verbose)
-        made = []
-        if self.method == "rome":
-            for r in reqs:
-                e = rome(self.model, r, layer=self.layers[0], C=self.C[self.layers[0]], **kw)
-                self._push(e.apply(self.model), None)
-                made.append(e)
-        elif self.method == "memit":
-            e = memit(self.model, reqs, layers=self.layers, C=self.C, **kw)
-            self._push(e.apply(self.model), None)
-            made.append(e)
-        else:
-            e, keys = alphaedit_with_keys(self.model, reqs, layers=self.layers, P=self.P, cache_c=self.cache_c, **kw)
+        if isinstance(self.config, AlphaEditConfig):
+            e, keys = alphaedit_with_keys(self.model, reqs, layers=self.layers, config=self.config, P=self.P,
+                                          cache_c=self.cache_c, progress=self.progress, verbose=self.verbose)
             self._push(e.apply(self.model), keys)
+            return [e]
+        made = []
+        for batch in ([reqs] if self.spec.batch else [[r] for r in reqs]):
+            e = self.spec.run(self.model, batch, layers=self.layers or None, config=self.config, C=self.C,
+                              progress=self.progress, verbose=self.verbose)
+            self._push(e.apply(self.model), None)
             made.append(e)
         return made
 
-    def _push(self, e: Any, keys: dict[int, Tensor] | None) -> None:
+    def _push(self, e: Edit, keys: dict[int, Tensor] | None) -> None:
         self.history.append(e)
         if keys is not None:
             self._keys.append(keys)
@@ -186,10 +180,11 @@ class EditSession:
             if self.method == "alphaedit":
                 self._keys.pop()
 
-    def compose(self) -> Any:
-        """All steps merged into one `Edit` (`factscope.edit.compose`), applicable to the base model."""
-        from factscope.edit.handle import compose
+    def compose(self) -> Edit:
+        """All steps merged into one `Edit` (`factscope.edit.compose`), applicable to the base model.
 
+        Cost: a concatenation of the steps' factors (or a sum of dense deltas) per layer.
+        """
         if not self.history:
             raise ValueError("EditSession.compose: no edits yet")
         return compose(self.history)
@@ -247,3 +242,16 @@ class EditSession:
                 keys = dict(sorted((int(l), K) for l, K in unnest(f"keys.{i}.layer", tensors).items()))
             s._push(Edit.load(folder / f"step-{i:04d}.safetensors", model).apply(model), keys)
         return s
+
+
+def _fixed_layers(model: Bridge, spec: EditorSpec, config: EditorConfig, layers: int | Sequence[int] | None,
+                  progress: bool) -> list[int]:
+    """The layers every step of a session edits, fixed once on the unedited model (see the module docstring)."""
+    given = spec.check_layers(model, None if spec.layers == "none" and layers == [] else layers)  # [] from a save
+    if given is not None:
+        return given
+    if spec.layers == "one":
+        return [recommended_layer(model, progress=progress).layer]
+    if spec.layers == "many" and isinstance(config, MEMITConfig):
+        return choose_layers(model, config.n_layers, progress=progress)[0]
+    return []  # "none": the editor finds its own (KN's neurons)

@@ -86,7 +86,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from factscope.arch import UnsupportedArchitectureError, arch_of
+from factscope.arch import Arch, UnsupportedArchitectureError, arch_of
 from factscope.facts import EditRequest, Fact
 from factscope.kv import repeat_rows, run_cached
 from factscope.tokens import encode, str_tokens, target_ids
@@ -398,8 +398,19 @@ def _alphas(steps: int, rule: str) -> Float[Tensor, "step"]:
     return (k + shift) / steps
 
 
-def _default_batch_size(a: Any, steps: int, n_layers: int) -> int:
-    """Rows per pass: the logits and their gradient (~16 bytes × d_vocab per row) within ~1 GiB."""
+def ig_batch_size(a: Arch, steps: int, n_layers: int) -> int:
+    """The default rows per integrated-gradients pass: the logits and their gradient within a memory budget.
+
+    A row costs about 16 bytes × d_vocab (the logits and their gradient); the batch holds at least
+    one layer's ``steps`` rows and at most all ``steps × n_layers``, within about 1 GiB.
+
+    Args:
+        a: the model's `Arch` (its ``d_vocab``).
+        steps: integration steps per layer.
+        n_layers: layers attributed.
+
+    Cost: negligible.
+    """
     return max(steps, min(steps * n_layers, _MEMORY_BUDGET // (16 * a.d_vocab)))
 
 
@@ -488,8 +499,19 @@ def _freeze_hooks(model: Bridge, a: Any, row_layer: Tensor, scale: Tensor) -> li
     return hooks
 
 
-def _ig_batches(layers: list[int], steps: int, batch_size: int) -> list[list[tuple[int, int]]]:
-    """The (layer, step) rows, layer by layer, cut into balanced batches of at most ``batch_size``."""
+def ig_batches(layers: list[int], steps: int, batch_size: int) -> list[list[tuple[int, int]]]:
+    """The (layer, step) rows of integrated gradients, layer by layer, cut into balanced batches.
+
+    Args:
+        layers: the layers attributed.
+        steps: integration steps per layer.
+        batch_size: the most rows per batch (`ig_batch_size` gives the default).
+
+    Returns:
+        Batches of ``(layer, step)`` pairs, in order, as equal in size as possible.
+
+    Cost: negligible.
+    """
     items = [(l, k) for l in layers for k in range(steps)]
     n = math.ceil(len(items) / batch_size)
     size = math.ceil(len(items) / n)
@@ -570,7 +592,7 @@ def _attribute_ids(model: Bridge, a: Any, ids: Tensor, act: Float[Tensor, "layer
                    bar: Any = None, scale: Tensor | None = None) -> Float[Tensor, "layer d_mlp"]:
     alphas = _alphas(steps, rule)
     total = torch.zeros(a.n_layers, a.d_mlp, dtype=torch.float64, device=ids.device)
-    for rows in _ig_batches(layers, steps, batch_size):
+    for rows in ig_batches(layers, steps, batch_size):
         grad = _ig_batch(model, a, ids, kv, act, answer_id, rows, alphas, scale)
         idx = torch.tensor([l for l, _ in rows], device=ids.device)
         total.index_add_(0, idx, grad.double())
@@ -642,7 +664,7 @@ def neuron_attribution(
     ids = torch.tensor([encode(model, prompt)], device=_device(model))
     answer = None if target is None else target_ids(model, target)[0]
     c = _clean_run(model, a, ids, answer, post_norm=post_norm)
-    bs = batch_size or _default_batch_size(a, steps, len(layers))
+    bs = batch_size or ig_batch_size(a, steps, len(layers))
     return _attribute_ids(model, a, ids, c.acts[-1], c.kv, c.answer_id, layers, steps, rule, bs, scale=c.scale)
 
 
@@ -727,7 +749,7 @@ def neurons(
     texts = _prompts_of(fact, prompts)
     target = fact.target if isinstance(fact, Fact) else fact.target_true
     answer_id = None if target is None else target_ids(model, target)[0]
-    bs = batch_size or _default_batch_size(a, steps, len(layers))
+    bs = batch_size or ig_batch_size(a, steps, len(layers))
     dev = _device(model)
     attrs, ps, p0, all_acts, toks = [], [], [], [], []
     bar = tqdm(total=len(texts) * len(layers) * steps, desc="knowledge neurons (IG)", disable=not progress)

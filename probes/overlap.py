@@ -117,7 +117,8 @@ def random_jaccards(a: Iterable[Neuron], b: Iterable[Neuron], d_mlp: int, *, n_r
 def overlap_prompts(model: Bridge, fact: Fact | EditRequest, n_prompts: int = 12) -> tuple[str, ...]:
     """The default prompts: the fact's text and paraphrases, topped up to ``n_prompts`` with the text
     after ROME's context prefixes (see the module docstring)."""
-    from factscope.edit.rome import ROMEConfig, context_templates
+    from factscope.edit.rome import ROMEConfig
+    from factscope.edit.templates import context_templates
 
     own = tuple(dict.fromkeys((fact.text, *getattr(fact, "paraphrases", ()))))  # distinct, in order
     if len(own) >= n_prompts:

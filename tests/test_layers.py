@@ -103,7 +103,6 @@ def test_imports_run_one_way():
     assert bad == [], "imports that reach up a layer:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="in progress: memit's _stats/_layer_delta, the IG internals bench_neurons uses")
 def test_no_private_name_crosses_modules():
     files = library_modules() + [(f, f"benchmarks.{f.stem}") for f in sorted((ROOT / "benchmarks").glob("*.py"))]
     bad = [v for f, m in files for v in private_imports(f.read_text(encoding="utf-8"), m)]

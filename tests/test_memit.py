@@ -26,6 +26,10 @@ from factscope.edit.covariance import covariances
 from factscope.edit.handle import Edit
 from factscope.edit.memit import (
     MEMITConfig,
+    z_batch,
+    z_logprobs,
+    z_loss,
+    z_rows,
     check_requests,
     collect_keys,
     compute_zs,
@@ -46,6 +50,7 @@ from factscope import (
     fingerprint,
     subject_span,
     synthetic_requests,
+    target_ids,
 )
 
 pytestmark = [
@@ -245,6 +250,47 @@ def test_compute_zs_does_not_depend_on_chunking(tinyg):
     assert bool((delta > 0).all())
     assert bool(((one.z - four.z).norm(dim=1) <= 1e-3 * delta).all())
     assert one.steps == four.steps == (5,) * len(reqs)
+
+
+def plain_z_terms(model, req, templates):
+    """Mean over the templates of the target's per-token NLL and of p(all target tokens), at δ = 0,
+    from one unpadded forward per template prompt."""
+    tgt = target_ids(model, req.target_new)
+    nll, p = [], []
+    for t in templates:
+        ids = encode(model, t.format(req.prompt).format(req.subject))
+        with torch.no_grad():
+            lp = model(torch.tensor([ids + tgt[:-1]]))[0].double().log_softmax(-1)
+        tok = torch.stack([lp[len(ids) - 1 + j, tgt[j]] for j in range(len(tgt))])
+        nll.append(-tok.mean())
+        p.append(tok.sum().exp())
+    return float(torch.stack(nll).mean()), float(torch.stack(p).mean())
+
+
+def test_z_loss_of_a_subset_with_a_short_suffix(tiny):
+    """Once a chunk's long-target request has converged, the others' rows run from a late column: the
+    suffix can be shorter than the chunk's longest target. The loss of what is left must still be the
+    plain per-template NLL (this crashed before: the targets were not cut to the suffix)."""
+    model = tiny
+    long = EditRequest("{} is in", "Paris", "the old capital city of the French Republic and its river")
+    short = EditRequest("We saw the {}", "Space Needle", "today")
+    templates = context_templates(model, CFG)
+    batch = z_batch(model, [long, short], templates, CFG.essence_prompt)
+    rows = z_rows(model, batch, [1])  # only `short` still optimising
+    assert rows.ids.shape[1] - rows.start < batch.targets.shape[1]  # the case under test
+    hook = arch_of(model).hook("resid_post", 2)
+    delta = torch.zeros(2, arch_of(model).d_model)
+    h = torch.zeros(2, arch_of(model).d_model, dtype=torch.float64)
+    lp = z_logprobs(model, rows, hook, delta, h)
+    log_p0 = torch.zeros(2, lp.shape[-1])
+    log_p0[1] = lp[rows.essence.nonzero()[0, 0], -1]
+    loss = z_loss(lp, rows, log_p0, delta, h.float() + 1, CFG)
+    nll, p = plain_z_terms(model, short, templates)
+    assert float(loss.nll[1]) == pytest.approx(nll, rel=1e-4)
+    assert float(loss.p_new[1]) == pytest.approx(p, rel=1e-3)
+    assert float(loss.kl[1]) == pytest.approx(0.0, abs=1e-6) and float(loss.nll[0]) == 0.0
+    want_h = plain_acts(model, [short], 2, 2, templates)["h"][0]
+    torch.testing.assert_close(h[1], want_h, rtol=1e-5, atol=1e-5 * float(want_h.abs().max()))
 
 
 # --------------------------------------------------------------------------- 3. post-norm inversion
@@ -534,12 +580,9 @@ def no_work(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("work was started before the input was checked")
 
-    memit_module = sys.modules["factscope.edit.memit"]
-    for name in ("compute_zs", "run_layers", "_stats"):
-        monkeypatch.setattr(memit_module, name, boom)
-    for name in ("compute_zs", "run_layers", "_stats"):
-        monkeypatch.setattr(sys.modules["factscope.edit.alphaedit"], name, boom)
-    monkeypatch.setattr(sys.modules["factscope.edit.rome"], "context_templates", boom)
+    for module in ("factscope.edit.memit", "factscope.edit.alphaedit"):
+        for name in ("compute_zs", "run_layers", "key_stats", "context_templates"):
+            monkeypatch.setattr(sys.modules[module], name, boom)
 
 
 def test_memit_rejects_bad_requests_before_any_work(tiny, no_work):
@@ -632,8 +675,10 @@ def test_bad_alphaedit_config_and_session_arguments(tiny):
         EditSession(tiny, "alphaedit", layers=LAYERS, config=CFG, C=C, progress=False)
     with pytest.raises(TypeError, match="MEMITConfig"):  # nor an AlphaEditConfig for MEMIT
         EditSession(tiny, "memit", layers=LAYERS, config=AlphaEditConfig(), C=C, progress=False)
-    with pytest.raises(TypeError, match="one layer"):
+    with pytest.raises(ValueError, match="one layer"):
         EditSession(tiny, "rome", layers=LAYERS, C=C, progress=False)
+    with pytest.raises(ValueError, match="distinct layers"):
+        EditSession(tiny, "memit", layers=[1, 1], config=CFG, C=C, progress=False)
     s = EditSession(tiny, "memit", layers=LAYERS, config=CFG, C=C, progress=False)
     with pytest.raises(ValueError, match="at least one"):
         s.edit([])

@@ -68,7 +68,7 @@ def test_templates_are_seeded_and_leave_global_rng(tiny):
     assert a != b
     import sys
 
-    sys.modules["factscope.edit.rome"]._TEMPLATES.clear()  # (the package's `rome` attribute is the function)  # recomputed from scratch: identical
+    sys.modules["factscope.edit.templates"]._TEMPLATES.clear()  # recomputed from scratch: identical
     assert context_templates(tiny, ROMEConfig(context_lengths=((3, 3),), seed=1)) == a
 
 

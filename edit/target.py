@@ -1,0 +1,95 @@
+"""The target value's settings: what ROME's v* and MEMIT's z optimise, and how (`TargetConfig`).
+
+ROME and MEMIT both find their target the same way. At the subject's last token, a vector δ is
+added to the model's activation (ROME: the edited MLP's raw output, giving ``v* = v₀ + δ``; MEMIT:
+the residual leaving the last edited layer, giving ``z = h + δ``), and δ is optimised with Adam
+(learning rate ``v_lr``, at most ``v_steps`` steps) to minimise
+
+    NLL(target_new | template prompts)  +  kl_factor · KL(p_δ ‖ p_0)(essence_prompt)
+                                        +  v_weight_decay · ‖δ‖ / ‖v₀‖²
+
+where the template prompts are the request's prompt behind each context template
+(`factscope.edit.templates`), the KL keeps the subject's "essence" (the next-token distribution
+after ``essence_prompt``, e.g. ``"{} is a"``) where it was, and ‖v₀‖ is the norm of the unedited
+vector (ROME's v₀, MEMIT's h). After every step ``‖δ‖ ≤ clamp_norm_factor · ‖v₀‖`` is enforced, and
+the optimisation stops once the NLL is below ``early_stop_loss``. The KL is
+`factscope.predict.kl_from_logprobs`, the one KL of the package.
+
+Both editors then need the key statistics C = E[kkᵀ] at the edited layers (`factscope.edit.key_stats`);
+``corpus`` and ``n_tokens`` say where C comes from.
+
+`TargetConfig` holds these shared fields and checks them once; `factscope.edit.rome.ROMEConfig` and
+`factscope.edit.memit.MEMITConfig` inherit it (with their papers' defaults) and add their own. The
+defaults here are ROME's.
+
+Cost: plain data, checked on construction.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = ["TargetConfig", "Corpus"]
+
+Corpus = str | os.PathLike | Iterable[str]
+"""Where the key statistics come from: ``"auto"``, ``"model"``, a hub dataset name, a text file, or texts."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TargetConfig:
+    """The settings ROME's v* and MEMIT's z share (the module docstring has the loss they define).
+
+    The base of `ROMEConfig` and `MEMITConfig`; the defaults are ROME's (GPT-2 XL). Cost:
+    negligible (plain data, validated on construction).
+
+    Attributes:
+        context_lengths: ``(tokens, count)`` pairs of model-written prefixes for the context
+            templates (`factscope.edit.templates.context_templates`), each ``tokens >= 1``, ``count >= 0``.
+        context_top_k: top-k sampling for those prefixes, a positive integer.
+        seed: seeds the prefixes (nothing else is random).
+        v_steps: Adam steps for δ, a positive integer.
+        v_lr: Adam's learning rate, > 0.
+        v_weight_decay: the weight of ``‖δ‖ / ‖v₀‖²``, >= 0.
+        clamp_norm_factor: ``‖δ‖ ≤ clamp_norm_factor · ‖v₀‖`` after every step, > 0.
+        kl_factor: the weight of the KL term on ``essence_prompt``, >= 0.
+        essence_prompt: the KL prompt, with one ``{}`` for the subject.
+        early_stop_loss: stop once the target's NLL is below this, >= 0.
+        corpus: where the key statistics C come from (`factscope.edit.covariance`; a `Corpus`).
+        n_tokens: tokens C is estimated from; ``None``: `factscope.edit.covariance`'s default.
+    """
+
+    context_lengths: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))
+    context_top_k: int = 5
+    seed: int = 0
+    v_steps: int = 20
+    v_lr: float = 0.5
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    essence_prompt: str = "{} is a"
+    early_stop_loss: float = 0.05
+    corpus: Corpus = "auto"
+    n_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        me = type(self).__name__
+        self._require_positive_ints("v_steps", "context_top_k")
+        for name in ("v_lr", "clamp_norm_factor"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{me}: expected {name} > 0, got {getattr(self, name)!r}")
+        for name in ("v_weight_decay", "kl_factor", "early_stop_loss"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{me}: expected {name} >= 0, got {getattr(self, name)!r}")
+        if self.essence_prompt.count("{}") != 1:
+            raise ValueError(f"{me}: expected essence_prompt with one '{{}}', got {self.essence_prompt!r}")
+        if any(n < 1 or c < 0 for n, c in self.context_lengths):
+            raise ValueError(f"{me}: expected (tokens >= 1, count >= 0) pairs, got {self.context_lengths!r}")
+
+    def _require_positive_ints(self, *names: str) -> None:
+        """A ValueError naming the config class for the first of ``names`` that is not an int >= 1 (bools refused)."""
+        for name in names:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{type(self).__name__}: expected {name} to be a positive integer, got {v!r}")
