@@ -54,6 +54,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -257,12 +258,15 @@ def _neighbour_logprobs(model: Bridge, requests: Sequence[EditRequest], batch_si
     return next_token_logits(model, prompts, batch_size=batch_size).double().log_softmax(-1)
 
 
-def _kl_per_request(requests: Sequence[EditRequest], pre: Tensor, post: Tensor) -> np.ndarray:
-    """Mean over each request's neighbours of KL(post ‖ pre), in nats."""
+def _kl_per_request(requests: Sequence[EditRequest], pre: Float[Tensor, "prompt d_vocab"],
+                    post: Float[Tensor, "prompt d_vocab"]) -> Float[np.ndarray, "request"]:
+    """Mean over each request's neighbours of KL(post ‖ pre), in nats, from log-probabilities."""
+    from factscope.predict import kl_from_logprobs
+
     out = np.full(len(requests), np.nan)
     if pre.numel() == 0:
         return out
-    kl = (post.exp() * (post - pre)).sum(-1).numpy()  # [prompt]
+    kl = kl_from_logprobs(post, pre).numpy()  # [prompt]
     j = 0
     for i, r in enumerate(requests):
         n = len(r.neighbours)
@@ -400,15 +404,14 @@ class EditReport:
 
     def table(self) -> str:
         """The summary as a printable table (metrics with data only)."""
+        from factscope.probes.stats import format_ci
+
         s = self.summary()
         s = s[(s["n"] > 0) & s[["pre", "post"]].notna().any(axis=1)]
         lines = [f"{self.method}: {len(self.requests)} request(s); {int(self.settings.get('level', 0.95) * 100)}% "
                  f"bootstrap CIs over requests",
-                 f"{'metric':<18} {'n':>3}  {'pre':>22}  {'post':>22}  {'post − pre':>22}"]
-
-        def ci(v: float, lo: float, hi: float) -> str:
-            return f"{v:7.3f} [{lo:6.3f}, {hi:6.3f}]" if math.isfinite(v) else f"{'–':>22}"
-
+                 f"{'metric':<18} {'n':>3}  {'pre':>24}  {'post':>24}  {'post − pre':>24}"]
+        ci = partial(format_ci, fmt="6.3f", width=24)  # "  0.500 [ 0.400,  0.600]"
         for m, r in s.iterrows():
             lines.append(f"{m:<18} {int(r['n']):>3}  {ci(r['pre'], r['pre_lo'], r['pre_hi'])}  "
                          f"{ci(r['post'], r['post_lo'], r['post_hi'])}  {ci(r['delta'], r['delta_lo'], r['delta_hi'])}")

@@ -87,7 +87,7 @@ from factscope.edit.handle import Edit
 from factscope.edit.kn import KNConfig
 from factscope.edit.memit import MEMITConfig
 from factscope.edit.rome import ROMEConfig
-from factscope.probes.stats import LEVEL, bootstrap, mean_ci, percentile_ci, slope
+from factscope.probes.stats import LEVEL, bootstrap, format_ci, mean_ci, percentile_ci, slope
 from jaxtyping import Float
 from torch import Tensor
 
@@ -95,7 +95,7 @@ from factscope.arch import arch_of
 from factscope.checks import check_int
 from factscope.datasets import builtin_facts, builtin_groups
 from factscope.facts import EditRequest, Fact
-from factscope.predict import next_token_logits, target_logprob
+from factscope.predict import kl_from_logits, next_token_logits, target_logprob
 from factscope.tokens import encode, pad_left, str_tokens, subject_span
 from factscope.bridge import Bridge
 from factscope.arch import context_of
@@ -357,10 +357,10 @@ class SpilloverResult:
                 "slope vs cos_white [CI]", "slope vs cos_raw [CI]"]
         body = []
         for g, row in df.iterrows():
-            body.append([g, str(int(row.n)), row.expected, _ci(row["mean"], row.mean_lo, row.mean_hi),
+            body.append([g, str(int(row.n)), row.expected, format_ci(row["mean"], row.mean_lo, row.mean_hi),
                          f"{row.mean_kl:.3g}", f"{row.flip_rate:.2f}",
-                         _ci(row.slope_white, row.slope_white_lo, row.slope_white_hi),
-                         _ci(row.slope_raw, row.slope_raw_lo, row.slope_raw_hi)])
+                         format_ci(row.slope_white, row.slope_white_lo, row.slope_white_hi),
+                         format_ci(row.slope_raw, row.slope_raw_lo, row.slope_raw_hi)])
         widths = [max(len(x) for x in col) for col in zip(["category", *cols], *body)]
         line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
         out = [head, line(["category", *cols]), line(["-" * w for w in widths]), *map(line, body), ""]
@@ -373,12 +373,6 @@ class SpilloverResult:
 
 def _short(effect: str) -> str:
     return {"abs_delta_logp": "|Δlog p|", "kl": "KL"}[effect]
-
-
-def _ci(m: float, lo: float, hi: float) -> str:
-    if not math.isfinite(m):
-        return "–"
-    return f"{m:.3g} [{lo:.3g}, {hi:.3g}]"
 
 
 def _check_effect(effect: str) -> None:
@@ -665,14 +659,8 @@ def _shift(model: Bridge, edit: Edit, prompts: list[str], answers: list[str], ba
         lp1 = target_logprob(model, prompts, answers, batch_size=batch_size)
         z1 = next_token_logits(model, prompts, batch_size=batch_size)
     bar.update()
-    kl = torch.cat([_kl(z1[i:i + 64], z0[i:i + 64]) for i in range(0, len(prompts), 64)])  # [probe]
+    kl = torch.cat([kl_from_logits(z1[i:i + 64], z0[i:i + 64]) for i in range(0, len(prompts), 64)])  # [probe]
     return dict(lp0=lp0.double(), lp1=lp1.double(), kl=kl, top0=z0.argmax(-1), top1=z1.argmax(-1))
-
-
-def _kl(z_p: Float[Tensor, "probe d_vocab"], z_q: Float[Tensor, "probe d_vocab"]) -> Float[Tensor, "probe"]:
-    """KL(p ‖ q) in nats from logits, in float64 (clamped at 0 against rounding)."""
-    lp, lq = z_p.double().log_softmax(-1), z_q.double().log_softmax(-1)
-    return (lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0)
 
 
 def _fits(probes: Sequence[SpilloverProbe], categories: Sequence[str], n_boot: int, seed: int) -> tuple[SpilloverFit, ...]:
@@ -696,7 +684,7 @@ def _verdict(probes: Sequence[SpilloverProbe], fits: Sequence[SpilloverFit], not
 
     def mean_text(ps: list[SpilloverProbe]) -> str:
         m, lo, hi = mean_ci(np.array([p.abs_delta_logp for p in ps]), n_boot=n_boot, seed=seed)
-        return f"{_ci(m, lo, hi)} (n={len(ps)})"
+        return f"{format_ci(m, lo, hi)} (n={len(ps)})"
 
     para = [p for p in probes if p.category == "paraphrase"]
     if para:
@@ -713,7 +701,7 @@ def _verdict(probes: Sequence[SpilloverProbe], fits: Sequence[SpilloverFit], not
         parts.append(f"Too few stay probes with spread in whitened similarity for a trend (need {MIN_FIT}, got "
                      f"{len(stay)}).")
     else:
-        fit_text = f"slope {f.slope:.3g} [{f.lo:.3g}, {f.hi:.3g}] over {f.n} probes"
+        fit_text = f"slope {format_ci(f.slope, f.lo, f.hi)} over {f.n} probes"
         if f.lo > 0:
             parts.append(f"Spillover rises with whitened key similarity: {fit_text}; this refutes locality for "
                          f"this edit.")
