@@ -62,8 +62,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from factscope.facts import EditRequest
 from factscope.bridge import Bridge
+from factscope.edit.handle import Edit
+from factscope.facts import EditRequest
 
 __all__ = ["RewriteScores", "rewrite_scores", "EditReport", "evaluate", "METRICS", "ngram_entropy",
            "harmonic_mean", "NPLUS_FORMAT"]
@@ -428,7 +429,7 @@ def _nanmean(x: np.ndarray) -> float:
 
 def evaluate(
     model: Bridge,
-    edit: Any,
+    edit: Edit,
     requests: Sequence[EditRequest] | EditRequest | None = None,
     *,
     fluency: bool = True,
@@ -465,7 +466,8 @@ def evaluate(
         TypeError / ValueError: not an Edit, no requests, a request that is not an `EditRequest`.
         `factscope.edit.handle.EditStateError`: the edit is already applied to this model.
         `factscope.edit.handle.FingerprintMismatchError`: the model is not the one the edit was
-        computed on. All raised before the model is touched.
+        computed on. ValueError: a ΔW whose layer or shape does not fit the model, or a non-finite
+        value (`Edit.check_applicable`). All raised before the model is touched.
 
     Cost: two batched teacher-forced passes (pre, post) over ``2 × (1 + n_paraphrases +
     2 n_neighbours) + n_portability + n_locality`` rows per request, two next-token passes over
@@ -473,21 +475,14 @@ def evaluate(
     (Gemma 3 270M, 10 requests: about 1 min on 2 CPU cores, mostly generation; ``fluency=False``:
     seconds). Memory: one batch of activations (``batch_size`` rows).
     """
-    from factscope.edit.handle import Edit, EditStateError, FingerprintMismatchError
     from tqdm.auto import tqdm
 
     from factscope.checks import as_requests
-    from factscope.models import fingerprint
 
     if not isinstance(edit, Edit):
         raise TypeError(f"expected an Edit (what every factscope editor returns), got {type(edit).__name__}")
     reqs = as_requests(edit.requests if requests is None else requests)
-    if edit.is_applied(model):
-        raise EditStateError("evaluate applies and reverts the edit itself, but it is already applied to this "
-                             "model; revert it first")
-    if fingerprint(model) != edit.fingerprint:
-        raise FingerprintMismatchError(f"expected the model the edit was computed on (fingerprint "
-                                       f"{edit.fingerprint[:12]}…), got fingerprint {fingerprint(model)[:12]}…")
+    edit.check_applicable(model)  # evaluate applies and reverts it itself
     rows = _rows(reqs)
     steps = ["pre: targets", "pre: neighbours", "pre: fluency", "post: targets", "post: neighbours", "post: fluency"]
     bar = tqdm(total=len(steps) - (0 if fluency else 2), desc="evaluate", disable=not progress)

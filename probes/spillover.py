@@ -623,22 +623,14 @@ def _make_edit(model: Bridge, request: EditRequest, name: str, layer: int | None
     return finetune(model, [request], layer=layer, progress=progress, verbose=verbose, **kw)
 
 
-def _check_given_edit(model: Bridge, edit: Any, request: EditRequest, config: Any) -> None:
+def _check_given_edit(model: Bridge, edit: object, request: EditRequest, config: object) -> None:
     import warnings
-
-    from factscope.models import fingerprint
 
     if not isinstance(edit, Edit):
         raise TypeError(f"expected edit to be a factscope.edit.Edit, got {type(edit).__name__}")
     if config is not None:
         raise ValueError("got both edit= and config=: config only applies when spillover computes the edit")
-    if edit.is_applied(model):
-        raise ValueError("expected the edit not to be applied yet (spillover applies and reverts it itself); "
-                         "revert it first")
-    fp = fingerprint(model)
-    if fp != edit.fingerprint:
-        raise ValueError(f"expected the model the edit was computed on (fingerprint {edit.fingerprint}), got a "
-                         f"model with fingerprint {fp}")
+    edit.check_applicable(model)  # spillover applies and reverts it itself
     if edit.requests and request not in edit.requests:
         done = [f"{r.text!r} → {r.target_new!r}" for r in edit.requests]
         warnings.warn(f"the given edit implements {done}, not this request ({request.text!r} → "
@@ -765,10 +757,12 @@ def spillover(
         A `SpilloverResult` (``print(result)`` shows the table and verdict).
 
     Raises:
-        TypeError, ValueError: a bad request, editor, layer, config, C, bank (empty, a non-`Fact`,
-            a fact without a target, a subject that is not a whole run of its prompt's tokens), or a
-            given edit that does not belong to this model. All are checked before any edit is computed;
-            the model is left untouched in every case.
+        TypeError, ValueError: a bad request, editor, layer, config, C, or bank (empty, a non-`Fact`,
+            a fact without a target, a subject that is not a whole run of its prompt's tokens).
+        `factscope.edit.handle.EditStateError`: a given edit already applied to this model.
+        `factscope.edit.handle.FingerprintMismatchError` (a ValueError): a given edit computed on
+            another model (or one that does not fit it: `Edit.check_applicable`).
+        All are checked before any edit is computed; the model is left untouched in every case.
 
     Cost: one edit (the editor's: ROME on Gemma 3 270M ~20-40 s on 2 CPU threads), plus two
     teacher-forced and two next-token passes over the bank, one key pass up to the similarity

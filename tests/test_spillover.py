@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from factscope.edit import Edit, KNConfig
-from factscope.edit.handle import applied_edits
+from factscope.edit.handle import EditStateError, FingerprintMismatchError, applied_edits
 from factscope.edit.rome import ROMEConfig
 from factscope.probes.spillover import (
     POOLED,
@@ -430,14 +430,14 @@ def test_bad_input_fails_before_any_edit(model, monkeypatch, kw, err, match):
 
 def test_bad_given_edit(model, arch_name):
     other = tiny_model(arch_name, seed=1)
-    with pytest.raises(ValueError, match="fingerprint"):
+    with pytest.raises(FingerprintMismatchError, match="fingerprint"):
         run(model, edit=dense_edit(other))
     e = dense_edit(model)
     with pytest.raises(ValueError, match="one of the edit's layers"):
         run(model, edit=e, layer=LAYER + 1)
     with pytest.raises(ValueError, match="config"):
         run(model, edit=e, config=ROMEConfig())
-    with e.applied(model), pytest.raises(ValueError, match="not to be applied"):
+    with e.applied(model), pytest.raises(EditStateError, match="already applied"):
         run(model, edit=e)
     with pytest.raises(TypeError, match="Edit"):
         run(model, edit="rome")
