@@ -45,7 +45,6 @@ necessarily all of the model's).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -59,18 +58,20 @@ from jaxtyping import Float
 from torch import Tensor
 
 from factscope.arch import arch_of
-from factscope.checks import as_requests, check_int
-from factscope.facts import EditRequest
 from factscope.bridge import Bridge
+from factscope.checks import as_requests, check_int
+from factscope.edit import registry
+from factscope.edit.handle import Edit
+from factscope.edit.registry import EditorConfig, EditorSpec, config_dict
+from factscope.facts import EditRequest
 
 __all__ = ["LocalizationResult", "localization_vs_editing", "tracing_effect", "rewrite_score", "hase_regressions",
-           "EDITORS", "HASE_ROME_GPTJ", "ALPHA", "SMALL_DELTA_R2"]
+           "layer_editors", "layer_editor", "HASE_ROME_GPTJ", "ALPHA", "SMALL_DELTA_R2"]
 
-EDITORS: tuple[str, ...] = ("rome", "memit", "finetune", "ft-l")
 HASE_ROME_GPTJ: dict[str, float] = {"layer": 0.947, "tracing": 0.016, "both": 0.948}  # Hase et al. 2023, ROME on GPT-J
 ALPHA = 0.05  # significance level of the verdict
 SMALL_DELTA_R2 = 0.03  # Hase et al.: tracing never added more than this much R² over layer
-EditFn = Callable[[Any, EditRequest, int], Any]
+EditFn = Callable[[Bridge, EditRequest, int], Edit]
 
 
 # --------------------------------------------------------------------------- the paper's quantities
@@ -278,10 +279,41 @@ def _check_layers(model: Bridge, layers: Any) -> tuple[int, ...]:
     return out
 
 
-def _resolve_editor(editor: Any, config: Any, edit_fn: EditFn | None) -> tuple[str, EditFn, dict[str, Any]]:
-    """``(name, fn(model, request, layer) -> Edit, config as a dict)``, all checked."""
-    from factscope import edit as E
+def layer_editors() -> tuple[str, ...]:
+    """The registry's editors that edit a layer they are given: every one but those that choose their own (KN).
 
+    `localization_vs_editing` edits exactly the probed layer (MEMIT and AlphaEdit at that one layer).
+
+    Cost: negligible.
+    """
+    return tuple(s.name for s in registry.EDITORS.values() if s.layers != "none")
+
+
+def layer_editor(editor: str) -> EditorSpec:
+    """The registry's `EditorSpec` for ``editor`` (a name or alias) if it edits a layer it is given.
+
+    Args:
+        editor: an editor name or alias (`factscope.edit.registry.editor_names`).
+
+    Raises:
+        ValueError: an unknown editor, or one that chooses its own layers; the message lists `layer_editors`.
+
+    Cost: negligible.
+    """
+    try:
+        spec = registry.editor(editor)
+    except ValueError:
+        spec = None
+    if spec is None or spec.layers == "none":
+        why = "" if spec is None else f" ({spec.name} chooses its own layers, so it cannot be put at each one)"
+        raise ValueError(f"expected editor to be one of {list(layer_editors())} (or an alias, or an edit_fn), got "
+                         f"{editor!r}{why}")
+    return spec
+
+
+def _resolve_editor(editor: str, config: EditorConfig | None, edit_fn: EditFn | None
+                    ) -> tuple[str, EditFn, dict[str, object]]:
+    """``(name, fn(model, request, layer) -> Edit, config as a dict)``, all checked."""
     if edit_fn is not None:
         if not callable(edit_fn):
             raise TypeError(f"expected edit_fn to be a callable (model, request, layer) -> Edit, got {edit_fn!r}")
@@ -289,21 +321,13 @@ def _resolve_editor(editor: Any, config: Any, edit_fn: EditFn | None) -> tuple[s
             raise ValueError("expected config=None with a custom edit_fn (it configures the built-in editors only), "
                              f"got {config!r}")
         return getattr(edit_fn, "__name__", "custom"), edit_fn, {}
-    if editor not in EDITORS:
-        raise ValueError(f"expected editor to be one of {list(EDITORS)} (or an edit_fn), got {editor!r}")
-    want = {"rome": E.ROMEConfig, "memit": E.MEMITConfig, "finetune": E.FTConfig, "ft-l": E.FTConfig}[editor]
-    cfg = want() if config is None else config
-    if not isinstance(cfg, want):
-        raise TypeError(f"expected config for editor {editor!r} to be a {want.__name__} (or None), got "
-                        f"{type(config).__name__}")
-    kw = dict(config=cfg, progress=False, verbose=False)
-    fns: dict[str, EditFn] = {
-        "rome": lambda m, r, l: E.rome(m, r, layer=l, **kw),
-        "memit": lambda m, r, l: E.memit(m, [r], layers=[l], **kw),
-        "finetune": lambda m, r, l: E.finetune(m, [r], layer=l, **kw),
-    }
-    fns["ft-l"] = fns["finetune"]
-    return ("ft-l" if editor == "finetune" else editor), fns[editor], dataclasses.asdict(cfg)
+    spec = layer_editor(editor)
+    cfg = spec.check_config(config)
+
+    def at_layer(model: Bridge, request: EditRequest, layer: int) -> Edit:  # the probe's layer policy: exactly l
+        return spec.run(model, [request], layers=[layer], config=cfg, progress=False, verbose=False)
+
+    return spec.name, at_layer, config_dict(cfg)
 
 
 # --------------------------------------------------------------------------- the probe
@@ -315,7 +339,7 @@ def localization_vs_editing(
     *,
     layers: Sequence[int] | None = None,
     editor: str = "rome",
-    config: Any = None,
+    config: EditorConfig | None = None,
     edit_fn: EditFn | None = None,
     window: int = 5,
     samples: int = 10,
@@ -331,8 +355,9 @@ def localization_vs_editing(
             `factscope.builtin_facts`. A fact the model does not answer top-1 is traced anyway
             (`trace` warns).
         layers: the layers to edit (and read the tracing effect at); ``None``: every layer.
-        editor: ``"rome"``, ``"memit"`` (that one layer) or ``"finetune"`` / ``"ft-l"``.
-        config: the editor's config (`ROMEConfig`, `MEMITConfig`, `FTConfig`); ``None``: its default.
+        editor: a registry editor that edits a given layer (`layer_editors`: ``"rome"``, ``"memit"`` and
+            ``"alphaedit"`` at that one layer, ``"ft-l"`` alias ``"finetune"``); KN chooses its own layers.
+        config: the editor's config (``registry.editor(editor).config_class``); ``None``: its default.
         edit_fn: instead of ``editor``, any ``fn(model, request, layer) -> Edit``.
         window: MLP layers restored together in the trace (Hase's 5).
         samples: noise samples per trace (10). seed: seeds the tracing noise (editors use their
@@ -354,7 +379,6 @@ def localization_vs_editing(
     with ROME took 31 min, ~40 s per (fact, layer) cell. Memory: one editor's working set plus one
     saved ``W_out`` while an edit is applied.
     """
-    from factscope.edit.handle import Edit
     from factscope.locate.tracing import trace
     from tqdm.auto import tqdm
 
