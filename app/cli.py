@@ -28,6 +28,9 @@ from typing import Optional
 import typer
 
 from factscope.app.demo import DEMO_GROUP, neuron_suppression
+from factscope.edit.registry import editor as editor_spec
+from factscope.edit.registry import editor_names
+from factscope.probes.localization import layer_editor, layer_editors
 
 app = typer.Typer(
     help="factscope: locate and edit factual knowledge in language models (TransformerLens 4.x).",
@@ -615,9 +618,10 @@ def probe_spillover(
     subject: Optional[str] = typer.Option(None, "--subject", "-s", help="One request: the subject."),
     target_new: Optional[str] = typer.Option(None, "--target-new", "-t", help="One request: the new answer."),
     target_true: Optional[str] = typer.Option(None, "--target-true", help="One request: the current answer."),
-    editor: str = typer.Option("rome", "--editor", help="rome, memit, kn or finetune."),
-    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Edited layer (ROME, FT-L; MEMIT: the top of its "
-                                                                   "range). Default: the traced layer."),
+    editor: str = typer.Option("rome", "--editor", help=f"Editor: {', '.join(editor_names())} (or an alias: "
+                                                        "finetune)."),
+    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Edited layer (ROME, FT-L; MEMIT, AlphaEdit: the "
+                                                                   "top of their range). Default: the traced layer."),
     effect: str = typer.Option("abs_delta_logp", "--effect", help="Plotted effect: abs_delta_logp or kl."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the figure (PNG/SVG/PDF)."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write the per-probe table."),
@@ -629,10 +633,10 @@ def probe_spillover(
 
     Example: factscope probe spillover --group president_vs_secretary_of_state --editor rome --out spill.png
     """
-    from factscope.probes.spillover import EDITORS
-
-    if editor not in EDITORS:
-        _fail(f"expected --editor to be one of {', '.join(EDITORS)}, got {editor!r}")
+    try:
+        editor_spec(editor)
+    except ValueError as err:
+        _fail(str(err))
     if effect not in ("abs_delta_logp", "kl"):
         _fail(f"expected --effect abs_delta_logp or kl, got {effect!r}")
     request = _group_request(group, prompt, subject, target_new, target_true)
@@ -662,7 +666,8 @@ def probe_localization(
     limit: int = typer.Option(6, "--limit", min=1, help="Facts used (the first N, one per relation for builtin)."),
     layers: Optional[str] = typer.Option(None, "--layers", "-l", help="Layers to edit: 0-17, or 0,3,6,9. Default: "
                                                                      "every layer."),
-    editor: str = typer.Option("rome", "--editor", help="rome, memit (one layer) or finetune."),
+    editor: str = typer.Option("rome", "--editor", help=f"Editor, at each layer: {', '.join(layer_editors())} "
+                                                        "(or an alias: finetune)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimisation steps of the editor (fewer is "
                                                                      "faster). Default: the editor's."),
     samples: int = typer.Option(10, help="Corrupted runs per tracing cell."),
@@ -680,8 +685,10 @@ def probe_localization(
     """
     from factscope.datasets import builtin_facts
 
-    if editor not in ("rome", "memit", "finetune", "ft-l"):
-        _fail(f"expected --editor to be one of rome, memit, finetune, got {editor!r}")
+    try:
+        spec = layer_editor(editor)
+    except ValueError as err:
+        _fail(str(err))
     if facts_source == "builtin":
         from factscope.locate import one_per_relation
 
@@ -701,7 +708,7 @@ def probe_localization(
         _fail(str(err))
     config = None
     if steps is not None:
-        config = _edit_config("ft-l" if editor == "finetune" else editor, "auto", None, steps)
+        config = _edit_config(spec.name, "auto", None, steps)
     m, _ = _load(model)
     n_layers = len(layer_list) if layer_list else m.cfg.n_layers
     typer.echo(f"{len(requests)} fact(s) × {n_layers} layer(s) = {len(requests) * n_layers} {editor} edits, plus "

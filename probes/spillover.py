@@ -80,13 +80,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from factscope.edit import finetune, kn, memit, rome
-from factscope.edit.finetune import FTConfig
 from factscope.edit import registry
 from factscope.edit.handle import Edit
-from factscope.edit.kn import KNConfig
-from factscope.edit.memit import MEMITConfig
-from factscope.edit.rome import ROMEConfig
+from factscope.edit.registry import EditorConfig, EditorSpec
 from factscope.probes.stats import LEVEL, bootstrap, format_ci, mean_ci, percentile_ci, slope
 from jaxtyping import Float
 from torch import Tensor
@@ -113,7 +109,6 @@ __all__ = [
     "fit_slope",
     "EXPECTED",
     "CATEGORIES",
-    "EDITORS",
     "EFFECTS",
     "SIMILARITIES",
     "POOLED",
@@ -123,15 +118,12 @@ __all__ = [
 CATEGORIES: tuple[str, ...] = ("paraphrase", "same_subject", "related", "same_relation", "unrelated")
 EXPECTED: Mapping[str, str] = {"paraphrase": "move"}  # every other category: "stay"
 """Bank categories expected to move with the edit (``"paraphrase"``); every other one should stay."""
-EDITORS: tuple[str, ...] = ("rome", "memit", "kn", "finetune", "ft-l")
 EFFECTS: Mapping[str, str] = {"abs_delta_logp": "|Δ log p(answer)|", "kl": "KL(p_after ‖ p_before) (nats)"}
 SIMILARITIES: Mapping[str, str] = {"cos_white": "whitened key cosine  cos(C^-1/2 k, C^-1/2 k_e)",
                                    "cos_raw": "raw key cosine  cos(k, k_e)"}
 POOLED = "stay (pooled)"
 EIG_FLOOR = 1e-10
 MIN_FIT = 3  # probes a group needs for a slope
-
-_CONFIGS = {"rome": ROMEConfig, "memit": MEMITConfig, "finetune": FTConfig}
 
 
 def expected_of(category: str) -> str:
@@ -564,17 +556,6 @@ def key_similarity(K: Float[Tensor, "probe d_mlp"], k_e: Float[Tensor, d_mlp], W
 # --------------------------------------------------------------------------- editors and layers
 
 
-def _check_editor(editor: Any) -> str:
-    name = registry.editor(editor).name
-    if name not in EDITORS:
-        raise ValueError(f"expected editor to be one of {list(EDITORS)}, got {editor!r}")
-    return "finetune" if name == "ft-l" else name
-
-
-def _check_config(name: str, config: Any) -> Any:
-    return None if config is None else registry.editor(name).check_config(config)
-
-
 def _kn_layer_counts(edit: Edit) -> dict[int, int]:
     neurons = edit.info.get("neurons")
     if neurons:
@@ -603,24 +584,34 @@ def similarity_layer(edit: Edit, layer: int | None = None) -> tuple[int, str]:
     return max(edit.layers), f"the highest of the edited layers {list(edit.layers)}"
 
 
-def _make_edit(model: Bridge, request: EditRequest, name: str, layer: int | None, config: Any, C: Tensor | None,
-               progress: bool, verbose: bool) -> Edit:
-    """Run the chosen editor (its own progress bars and printed line)."""
-    if name == "rome":
-        kw = {} if config is None else {"config": config}
-        return rome(model, request, layer=layer, C=C, progress=progress, verbose=verbose, **kw)
-    if name == "memit":
-        cfg = config or MEMITConfig()
-        layers = None if layer is None else list(range(max(0, layer - cfg.n_layers + 1), layer + 1))
-        return memit(model, [request], layers=layers, config=cfg, progress=progress, verbose=verbose)
-    if name == "kn":
-        return kn(model, request, config=config or KNConfig(), progress=progress, verbose=verbose)
+def _edit_layers(model: Bridge, spec: EditorSpec, layer: int | None, config: EditorConfig | None,
+                 progress: bool) -> list[int] | None:
+    """Spillover's layer policy, by the editor's layer rule (``None``: the editor's own choice).
+
+    ``"one"``: ``[layer]`` (default: the recommended layer). ``"many"``: the ``config.n_layers``
+    consecutive layers ending at ``layer``, clipped at 0 (MEMIT's range). ``"none"``: its own (KN).
+    """
+    if spec.layers == "none":
+        return None
+    if spec.layers == "many":
+        n = spec.check_config(config).n_layers
+        return None if layer is None else list(range(max(0, layer - n + 1), layer + 1))
     if layer is None:
         from factscope.locate.profile import recommended_layer
 
         layer = recommended_layer(model, progress=progress).layer
-    kw = {} if config is None else {"config": config}
-    return finetune(model, [request], layer=layer, progress=progress, verbose=verbose, **kw)
+    return [layer]
+
+
+def _make_edit(model: Bridge, request: EditRequest, spec: EditorSpec, layer: int | None, config: EditorConfig | None,
+               C: Tensor | None, progress: bool, verbose: bool) -> Edit:
+    """Run the chosen editor through the registry (its own progress bars and printed line).
+
+    A given C is passed to one-layer editors (it is E[kkᵀ] at their layer; FT-L ignores it).
+    """
+    layers = _edit_layers(model, spec, layer, config, progress)
+    stats = {layers[0]: C} if C is not None and spec.layers == "one" else None
+    return spec.run(model, [request], layers=layers, config=config, C=stats, progress=progress, verbose=verbose)
 
 
 def _check_given_edit(model: Bridge, edit: object, request: EditRequest, config: object) -> None:
@@ -717,7 +708,7 @@ def spillover(
     bank: Mapping[str, Sequence[Fact]] | None = None,
     layer: int | None = None,
     edit: Edit | None = None,
-    config: Any = None,
+    config: EditorConfig | None = None,
     C: Float[Tensor, "d_mlp d_mlp"] | None = None,
     n_unrelated: int = 8,
     seed: int = 0,
@@ -733,19 +724,21 @@ def spillover(
     Args:
         model: a bridge. Left bit-identical: the edit is only applied inside ``edit.applied``.
         request: the fact to edit (`EditRequest`; the default bank needs ``target_true``).
-        editor: ``"rome"`` | ``"memit"`` | ``"kn"`` | ``"finetune"`` (alias ``"ft-l"``).
+        editor: any editor of `factscope.edit.registry` (a name or alias: ``"rome"``, ``"memit"``,
+            ``"alphaedit"``, ``"ft-l"`` alias ``"finetune"``, ``"kn"``).
         bank: category -> `Fact` s with targets; ``None``: `default_bank`. A given bank replaces
             the default entirely.
-        layer: ROME/FT-L: the edited layer (default: `factscope.locate.recommended_layer`); MEMIT:
-            the top of ``config.n_layers`` (5) consecutive layers (clipped at 0; default: MEMIT's
-            choice); KN: not allowed (it locates its neurons). With ``edit=``: the similarity layer
-            (one of the edit's layers).
+        layer: one-layer editors (ROME, FT-L): the edited layer (default:
+            `factscope.locate.recommended_layer`); many-layer editors (MEMIT, AlphaEdit): the top of
+            ``config.n_layers`` (5) consecutive layers (clipped at 0; default: the editor's choice);
+            KN (it locates its neurons): not allowed. With ``edit=``: the similarity layer (one of
+            the edit's layers).
         edit: a precomputed `Edit` (``editor`` is then only checked; the label is ``edit.method``).
-        config: the editor's settings: `ROMEConfig`, `MEMITConfig`, `FTConfig`, or for KN a mapping
-            of `factscope.edit.kn` keyword arguments.
+        config: the editor's settings, an instance of ``registry.editor(editor).config_class``
+            (`ROMEConfig`, `MEMITConfig`, `AlphaEditConfig`, `FTConfig`, `KNConfig`); ``None``: its defaults.
         C: key statistics E[kkᵀ] at the similarity layer ``[d_mlp, d_mlp]``; default
             `factscope.edit.covariance` (cached on disk; with the editor config's corpus and
-            ``n_tokens`` when it has them). Also passed to ROME as its statistics.
+            ``n_tokens`` when it has them). Also passed to one-layer editors (ROME) as their statistics.
         n_unrelated: unrelated facts in the default bank (default 8). seed: seeds that sample and
             every bootstrap (default 0).
         n_boot: bootstrap resamples per CI (default 2000). batch_size: prompts per forward pass
@@ -776,7 +769,7 @@ def spillover(
     if not isinstance(request, EditRequest):
         raise TypeError(f"expected request to be an EditRequest, got {type(request).__name__}")
     a = arch_of(model)
-    name = _check_editor(editor)
+    spec = registry.editor(editor)
     check_int("n_unrelated", n_unrelated, 0)
     check_int("seed", seed, 0)
     check_int("n_boot", n_boot, 1)
@@ -789,10 +782,10 @@ def spillover(
         if layer is not None:
             similarity_layer(edit, layer)
     else:
-        config = _check_config(name, config)
-        if name == "kn" and layer is not None:
-            raise ValueError("expected layer=None for the kn editor: it locates its neurons itself (the similarity "
-                             f"layer is then the one holding most of them), got layer={layer}")
+        config = None if config is None else spec.check_config(config)
+        if spec.layers == "none" and layer is not None:
+            raise ValueError(f"expected layer=None for the {spec.name} editor: it locates its neurons itself (the "
+                             f"similarity layer is then the one holding most of them), got layer={layer}")
     if C is not None and (not isinstance(C, Tensor) or tuple(C.shape) != (a.d_mlp, a.d_mlp)):
         raise ValueError(f"expected C of shape ({a.d_mlp}, {a.d_mlp}) (d_mlp × d_mlp), got "
                          f"{tuple(C.shape) if isinstance(C, Tensor) else type(C).__name__}")
@@ -805,7 +798,7 @@ def spillover(
 
     # ---- the edit and the similarity layer
     if edit is None:
-        edit = _make_edit(model, request, name, layer, config, C if name == "rome" else None, progress, verbose)
+        edit = _make_edit(model, request, spec, layer, config, C, progress, verbose)
         L, why = similarity_layer(edit)
     else:
         L, why = similarity_layer(edit, layer)
