@@ -679,7 +679,7 @@ def probe_localization(
 ) -> None:
     """Hase et al.'s test: does the causal-tracing effect at a layer predict how well an edit at that layer works? Traces each fact's MLPs, edits it at every layer, and regresses the rewrite score on layer, on tracing effect, and on both (R², nested F-tests).
 
-    Cost: facts × layers edits (ROME on Gemma 3 270M: 10-30 s each on 2 CPU cores) plus one trace per fact.
+    Cost: facts × layers edits plus one trace per fact (measured times: docs/guide.md).
 
     Example: factscope probe localization --limit 4 --layers 0,3,6,9,12,15 --out loc.png
     """

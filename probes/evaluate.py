@@ -41,8 +41,8 @@ margins of one request on the model as it is now.
 Cost: two batched teacher-forced passes (pre, post) over ``2 × (1 + n_paraphrases + 2 n_neighbours)
 + n_portability + n_locality`` rows per request, two next-token passes over the neighbours, and,
 with ``fluency=True``, ``2 × n_gen_tokens`` single-token forwards per batch of equal-length prompts
-(Gemma 3 270M, 10 requests: about 1 min on 2 CPU cores, most of it generation; ``fluency=False``
-takes seconds). Memory: one batch of activations (``batch_size`` rows).
+(most of the time; ``fluency=False`` is far cheaper). Memory: one batch of activations
+(``batch_size`` rows). Measured times: docs/guide.md, "Measured costs of the probes".
 
 Dimension names: ``request``, ``resample``.
 """
@@ -472,8 +472,7 @@ def evaluate(
     Cost: two batched teacher-forced passes (pre, post) over ``2 × (1 + n_paraphrases +
     2 n_neighbours) + n_portability + n_locality`` rows per request, two next-token passes over
     the neighbours, and with ``fluency`` ``2 × n_gen_tokens`` single-token forwards per batch
-    (Gemma 3 270M, 10 requests: about 1 min on 2 CPU cores, mostly generation; ``fluency=False``:
-    seconds). Memory: one batch of activations (``batch_size`` rows).
+    (most of the time). Memory: one batch of activations (``batch_size`` rows). Measured: docs/guide.md.
     """
     from tqdm.auto import tqdm
 

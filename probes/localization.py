@@ -30,13 +30,13 @@ Reading it: the hypothesis predicts that TE explains edit success, so the *both*
 clearly over *layer* (a ΔR² well above 0.03 with a small p). A ΔR² near 0 refutes it: edit success
 is then a property of the layer, not of where this fact was traced.
 
-Cost: ``facts × layers`` edits plus one MLP trace per fact. On Gemma 3 270M with 2 CPU cores a
-ROME edit takes 10–30 s (v* optimisation; the key statistics come from the on-disk cache after
-their first computation, which is minutes per layer), so 10 facts × 18 layers is about an hour;
-an MLP trace (window 5, 10 samples) is ~5–15 s per fact. FT-L costs about as much as ROME per edit,
-MEMIT at one layer a little more. Memory: one editor's working set (ROME: activations of ~21
-template prompts with gradients through the layers above l, plus C, ``d_mlp² × 8`` bytes: 34 MB on
-Gemma) and one saved copy of the edited ``W_out`` while applied. Progress: a bar over the traces and
+Cost: ``facts × layers`` edits plus one MLP trace per fact (`factscope.locate.trace`'s cost with
+``kind="mlp"``: O(samples × tokens × layers) token-block evaluations). A ROME edit is dominated by
+its v* optimisation (the key statistics come from the on-disk cache after their first computation
+per layer); FT-L costs about as much per edit, MEMIT at one layer a little more. Measured times:
+docs/guide.md, "Measured costs of the probes". Memory: one editor's working set (ROME: activations
+of ~21 template prompts with gradients through the layers above l, plus C, ``d_mlp² × 8`` bytes)
+and one saved copy of the edited ``W_out`` while applied. Progress: a bar over the traces and
 one over the (fact, layer) cells.
 
 Dimension names: ``fact`` requests, ``layer`` the layers edited (``result.layers``, not
@@ -373,11 +373,9 @@ def localization_vs_editing(
             bad layers, an unknown editor, a config of the wrong type, bad window/samples/seed, all
             before any tracing or editing; an ``edit_fn`` that does not return an `Edit`.
 
-    Cost: one MLP trace per fact (window 5, 10 samples: ~5-15 s on Gemma 3 270M, 2 CPU cores) plus
-    ``facts × layers`` edits (ROME: 10-30 s each; FT-L about as much, MEMIT at one layer a little
-    more) and C per layer (cached on disk; minutes the first time). Measured: 8 facts × 6 layers
-    with ROME took 31 min, ~40 s per (fact, layer) cell. Memory: one editor's working set plus one
-    saved ``W_out`` while an edit is applied.
+    Cost: one MLP trace per fact plus ``facts × layers`` edits (FT-L about as much as ROME, MEMIT at
+    one layer a little more) and C per layer (cached on disk; slow only the first time). Memory: one
+    editor's working set plus one saved ``W_out`` while an edit is applied. Measured: docs/guide.md.
     """
     from factscope.locate.tracing import trace
     from tqdm.auto import tqdm

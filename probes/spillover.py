@@ -57,12 +57,11 @@ the stay categories moved, each mean with its CI.
 
 Cost
 ----
-One edit (the editor's own cost: ROME on Gemma 3 270M ~20–40 s on 2 CPU threads), plus
-``2 × (target_logprob + next_token_logits)`` batched passes over the bank (memory ``2 × probe ×
-d_vocab`` float32 logits: ~60 MB for 30 probes on Gemma), one key pass stopped after the similarity
-layer, an ``eigh`` of C (d_mlp³: seconds for Gemma's 2048), C itself (cached on disk; the first
-computation for a layer takes minutes), and ``n_boot`` slope fits per group, effect and similarity
-(milliseconds each group).
+One edit (the editor's own cost), plus ``2 × (target_logprob + next_token_logits)`` batched passes
+over the bank (memory ``2 × probe × d_vocab`` float32 logits), one key pass stopped after the
+similarity layer, an ``eigh`` of C (O(d_mlp³)), C itself (cached on disk; the first computation for
+a layer is the slow part), and ``n_boot`` slope fits per group, effect and similarity (O(n_boot ×
+probe) each). Measured times: docs/guide.md, "Measured costs of the probes".
 
 Dimension names: ``probe`` bank prompts, ``d_mlp`` keys, ``d_vocab`` vocabulary, ``boot`` bootstrap
 replicates.
@@ -999,11 +998,10 @@ def spillover(
             another model (or one that does not fit it: `Edit.check_applicable`).
         All are checked before any edit is computed; the model is left untouched in every case.
 
-    Cost: one edit (the editor's: ROME on Gemma 3 270M ~20-40 s on 2 CPU threads), plus two
-    teacher-forced and two next-token passes over the bank, one key pass up to the similarity
-    layer, an ``eigh`` of C (seconds), C itself (cached on disk; minutes the first time) and
-    ``n_boot`` slope fits per group, effect and similarity. The default bank with ROME: ~2 min.
-    Memory: the editor's, plus ``2 × probe × d_vocab`` float32 logits (~60 MB for 30 probes on Gemma).
+    Cost: one edit (the editor's), plus two teacher-forced and two next-token passes over the bank,
+    one key pass up to the similarity layer, an ``eigh`` of C (O(d_mlp³)), C itself (cached on disk;
+    slow only the first time) and ``n_boot`` slope fits per group, effect and similarity. Memory: the
+    editor's, plus ``2 × probe × d_vocab`` float32 logits. Measured: docs/guide.md.
     """
     plan = _plan(model, request, editor=editor, layer=layer, edit=edit, config=config, C=C)
     check_int("n_unrelated", n_unrelated, 0)
