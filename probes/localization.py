@@ -330,6 +330,84 @@ def _resolve_editor(editor: str, config: EditorConfig | None, edit_fn: EditFn | 
     return spec.name, at_layer, config_dict(cfg)
 
 
+# --------------------------------------------------------------------------- the two stages
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Traces:
+    """Stage 1's output: each fact's MLP tracing effect at the probed layers.
+
+    Attributes:
+        effect: ``[fact, layer]`` TE (NaN rows: facts whose corruption did no damage).
+        p_clean, p_corrupted: ``[fact]`` p(target_true) of the clean and the corrupted run.
+        no_damage: subjects of the facts with ``p_clean <= p_corrupted``.
+    """
+
+    effect: Float[Tensor, "fact layer"]
+    p_clean: Float[Tensor, "fact"]
+    p_corrupted: Float[Tensor, "fact"]
+    no_damage: tuple[str, ...]
+
+
+def _traces(model: Bridge, reqs: Sequence[EditRequest], Ls: Sequence[int], *, window: int, samples: int, seed: int,
+            progress: bool) -> _Traces:
+    """Stage 1: one MLP trace per fact (`factscope.locate.trace`), its TE read at ``Ls``; warns on no-damage facts."""
+    from factscope.locate.tracing import trace
+    from tqdm.auto import tqdm
+
+    n_f = len(reqs)
+    te = torch.full((n_f, len(Ls)), math.nan, dtype=torch.float64)  # [fact, layer]
+    p_clean = torch.zeros(n_f, dtype=torch.float64)  # [fact]
+    p_corr = torch.zeros(n_f, dtype=torch.float64)  # [fact]
+    for i, r in enumerate(tqdm(reqs, desc="MLP traces", disable=not progress)):
+        tr = trace(model, r, kind="mlp", window=window, samples=samples, seed=seed)
+        p_clean[i], p_corr[i] = tr.clean, tr.corrupted
+        te[i] = tracing_effect(tr.scores["mlp"], tr.clean, tr.corrupted)[list(Ls)]
+    no_damage = tuple(r.subject for i, r in enumerate(reqs) if not p_clean[i] > p_corr[i])
+    if no_damage:
+        warnings.warn(f"{len(no_damage)} of {n_f} facts have p_clean <= p_corrupted (the corruption did no damage), "
+                      f"so no tracing effect; they are left out of the regressions: {list(no_damage)}", stacklevel=3)
+    return _Traces(effect=te, p_clean=p_clean, p_corrupted=p_corr, no_damage=no_damage)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Rewrites:
+    """Stage 2's output: p(target_new) before and with each (fact, layer) edit, and the rewrite score.
+
+    Attributes:
+        p_before, p_after: ``[fact, layer]`` p before (equal along a row) and with the edit applied.
+        score: ``[fact, layer]`` RS = (p* − p) / (1 − p).
+    """
+
+    p_before: Float[Tensor, "fact layer"]
+    p_after: Float[Tensor, "fact layer"]
+    score: Float[Tensor, "fact layer"]
+
+
+def _edits(model: Bridge, reqs: Sequence[EditRequest], Ls: Sequence[int], fn: EditFn, *, label: str,
+           progress: bool) -> _Rewrites:
+    """Stage 2: edit each fact at each layer, score p(target_new) with the edit applied, and revert it."""
+    from tqdm.auto import tqdm
+
+    n_f, n_l = len(reqs), len(Ls)
+    p0 = torch.tensor([_p_target(model, r.text, r.target_new) for r in reqs], dtype=torch.float64)  # [fact]
+    p1 = torch.full((n_f, n_l), math.nan, dtype=torch.float64)  # [fact, layer]
+    with tqdm(total=n_f * n_l, desc=label, disable=not progress) as bar:
+        for i, r in enumerate(reqs):
+            for j, l in enumerate(Ls):
+                e = fn(model, r, l)
+                if not isinstance(e, Edit):
+                    raise TypeError(f"expected the editor to return an Edit, got {type(e).__name__} (fact {i}, "
+                                    f"layer {l})")
+                with e.applied(model):
+                    p1[i, j] = _p_target(model, r.text, r.target_new)
+                bar.update(1)
+                bar.set_postfix(fact=i, layer=l)
+    rs = torch.tensor([[rewrite_score(float(p0[i]), float(p1[i, j])) for j in range(n_l)] for i in range(n_f)],
+                      dtype=torch.float64)
+    return _Rewrites(p_before=p0[:, None].expand(n_f, n_l).clone(), p_after=p1, score=rs)
+
+
 # --------------------------------------------------------------------------- the probe
 
 
@@ -377,9 +455,6 @@ def localization_vs_editing(
     one layer a little more) and C per layer (cached on disk; slow only the first time). Memory: one
     editor's working set plus one saved ``W_out`` while an edit is applied. Measured: docs/guide.md.
     """
-    from factscope.locate.tracing import trace
-    from tqdm.auto import tqdm
-
     from factscope.models import fingerprint
 
     reqs = _check_facts(model, facts)
@@ -394,37 +469,11 @@ def localization_vs_editing(
         print(f"localization_vs_editing: {n_f} MLP traces (window {window}, {samples} samples) and "
               f"{n_f} facts × {n_l} layers = {n_f * n_l} {name} edits")
 
-    te = torch.full((n_f, n_l), math.nan, dtype=torch.float64)
-    p_clean = torch.zeros(n_f, dtype=torch.float64)
-    p_corr = torch.zeros(n_f, dtype=torch.float64)
-    for i, r in enumerate(tqdm(reqs, desc="MLP traces", disable=not progress)):
-        tr = trace(model, r, kind="mlp", window=window, samples=samples, seed=seed)
-        p_clean[i], p_corr[i] = tr.clean, tr.corrupted
-        te[i] = tracing_effect(tr.scores["mlp"], tr.clean, tr.corrupted)[list(Ls)]
-    no_damage = [r.subject for i, r in enumerate(reqs) if not p_clean[i] > p_corr[i]]
-    if no_damage:
-        warnings.warn(f"{len(no_damage)} of {n_f} facts have p_clean <= p_corrupted (the corruption did no damage), "
-                      f"so no tracing effect; they are left out of the regressions: {no_damage}", stacklevel=2)
-
-    p0 = torch.tensor([_p_target(model, r.text, r.target_new) for r in reqs], dtype=torch.float64)
-    p1 = torch.full((n_f, n_l), math.nan, dtype=torch.float64)
-    bar = tqdm(total=n_f * n_l, desc=f"{name} edits", disable=not progress)
-    for i, r in enumerate(reqs):
-        for j, l in enumerate(Ls):
-            e = fn(model, r, l)
-            if not isinstance(e, Edit):
-                raise TypeError(f"expected the editor to return an Edit, got {type(e).__name__} (fact {i}, layer {l})")
-            with e.applied(model):
-                p1[i, j] = _p_target(model, r.text, r.target_new)
-            bar.update(1)
-            bar.set_postfix(fact=i, layer=l)
-    bar.close()
-    p_before = p0[:, None].expand(n_f, n_l).clone()
-    rs = torch.tensor([[rewrite_score(float(p0[i]), float(p1[i, j])) for j in range(n_l)] for i in range(n_f)],
-                      dtype=torch.float64)
-    fits, tests, used = hase_regressions(te.numpy(), rs.numpy())
+    tr = _traces(model, reqs, Ls, window=window, samples=samples, seed=seed, progress=progress)
+    ed = _edits(model, reqs, Ls, fn, label=f"{name} edits", progress=progress)
+    fits, tests, used = hase_regressions(tr.effect.numpy(), ed.score.numpy())
     settings = dict(editor=name, config=cfg, window=window, samples=samples, seed=seed, model=fp,
-                    no_damage=no_damage)
-    return LocalizationResult(facts=reqs, layers=Ls, tracing=te, edit_score=rs, p_before=p_before, p_after=p1,
-                              p_clean=p_clean, p_corrupted=p_corr, fits=fits, f_tests=tests, n_facts_used=used,
-                              settings=settings)
+                    no_damage=list(tr.no_damage))
+    return LocalizationResult(facts=reqs, layers=Ls, tracing=tr.effect, edit_score=ed.score, p_before=ed.p_before,
+                              p_after=ed.p_after, p_clean=tr.p_clean, p_corrupted=tr.p_corrupted, fits=fits,
+                              f_tests=tests, n_facts_used=used, settings=settings)
