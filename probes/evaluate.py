@@ -55,7 +55,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -65,6 +65,9 @@ from torch import Tensor
 from factscope.bridge import Bridge
 from factscope.edit.handle import Edit
 from factscope.facts import EditRequest
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = ["RewriteScores", "rewrite_scores", "EditReport", "evaluate", "METRICS", "ngram_entropy",
            "harmonic_mean", "NPLUS_FORMAT"]
@@ -277,6 +280,36 @@ def _kl_per_request(requests: Sequence[EditRequest], pre: Float[Tensor, "prompt 
     return out
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Scored:
+    """Every request scored on the model as it is: one side (pre, or post with the edit applied).
+
+    Attributes:
+        metrics: ``{metric: [request]}`` every metric but ``neighbourhood_kl`` (which needs both sides).
+        neighbour_lp: ``[prompt, d_vocab]`` next-token log-probabilities on every request's neighbours.
+        generations: the greedy texts behind ``fluency`` (empty without it).
+    """
+
+    metrics: dict[str, np.ndarray]
+    neighbour_lp: Float[Tensor, "prompt d_vocab"]
+    generations: list[str]
+
+
+def _side(model: Bridge, requests: Sequence[EditRequest], rows: _Rows, which: str, *, fluency: bool,
+          n_gen_tokens: int, batch_size: int, bar: tqdm) -> _Scored:
+    """Score one side: the teacher-forced metrics, the neighbours' next-token distributions, fluency."""
+    bar.set_postfix_str(which)
+    metrics = _per_request(model, requests, rows, batch_size)
+    bar.update()
+    neighbour_lp = _neighbour_logprobs(model, requests, batch_size)
+    bar.update()
+    metrics["fluency"], texts = np.full(len(requests), np.nan), []
+    if fluency:
+        metrics["fluency"], texts = _fluency(model, requests, n_gen_tokens, batch_size, False)
+        bar.update()
+    return _Scored(metrics=metrics, neighbour_lp=neighbour_lp, generations=texts)
+
+
 # --------------------------------------------------------------------------- the report
 
 
@@ -483,30 +516,17 @@ def evaluate(
     reqs = as_requests(edit.requests if requests is None else requests)
     edit.check_applicable(model)  # evaluate applies and reverts it itself
     rows = _rows(reqs)
-    steps = ["pre: targets", "pre: neighbours", "pre: fluency", "post: targets", "post: neighbours", "post: fluency"]
-    bar = tqdm(total=len(steps) - (0 if fluency else 2), desc="evaluate", disable=not progress)
-    results: dict[str, dict[str, np.ndarray]] = {}
-    gens: dict[str, list[str]] = {}
-    nb_lp: dict[str, Tensor] = {}
-
-    def score(which: str) -> None:
-        bar.set_postfix_str(which)
-        results[which] = _per_request(model, reqs, rows, batch_size)
-        bar.update()
-        nb_lp[which] = _neighbour_logprobs(model, reqs, batch_size)
-        bar.update()
-        results[which]["fluency"] = np.full(len(reqs), np.nan)
-        if fluency:
-            results[which]["fluency"], gens[which] = _fluency(model, reqs, n_gen_tokens, batch_size, False)
-            bar.update()
-
-    score("pre")
-    with edit.applied(model):
-        score("post")
-    bar.close()
-    results["pre"]["neighbourhood_kl"] = np.array([0.0 if r.neighbours else np.nan for r in reqs])  # KL(pre ‖ pre)
-    results["post"]["neighbourhood_kl"] = _kl_per_request(reqs, nb_lp["pre"], nb_lp["post"])
+    steps = 3 if fluency else 2  # targets, neighbours (, fluency) per side
+    with tqdm(total=2 * steps, desc="evaluate", disable=not progress) as bar:
+        pre = _side(model, reqs, rows, "pre", fluency=fluency, n_gen_tokens=n_gen_tokens, batch_size=batch_size,
+                    bar=bar)
+        with edit.applied(model):
+            post = _side(model, reqs, rows, "post", fluency=fluency, n_gen_tokens=n_gen_tokens,
+                         batch_size=batch_size, bar=bar)
+    kl_pre = np.array([0.0 if r.neighbours else np.nan for r in reqs])  # KL(pre ‖ pre)
+    kl_post = _kl_per_request(reqs, pre.neighbour_lp, post.neighbour_lp)
     settings = dict(fluency=fluency, n_gen_tokens=n_gen_tokens, n_boot=n_boot, level=level, seed=seed,
                     layers=sorted(edit.deltas), fingerprint=edit.fingerprint, nplus_format=NPLUS_FORMAT)
-    return EditReport(method=method or edit.method, requests=reqs, pre=results["pre"], post=results["post"],
-                      generations=gens, settings=settings)
+    gens = {} if not fluency else {"pre": pre.generations, "post": post.generations}
+    return EditReport(method=method or edit.method, requests=reqs, pre={**pre.metrics, "neighbourhood_kl": kl_pre},
+                      post={**post.metrics, "neighbourhood_kl": kl_post}, generations=gens, settings=settings)
