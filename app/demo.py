@@ -38,8 +38,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
 from factscope.bridge import Bridge
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from factscope.probes.evaluate import EditReport
+    from factscope.probes.spillover import SpilloverResult
 
 __all__ = ["DEMO_FACT", "DEMO_GROUP", "DemoResult", "answers_frame", "before_after_frame", "neuron_suppression",
            "report_frame", "run_demo", "spill_frame"]
@@ -166,7 +173,7 @@ def neuron_suppression(model: Bridge, found: Any) -> tuple[float, float]:
         return before, p()
 
 
-def report_frame(report: Any) -> Any:
+def report_frame(report: EditReport) -> pd.DataFrame:
     """An `EditReport`'s summary as printable cells: one row per metric with data, ``pre``, ``post``
     and ``post − pre``, each ``value [lo, hi]`` (bootstrap CI over requests).
 
@@ -502,7 +509,7 @@ def _spillover(c: _Context) -> None:
                       collapsed=True)]))
 
 
-def spill_frame(result: Any) -> Any:
+def spill_frame(result: SpilloverResult) -> pd.DataFrame:
     """A `SpilloverResult`'s summary as printable cells: one row per category and one pooled.
 
     Args:
