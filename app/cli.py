@@ -29,8 +29,10 @@ import typer
 
 from factscope.app.demo import DEMO_GROUP, neuron_suppression
 from factscope.edit.kn import pad_prompts
-from factscope.edit.registry import EditorConfig, editor, editor_names
+from factscope.edit.registry import EditorConfig, editor_names
+from factscope.edit.registry import editor as editor_spec
 from factscope.edit.target import TargetConfig
+from factscope.probes.localization import layer_editor, layer_editors
 
 app = typer.Typer(
     help="factscope: locate and edit factual knowledge in language models (TransformerLens 4.x).",
@@ -336,7 +338,7 @@ def read_requests(path: Path, limit: Optional[int] = None) -> tuple[list, str]:
 def _edit_config(method: str, corpus: str, n_tokens: Optional[int], steps: Optional[int]) -> EditorConfig:
     """The registry's config class for ``method`` with the command's options: the key statistics' corpus and
     tokens and ``--steps`` as ``v_steps`` for ROME/MEMIT/AlphaEdit; ``--steps`` as ``steps`` for FT-L and KN."""
-    cls = editor(method).config_class
+    cls = editor_spec(method).config_class
     if issubclass(cls, TargetConfig):
         return cls(corpus=corpus, n_tokens=n_tokens, **({} if steps is None else {"v_steps": steps}))
     return cls() if steps is None else cls(steps=steps)
@@ -428,7 +430,7 @@ def edit(
         layer_list = None if layers is None else parse_layers(layers)
     except ValueError as e:
         _fail(str(e))
-    spec = editor(method)
+    spec = editor_spec(method)
     name = spec.label
     if spec.layers == "one" and layer_list is not None and len(layer_list) != 1:
         _fail(f"{name} rewrites one MLP layer; got --layers {layers} = {layer_list}. Pass one layer (e.g. --layers "
@@ -555,9 +557,10 @@ def probe_spillover(
     subject: Optional[str] = typer.Option(None, "--subject", "-s", help="One request: the subject."),
     target_new: Optional[str] = typer.Option(None, "--target-new", "-t", help="One request: the new answer."),
     target_true: Optional[str] = typer.Option(None, "--target-true", help="One request: the current answer."),
-    editor: str = typer.Option("rome", "--editor", help="rome, memit, kn or finetune."),
-    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Edited layer (ROME, FT-L; MEMIT: the top of its "
-                                                                   "range). Default: the traced layer."),
+    editor: str = typer.Option("rome", "--editor", help=f"Editor: {', '.join(editor_names())} (or an alias: "
+                                                        "finetune)."),
+    layer: Optional[int] = typer.Option(None, "--layer", "-l", help="Edited layer (ROME, FT-L; MEMIT, AlphaEdit: the "
+                                                                   "top of their range). Default: the traced layer."),
     effect: str = typer.Option("abs_delta_logp", "--effect", help="Plotted effect: abs_delta_logp or kl."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the figure (PNG/SVG/PDF)."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write the per-probe table."),
@@ -569,10 +572,10 @@ def probe_spillover(
 
     Example: factscope probe spillover --group president_vs_secretary_of_state --editor rome --out spill.png
     """
-    from factscope.probes.spillover import EDITORS
-
-    if editor not in EDITORS:
-        _fail(f"expected --editor to be one of {', '.join(EDITORS)}, got {editor!r}")
+    try:
+        editor_spec(editor)
+    except ValueError as err:
+        _fail(str(err))
     if effect not in ("abs_delta_logp", "kl"):
         _fail(f"expected --effect abs_delta_logp or kl, got {effect!r}")
     request = _group_request(group, prompt, subject, target_new, target_true)
@@ -602,7 +605,8 @@ def probe_localization(
     limit: int = typer.Option(6, "--limit", min=1, help="Facts used (the first N, one per relation for builtin)."),
     layers: Optional[str] = typer.Option(None, "--layers", "-l", help="Layers to edit: 0-17, or 0,3,6,9. Default: "
                                                                      "every layer."),
-    editor: str = typer.Option("rome", "--editor", help="rome, memit (one layer) or finetune."),
+    editor: str = typer.Option("rome", "--editor", help=f"Editor, at each layer: {', '.join(layer_editors())} "
+                                                        "(or an alias: finetune)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimisation steps of the editor (fewer is "
                                                                      "faster). Default: the editor's."),
     samples: int = typer.Option(10, help="Corrupted runs per tracing cell."),
@@ -614,14 +618,16 @@ def probe_localization(
 ) -> None:
     """Hase et al.'s test: does the causal-tracing effect at a layer predict how well an edit at that layer works? Traces each fact's MLPs, edits it at every layer, and regresses the rewrite score on layer, on tracing effect, and on both (R², nested F-tests).
 
-    Cost: facts × layers edits (ROME on Gemma 3 270M: 10-30 s each on 2 CPU cores) plus one trace per fact.
+    Cost: facts × layers edits plus one trace per fact (measured times: docs/guide.md).
 
     Example: factscope probe localization --limit 4 --layers 0,3,6,9,12,15 --out loc.png
     """
     from factscope.datasets import builtin_facts
 
-    if editor not in ("rome", "memit", "finetune", "ft-l"):
-        _fail(f"expected --editor to be one of rome, memit, finetune, got {editor!r}")
+    try:
+        spec = layer_editor(editor)
+    except ValueError as err:
+        _fail(str(err))
     if facts_source == "builtin":
         from factscope.locate import one_per_relation
 
@@ -641,7 +647,7 @@ def probe_localization(
         _fail(str(err))
     config = None
     if steps is not None:
-        config = _edit_config("ft-l" if editor == "finetune" else editor, "auto", None, steps)
+        config = _edit_config(spec.name, "auto", None, steps)
     m, _ = _load(model)
     n_layers = len(layer_list) if layer_list else m.cfg.n_layers
     typer.echo(f"{len(requests)} fact(s) × {n_layers} layer(s) = {len(requests) * n_layers} {editor} edits, plus "

@@ -32,15 +32,21 @@ ROME edit, ~70 s for the MEMIT batch). Peak memory about 4 GB.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
 from factscope.bridge import Bridge
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from factscope.probes.evaluate import EditReport
+    from factscope.probes.spillover import SpilloverResult
 
 __all__ = ["DEMO_FACT", "DEMO_GROUP", "DemoResult", "answers_frame", "before_after_frame", "neuron_suppression",
            "report_frame", "run_demo", "spill_frame"]
@@ -167,7 +173,7 @@ def neuron_suppression(model: Bridge, found: Any) -> tuple[float, float]:
         return before, p()
 
 
-def report_frame(report: Any) -> Any:
+def report_frame(report: EditReport) -> pd.DataFrame:
     """An `EditReport`'s summary as printable cells: one row per metric with data, ``pre``, ``post``
     and ``post − pre``, each ``value [lo, hi]`` (bootstrap CI over requests).
 
@@ -178,19 +184,16 @@ def report_frame(report: Any) -> Any:
     """
     import pandas as pd
 
+    from factscope.probes.stats import format_ci
+
     s = report.summary()
     s = s[(s["n"] > 0) & s[["pre", "post"]].notna().any(axis=1)]
-    ci = partial(_ci, fmt=".3f")
+    ci = partial(format_ci, fmt=".3f")
     return pd.DataFrame({
         "metric": list(s.index), "n": [int(n) for n in s["n"]],
         "pre": [ci(r.pre, r.pre_lo, r.pre_hi) for r in s.itertuples()],
         "post": [ci(r.post, r.post_lo, r.post_hi) for r in s.itertuples()],
         "post − pre": [ci(r.delta, r.delta_lo, r.delta_hi) for r in s.itertuples()]})
-
-
-def _ci(v: float, lo: float, hi: float, *, fmt: str) -> str:
-    """``value [lo, hi]`` in ``fmt``, or – when the value is missing."""
-    return f"{v:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]" if math.isfinite(v) else "–"
 
 
 def _cache_files() -> set[str]:
@@ -506,7 +509,7 @@ def _spillover(c: _Context) -> None:
                       collapsed=True)]))
 
 
-def spill_frame(result: Any) -> Any:
+def spill_frame(result: SpilloverResult) -> pd.DataFrame:
     """A `SpilloverResult`'s summary as printable cells: one row per category and one pooled.
 
     Args:
@@ -520,7 +523,9 @@ def spill_frame(result: Any) -> Any:
     """
     import pandas as pd
 
-    ci = partial(_ci, fmt=".3g")
+    from factscope.probes.stats import format_ci
+
+    ci = partial(format_ci, fmt=".3g")
     df = result.summary()
     return pd.DataFrame({
         "category": list(df.index), "n": [int(n) for n in df["n"]], "expected": list(df["expected"]),

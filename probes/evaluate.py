@@ -41,8 +41,8 @@ margins of one request on the model as it is now.
 Cost: two batched teacher-forced passes (pre, post) over ``2 × (1 + n_paraphrases + 2 n_neighbours)
 + n_portability + n_locality`` rows per request, two next-token passes over the neighbours, and,
 with ``fluency=True``, ``2 × n_gen_tokens`` single-token forwards per batch of equal-length prompts
-(Gemma 3 270M, 10 requests: about 1 min on 2 CPU cores, most of it generation; ``fluency=False``
-takes seconds). Memory: one batch of activations (``batch_size`` rows).
+(most of the time; ``fluency=False`` is far cheaper). Memory: one batch of activations
+(``batch_size`` rows). Measured times: docs/guide.md, "Measured costs of the probes".
 
 Dimension names: ``request``, ``resample``.
 """
@@ -54,16 +54,21 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from factscope.facts import EditRequest
 from factscope.bridge import Bridge
 from factscope.result_files import ResultContents, Saveable, fact_from_json, fact_to_json, nest, unnest
+from factscope.edit.handle import Edit
+from factscope.facts import EditRequest
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 __all__ = ["RewriteScores", "rewrite_scores", "EditReport", "evaluate", "METRICS", "ngram_entropy",
            "harmonic_mean", "NPLUS_FORMAT"]
@@ -258,12 +263,15 @@ def _neighbour_logprobs(model: Bridge, requests: Sequence[EditRequest], batch_si
     return next_token_logits(model, prompts, batch_size=batch_size).double().log_softmax(-1)
 
 
-def _kl_per_request(requests: Sequence[EditRequest], pre: Tensor, post: Tensor) -> np.ndarray:
-    """Mean over each request's neighbours of KL(post ‖ pre), in nats."""
+def _kl_per_request(requests: Sequence[EditRequest], pre: Float[Tensor, "prompt d_vocab"],
+                    post: Float[Tensor, "prompt d_vocab"]) -> Float[np.ndarray, "request"]:
+    """Mean over each request's neighbours of KL(post ‖ pre), in nats, from log-probabilities."""
+    from factscope.predict import kl_from_logprobs
+
     out = np.full(len(requests), np.nan)
     if pre.numel() == 0:
         return out
-    kl = (post.exp() * (post - pre)).sum(-1).numpy()  # [prompt]
+    kl = kl_from_logprobs(post, pre).numpy()  # [prompt]
     j = 0
     for i, r in enumerate(requests):
         n = len(r.neighbours)
@@ -271,6 +279,36 @@ def _kl_per_request(requests: Sequence[EditRequest], pre: Tensor, post: Tensor) 
             out[i] = float(kl[j:j + n].mean())
         j += n
     return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Scored:
+    """Every request scored on the model as it is: one side (pre, or post with the edit applied).
+
+    Attributes:
+        metrics: ``{metric: [request]}`` every metric but ``neighbourhood_kl`` (which needs both sides).
+        neighbour_lp: ``[prompt, d_vocab]`` next-token log-probabilities on every request's neighbours.
+        generations: the greedy texts behind ``fluency`` (empty without it).
+    """
+
+    metrics: dict[str, np.ndarray]
+    neighbour_lp: Float[Tensor, "prompt d_vocab"]
+    generations: list[str]
+
+
+def _side(model: Bridge, requests: Sequence[EditRequest], rows: _Rows, which: str, *, fluency: bool,
+          n_gen_tokens: int, batch_size: int, bar: tqdm) -> _Scored:
+    """Score one side: the teacher-forced metrics, the neighbours' next-token distributions, fluency."""
+    bar.set_postfix_str(which)
+    metrics = _per_request(model, requests, rows, batch_size)
+    bar.update()
+    neighbour_lp = _neighbour_logprobs(model, requests, batch_size)
+    bar.update()
+    metrics["fluency"], texts = np.full(len(requests), np.nan), []
+    if fluency:
+        metrics["fluency"], texts = _fluency(model, requests, n_gen_tokens, batch_size, False)
+        bar.update()
+    return _Scored(metrics=metrics, neighbour_lp=neighbour_lp, generations=texts)
 
 
 # --------------------------------------------------------------------------- the report
@@ -428,15 +466,14 @@ class EditReport(Saveable):
 
     def table(self) -> str:
         """The summary as a printable table (metrics with data only)."""
+        from factscope.probes.stats import format_ci
+
         s = self.summary()
         s = s[(s["n"] > 0) & s[["pre", "post"]].notna().any(axis=1)]
         lines = [f"{self.method}: {len(self.requests)} request(s); {int(self.settings.get('level', 0.95) * 100)}% "
                  f"bootstrap CIs over requests",
-                 f"{'metric':<18} {'n':>3}  {'pre':>22}  {'post':>22}  {'post − pre':>22}"]
-
-        def ci(v: float, lo: float, hi: float) -> str:
-            return f"{v:7.3f} [{lo:6.3f}, {hi:6.3f}]" if math.isfinite(v) else f"{'–':>22}"
-
+                 f"{'metric':<18} {'n':>3}  {'pre':>24}  {'post':>24}  {'post − pre':>24}"]
+        ci = partial(format_ci, fmt="6.3f", width=24)  # "  0.500 [ 0.400,  0.600]"
         for m, r in s.iterrows():
             lines.append(f"{m:<18} {int(r['n']):>3}  {ci(r['pre'], r['pre_lo'], r['pre_hi'])}  "
                          f"{ci(r['post'], r['post_lo'], r['post_hi'])}  {ci(r['delta'], r['delta_lo'], r['delta_hi'])}")
@@ -453,7 +490,7 @@ def _nanmean(x: np.ndarray) -> float:
 
 def evaluate(
     model: Bridge,
-    edit: Any,
+    edit: Edit,
     requests: Sequence[EditRequest] | EditRequest | None = None,
     *,
     fluency: bool = True,
@@ -490,54 +527,34 @@ def evaluate(
         TypeError / ValueError: not an Edit, no requests, a request that is not an `EditRequest`.
         `factscope.edit.handle.EditStateError`: the edit is already applied to this model.
         `factscope.edit.handle.FingerprintMismatchError`: the model is not the one the edit was
-        computed on. All raised before the model is touched.
+        computed on. ValueError: a ΔW whose layer or shape does not fit the model, or a non-finite
+        value (`Edit.check_applicable`). All raised before the model is touched.
 
     Cost: two batched teacher-forced passes (pre, post) over ``2 × (1 + n_paraphrases +
     2 n_neighbours) + n_portability + n_locality`` rows per request, two next-token passes over
     the neighbours, and with ``fluency`` ``2 × n_gen_tokens`` single-token forwards per batch
-    (Gemma 3 270M, 10 requests: about 1 min on 2 CPU cores, mostly generation; ``fluency=False``:
-    seconds). Memory: one batch of activations (``batch_size`` rows).
+    (most of the time). Memory: one batch of activations (``batch_size`` rows). Measured: docs/guide.md.
     """
-    from factscope.edit.handle import Edit, EditStateError, FingerprintMismatchError
     from tqdm.auto import tqdm
 
     from factscope.checks import as_requests
-    from factscope.models import fingerprint
 
     if not isinstance(edit, Edit):
         raise TypeError(f"expected an Edit (what every factscope editor returns), got {type(edit).__name__}")
     reqs = as_requests(edit.requests if requests is None else requests)
-    if edit.is_applied(model):
-        raise EditStateError("evaluate applies and reverts the edit itself, but it is already applied to this "
-                             "model; revert it first")
-    if fingerprint(model) != edit.fingerprint:
-        raise FingerprintMismatchError(f"expected the model the edit was computed on (fingerprint "
-                                       f"{edit.fingerprint[:12]}…), got fingerprint {fingerprint(model)[:12]}…")
+    edit.check_applicable(model)  # evaluate applies and reverts it itself
     rows = _rows(reqs)
-    steps = ["pre: targets", "pre: neighbours", "pre: fluency", "post: targets", "post: neighbours", "post: fluency"]
-    bar = tqdm(total=len(steps) - (0 if fluency else 2), desc="evaluate", disable=not progress)
-    results: dict[str, dict[str, np.ndarray]] = {}
-    gens: dict[str, list[str]] = {}
-    nb_lp: dict[str, Tensor] = {}
-
-    def score(which: str) -> None:
-        bar.set_postfix_str(which)
-        results[which] = _per_request(model, reqs, rows, batch_size)
-        bar.update()
-        nb_lp[which] = _neighbour_logprobs(model, reqs, batch_size)
-        bar.update()
-        results[which]["fluency"] = np.full(len(reqs), np.nan)
-        if fluency:
-            results[which]["fluency"], gens[which] = _fluency(model, reqs, n_gen_tokens, batch_size, False)
-            bar.update()
-
-    score("pre")
-    with edit.applied(model):
-        score("post")
-    bar.close()
-    results["pre"]["neighbourhood_kl"] = np.array([0.0 if r.neighbours else np.nan for r in reqs])  # KL(pre ‖ pre)
-    results["post"]["neighbourhood_kl"] = _kl_per_request(reqs, nb_lp["pre"], nb_lp["post"])
+    steps = 3 if fluency else 2  # targets, neighbours (, fluency) per side
+    with tqdm(total=2 * steps, desc="evaluate", disable=not progress) as bar:
+        pre = _side(model, reqs, rows, "pre", fluency=fluency, n_gen_tokens=n_gen_tokens, batch_size=batch_size,
+                    bar=bar)
+        with edit.applied(model):
+            post = _side(model, reqs, rows, "post", fluency=fluency, n_gen_tokens=n_gen_tokens,
+                         batch_size=batch_size, bar=bar)
+    kl_pre = np.array([0.0 if r.neighbours else np.nan for r in reqs])  # KL(pre ‖ pre)
+    kl_post = _kl_per_request(reqs, pre.neighbour_lp, post.neighbour_lp)
     settings = dict(fluency=fluency, n_gen_tokens=n_gen_tokens, n_boot=n_boot, level=level, seed=seed,
                     layers=sorted(edit.deltas), fingerprint=edit.fingerprint, nplus_format=NPLUS_FORMAT)
-    return EditReport(method=method or edit.method, requests=reqs, pre=results["pre"], post=results["post"],
-                      generations=gens, settings=settings)
+    gens = {} if not fluency else {"pre": pre.generations, "post": post.generations}
+    return EditReport(method=method or edit.method, requests=reqs, pre={**pre.metrics, "neighbourhood_kl": kl_pre},
+                      post={**post.metrics, "neighbourhood_kl": kl_post}, generations=gens, settings=settings)

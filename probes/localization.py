@@ -30,13 +30,13 @@ Reading it: the hypothesis predicts that TE explains edit success, so the *both*
 clearly over *layer* (a ΔR² well above 0.03 with a small p). A ΔR² near 0 refutes it: edit success
 is then a property of the layer, not of where this fact was traced.
 
-Cost: ``facts × layers`` edits plus one MLP trace per fact. On Gemma 3 270M with 2 CPU cores a
-ROME edit takes 10–30 s (v* optimisation; the key statistics come from the on-disk cache after
-their first computation, which is minutes per layer), so 10 facts × 18 layers is about an hour;
-an MLP trace (window 5, 10 samples) is ~5–15 s per fact. FT-L costs about as much as ROME per edit,
-MEMIT at one layer a little more. Memory: one editor's working set (ROME: activations of ~21
-template prompts with gradients through the layers above l, plus C, ``d_mlp² × 8`` bytes: 34 MB on
-Gemma) and one saved copy of the edited ``W_out`` while applied. Progress: a bar over the traces and
+Cost: ``facts × layers`` edits plus one MLP trace per fact (`factscope.locate.trace`'s cost with
+``kind="mlp"``: O(samples × tokens × layers) token-block evaluations). A ROME edit is dominated by
+its v* optimisation (the key statistics come from the on-disk cache after their first computation
+per layer); FT-L costs about as much per edit, MEMIT at one layer a little more. Measured times:
+docs/guide.md, "Measured costs of the probes". Memory: one editor's working set (ROME: activations
+of ~21 template prompts with gradients through the layers above l, plus C, ``d_mlp² × 8`` bytes)
+and one saved copy of the edited ``W_out`` while applied. Progress: a bar over the traces and
 one over the (fact, layer) cells.
 
 Dimension names: ``fact`` requests, ``layer`` the layers edited (``result.layers``, not
@@ -45,7 +45,6 @@ necessarily all of the model's).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -59,19 +58,21 @@ from jaxtyping import Float
 from torch import Tensor
 
 from factscope.arch import arch_of
-from factscope.checks import as_requests, check_int
-from factscope.facts import EditRequest
 from factscope.bridge import Bridge
 from factscope.result_files import ResultContents, Saveable, fact_from_json, fact_to_json, nest, unnest
+from factscope.checks import as_requests, check_int
+from factscope.edit import registry
+from factscope.edit.handle import Edit
+from factscope.edit.registry import EditorConfig, EditorSpec, config_dict
+from factscope.facts import EditRequest
 
 __all__ = ["LocalizationResult", "localization_vs_editing", "tracing_effect", "rewrite_score", "hase_regressions",
-           "EDITORS", "HASE_ROME_GPTJ", "ALPHA", "SMALL_DELTA_R2"]
+           "layer_editors", "layer_editor", "HASE_ROME_GPTJ", "ALPHA", "SMALL_DELTA_R2"]
 
-EDITORS: tuple[str, ...] = ("rome", "memit", "finetune", "ft-l")
 HASE_ROME_GPTJ: dict[str, float] = {"layer": 0.947, "tracing": 0.016, "both": 0.948}  # Hase et al. 2023, ROME on GPT-J
 ALPHA = 0.05  # significance level of the verdict
 SMALL_DELTA_R2 = 0.03  # Hase et al.: tracing never added more than this much R² over layer
-EditFn = Callable[[Any, EditRequest, int], Any]
+EditFn = Callable[[Bridge, EditRequest, int], Edit]
 
 
 # --------------------------------------------------------------------------- the paper's quantities
@@ -312,10 +313,41 @@ def _check_layers(model: Bridge, layers: Any) -> tuple[int, ...]:
     return out
 
 
-def _resolve_editor(editor: Any, config: Any, edit_fn: EditFn | None) -> tuple[str, EditFn, dict[str, Any]]:
-    """``(name, fn(model, request, layer) -> Edit, config as a dict)``, all checked."""
-    from factscope import edit as E
+def layer_editors() -> tuple[str, ...]:
+    """The registry's editors that edit a layer they are given: every one but those that choose their own (KN).
 
+    `localization_vs_editing` edits exactly the probed layer (MEMIT and AlphaEdit at that one layer).
+
+    Cost: negligible.
+    """
+    return tuple(s.name for s in registry.EDITORS.values() if s.layers != "none")
+
+
+def layer_editor(editor: str) -> EditorSpec:
+    """The registry's `EditorSpec` for ``editor`` (a name or alias) if it edits a layer it is given.
+
+    Args:
+        editor: an editor name or alias (`factscope.edit.registry.editor_names`).
+
+    Raises:
+        ValueError: an unknown editor, or one that chooses its own layers; the message lists `layer_editors`.
+
+    Cost: negligible.
+    """
+    try:
+        spec = registry.editor(editor)
+    except ValueError:
+        spec = None
+    if spec is None or spec.layers == "none":
+        why = "" if spec is None else f" ({spec.name} chooses its own layers, so it cannot be put at each one)"
+        raise ValueError(f"expected editor to be one of {list(layer_editors())} (or an alias, or an edit_fn), got "
+                         f"{editor!r}{why}")
+    return spec
+
+
+def _resolve_editor(editor: str, config: EditorConfig | None, edit_fn: EditFn | None
+                    ) -> tuple[str, EditFn, dict[str, object]]:
+    """``(name, fn(model, request, layer) -> Edit, config as a dict)``, all checked."""
     if edit_fn is not None:
         if not callable(edit_fn):
             raise TypeError(f"expected edit_fn to be a callable (model, request, layer) -> Edit, got {edit_fn!r}")
@@ -323,21 +355,91 @@ def _resolve_editor(editor: Any, config: Any, edit_fn: EditFn | None) -> tuple[s
             raise ValueError("expected config=None with a custom edit_fn (it configures the built-in editors only), "
                              f"got {config!r}")
         return getattr(edit_fn, "__name__", "custom"), edit_fn, {}
-    if editor not in EDITORS:
-        raise ValueError(f"expected editor to be one of {list(EDITORS)} (or an edit_fn), got {editor!r}")
-    want = {"rome": E.ROMEConfig, "memit": E.MEMITConfig, "finetune": E.FTConfig, "ft-l": E.FTConfig}[editor]
-    cfg = want() if config is None else config
-    if not isinstance(cfg, want):
-        raise TypeError(f"expected config for editor {editor!r} to be a {want.__name__} (or None), got "
-                        f"{type(config).__name__}")
-    kw = dict(config=cfg, progress=False, verbose=False)
-    fns: dict[str, EditFn] = {
-        "rome": lambda m, r, l: E.rome(m, r, layer=l, **kw),
-        "memit": lambda m, r, l: E.memit(m, [r], layers=[l], **kw),
-        "finetune": lambda m, r, l: E.finetune(m, [r], layer=l, **kw),
-    }
-    fns["ft-l"] = fns["finetune"]
-    return ("ft-l" if editor == "finetune" else editor), fns[editor], dataclasses.asdict(cfg)
+    spec = layer_editor(editor)
+    cfg = spec.check_config(config)
+
+    def at_layer(model: Bridge, request: EditRequest, layer: int) -> Edit:  # the probe's layer policy: exactly l
+        return spec.run(model, [request], layers=[layer], config=cfg, progress=False, verbose=False)
+
+    return spec.name, at_layer, config_dict(cfg)
+
+
+# --------------------------------------------------------------------------- the two stages
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Traces:
+    """Stage 1's output: each fact's MLP tracing effect at the probed layers.
+
+    Attributes:
+        effect: ``[fact, layer]`` TE (NaN rows: facts whose corruption did no damage).
+        p_clean, p_corrupted: ``[fact]`` p(target_true) of the clean and the corrupted run.
+        no_damage: subjects of the facts with ``p_clean <= p_corrupted``.
+    """
+
+    effect: Float[Tensor, "fact layer"]
+    p_clean: Float[Tensor, "fact"]
+    p_corrupted: Float[Tensor, "fact"]
+    no_damage: tuple[str, ...]
+
+
+def _traces(model: Bridge, reqs: Sequence[EditRequest], Ls: Sequence[int], *, window: int, samples: int, seed: int,
+            progress: bool) -> _Traces:
+    """Stage 1: one MLP trace per fact (`factscope.locate.trace`), its TE read at ``Ls``; warns on no-damage facts."""
+    from factscope.locate.tracing import trace
+    from tqdm.auto import tqdm
+
+    n_f = len(reqs)
+    te = torch.full((n_f, len(Ls)), math.nan, dtype=torch.float64)  # [fact, layer]
+    p_clean = torch.zeros(n_f, dtype=torch.float64)  # [fact]
+    p_corr = torch.zeros(n_f, dtype=torch.float64)  # [fact]
+    for i, r in enumerate(tqdm(reqs, desc="MLP traces", disable=not progress)):
+        tr = trace(model, r, kind="mlp", window=window, samples=samples, seed=seed)
+        p_clean[i], p_corr[i] = tr.clean, tr.corrupted
+        te[i] = tracing_effect(tr.scores["mlp"], tr.clean, tr.corrupted)[list(Ls)]
+    no_damage = tuple(r.subject for i, r in enumerate(reqs) if not p_clean[i] > p_corr[i])
+    if no_damage:
+        warnings.warn(f"{len(no_damage)} of {n_f} facts have p_clean <= p_corrupted (the corruption did no damage), "
+                      f"so no tracing effect; they are left out of the regressions: {list(no_damage)}", stacklevel=3)
+    return _Traces(effect=te, p_clean=p_clean, p_corrupted=p_corr, no_damage=no_damage)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Rewrites:
+    """Stage 2's output: p(target_new) before and with each (fact, layer) edit, and the rewrite score.
+
+    Attributes:
+        p_before, p_after: ``[fact, layer]`` p before (equal along a row) and with the edit applied.
+        score: ``[fact, layer]`` RS = (p* − p) / (1 − p).
+    """
+
+    p_before: Float[Tensor, "fact layer"]
+    p_after: Float[Tensor, "fact layer"]
+    score: Float[Tensor, "fact layer"]
+
+
+def _edits(model: Bridge, reqs: Sequence[EditRequest], Ls: Sequence[int], fn: EditFn, *, label: str,
+           progress: bool) -> _Rewrites:
+    """Stage 2: edit each fact at each layer, score p(target_new) with the edit applied, and revert it."""
+    from tqdm.auto import tqdm
+
+    n_f, n_l = len(reqs), len(Ls)
+    p0 = torch.tensor([_p_target(model, r.text, r.target_new) for r in reqs], dtype=torch.float64)  # [fact]
+    p1 = torch.full((n_f, n_l), math.nan, dtype=torch.float64)  # [fact, layer]
+    with tqdm(total=n_f * n_l, desc=label, disable=not progress) as bar:
+        for i, r in enumerate(reqs):
+            for j, l in enumerate(Ls):
+                e = fn(model, r, l)
+                if not isinstance(e, Edit):
+                    raise TypeError(f"expected the editor to return an Edit, got {type(e).__name__} (fact {i}, "
+                                    f"layer {l})")
+                with e.applied(model):
+                    p1[i, j] = _p_target(model, r.text, r.target_new)
+                bar.update(1)
+                bar.set_postfix(fact=i, layer=l)
+    rs = torch.tensor([[rewrite_score(float(p0[i]), float(p1[i, j])) for j in range(n_l)] for i in range(n_f)],
+                      dtype=torch.float64)
+    return _Rewrites(p_before=p0[:, None].expand(n_f, n_l).clone(), p_after=p1, score=rs)
 
 
 # --------------------------------------------------------------------------- the probe
@@ -349,7 +451,7 @@ def localization_vs_editing(
     *,
     layers: Sequence[int] | None = None,
     editor: str = "rome",
-    config: Any = None,
+    config: EditorConfig | None = None,
     edit_fn: EditFn | None = None,
     window: int = 5,
     samples: int = 10,
@@ -365,8 +467,9 @@ def localization_vs_editing(
             `factscope.builtin_facts`. A fact the model does not answer top-1 is traced anyway
             (`trace` warns).
         layers: the layers to edit (and read the tracing effect at); ``None``: every layer.
-        editor: ``"rome"``, ``"memit"`` (that one layer) or ``"finetune"`` / ``"ft-l"``.
-        config: the editor's config (`ROMEConfig`, `MEMITConfig`, `FTConfig`); ``None``: its default.
+        editor: a registry editor that edits a given layer (`layer_editors`: ``"rome"``, ``"memit"`` and
+            ``"alphaedit"`` at that one layer, ``"ft-l"`` alias ``"finetune"``); KN chooses its own layers.
+        config: the editor's config (``registry.editor(editor).config_class``); ``None``: its default.
         edit_fn: instead of ``editor``, any ``fn(model, request, layer) -> Edit``.
         window: MLP layers restored together in the trace (Hase's 5).
         samples: noise samples per trace (10). seed: seeds the tracing noise (editors use their
@@ -382,16 +485,10 @@ def localization_vs_editing(
             bad layers, an unknown editor, a config of the wrong type, bad window/samples/seed, all
             before any tracing or editing; an ``edit_fn`` that does not return an `Edit`.
 
-    Cost: one MLP trace per fact (window 5, 10 samples: ~5-15 s on Gemma 3 270M, 2 CPU cores) plus
-    ``facts × layers`` edits (ROME: 10-30 s each; FT-L about as much, MEMIT at one layer a little
-    more) and C per layer (cached on disk; minutes the first time). Measured: 8 facts × 6 layers
-    with ROME took 31 min, ~40 s per (fact, layer) cell. Memory: one editor's working set plus one
-    saved ``W_out`` while an edit is applied.
+    Cost: one MLP trace per fact plus ``facts × layers`` edits (FT-L about as much as ROME, MEMIT at
+    one layer a little more) and C per layer (cached on disk; slow only the first time). Memory: one
+    editor's working set plus one saved ``W_out`` while an edit is applied. Measured: docs/guide.md.
     """
-    from factscope.edit.handle import Edit
-    from factscope.locate.tracing import trace
-    from tqdm.auto import tqdm
-
     from factscope.models import fingerprint
 
     reqs = _check_facts(model, facts)
@@ -406,37 +503,11 @@ def localization_vs_editing(
         print(f"localization_vs_editing: {n_f} MLP traces (window {window}, {samples} samples) and "
               f"{n_f} facts × {n_l} layers = {n_f * n_l} {name} edits")
 
-    te = torch.full((n_f, n_l), math.nan, dtype=torch.float64)
-    p_clean = torch.zeros(n_f, dtype=torch.float64)
-    p_corr = torch.zeros(n_f, dtype=torch.float64)
-    for i, r in enumerate(tqdm(reqs, desc="MLP traces", disable=not progress)):
-        tr = trace(model, r, kind="mlp", window=window, samples=samples, seed=seed)
-        p_clean[i], p_corr[i] = tr.clean, tr.corrupted
-        te[i] = tracing_effect(tr.scores["mlp"], tr.clean, tr.corrupted)[list(Ls)]
-    no_damage = [r.subject for i, r in enumerate(reqs) if not p_clean[i] > p_corr[i]]
-    if no_damage:
-        warnings.warn(f"{len(no_damage)} of {n_f} facts have p_clean <= p_corrupted (the corruption did no damage), "
-                      f"so no tracing effect; they are left out of the regressions: {no_damage}", stacklevel=2)
-
-    p0 = torch.tensor([_p_target(model, r.text, r.target_new) for r in reqs], dtype=torch.float64)
-    p1 = torch.full((n_f, n_l), math.nan, dtype=torch.float64)
-    bar = tqdm(total=n_f * n_l, desc=f"{name} edits", disable=not progress)
-    for i, r in enumerate(reqs):
-        for j, l in enumerate(Ls):
-            e = fn(model, r, l)
-            if not isinstance(e, Edit):
-                raise TypeError(f"expected the editor to return an Edit, got {type(e).__name__} (fact {i}, layer {l})")
-            with e.applied(model):
-                p1[i, j] = _p_target(model, r.text, r.target_new)
-            bar.update(1)
-            bar.set_postfix(fact=i, layer=l)
-    bar.close()
-    p_before = p0[:, None].expand(n_f, n_l).clone()
-    rs = torch.tensor([[rewrite_score(float(p0[i]), float(p1[i, j])) for j in range(n_l)] for i in range(n_f)],
-                      dtype=torch.float64)
-    fits, tests, used = hase_regressions(te.numpy(), rs.numpy())
+    tr = _traces(model, reqs, Ls, window=window, samples=samples, seed=seed, progress=progress)
+    ed = _edits(model, reqs, Ls, fn, label=f"{name} edits", progress=progress)
+    fits, tests, used = hase_regressions(tr.effect.numpy(), ed.score.numpy())
     settings = dict(editor=name, config=cfg, window=window, samples=samples, seed=seed, model=fp,
-                    no_damage=no_damage)
-    return LocalizationResult(facts=reqs, layers=Ls, tracing=te, edit_score=rs, p_before=p_before, p_after=p1,
-                              p_clean=p_clean, p_corrupted=p_corr, fits=fits, f_tests=tests, n_facts_used=used,
-                              settings=settings)
+                    no_damage=list(tr.no_damage))
+    return LocalizationResult(facts=reqs, layers=Ls, tracing=tr.effect, edit_score=ed.score, p_before=ed.p_before,
+                              p_after=ed.p_after, p_clean=tr.p_clean, p_corrupted=tr.p_corrupted, fits=fits,
+                              f_tests=tests, n_facts_used=used, settings=settings)

@@ -2,9 +2,9 @@
 
 What
 ----
-``spillover(model, request)`` edits one fact (ROME by default; MEMIT, KN or FT-L to compare
-editors, or a precomputed `factscope.edit.Edit`) and measures how much every prompt of a *bank*
-moved. The bank has categories of `Fact` s (prompt template, subject, answer):
+``spillover(model, request)`` edits one fact (ROME by default; any editor of
+`factscope.edit.registry` to compare: MEMIT, AlphaEdit, KN, FT-L; or a precomputed
+`factscope.edit.Edit`) and measures how much every prompt of a *bank* moved. The bank has categories of `Fact` s (prompt template, subject, answer):
 
 ==================  ======================================================================  =========
 category            default content (``bank=None``)                                          expected
@@ -57,12 +57,11 @@ the stay categories moved, each mean with its CI.
 
 Cost
 ----
-One edit (the editor's own cost: ROME on Gemma 3 270M ~20–40 s on 2 CPU threads), plus
-``2 × (target_logprob + next_token_logits)`` batched passes over the bank (memory ``2 × probe ×
-d_vocab`` float32 logits: ~60 MB for 30 probes on Gemma), one key pass stopped after the similarity
-layer, an ``eigh`` of C (d_mlp³: seconds for Gemma's 2048), C itself (cached on disk; the first
-computation for a layer takes minutes), and ``n_boot`` slope fits per group, effect and similarity
-(milliseconds each group).
+One edit (the editor's own cost), plus ``2 × (target_logprob + next_token_logits)`` batched passes
+over the bank (memory ``2 × probe × d_vocab`` float32 logits), one key pass stopped after the
+similarity layer, an ``eigh`` of C (O(d_mlp³)), C itself (cached on disk; the first computation for
+a layer is the slow part), and ``n_boot`` slope fits per group, effect and similarity (O(n_boot ×
+probe) each). Measured times: docs/guide.md, "Measured costs of the probes".
 
 Dimension names: ``probe`` bank prompts, ``d_mlp`` keys, ``d_vocab`` vocabulary, ``boot`` bootstrap
 replicates.
@@ -70,8 +69,6 @@ replicates.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import math
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -80,26 +77,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from factscope.edit import finetune, kn, memit, rome
-from factscope.edit.finetune import FTConfig
 from factscope.edit import registry
 from factscope.edit.handle import Edit
-from factscope.edit.kn import KNConfig
-from factscope.edit.memit import MEMITConfig
-from factscope.edit.rome import ROMEConfig
-from factscope.probes.stats import LEVEL, bootstrap, mean_ci, percentile_ci, slope
-from jaxtyping import Float
+from factscope.edit.registry import EditorConfig, EditorSpec
+from factscope.probes.stats import LEVEL, bootstrap, format_ci, mean_ci, percentile_ci, slope
+from jaxtyping import Float, Int
 from torch import Tensor
 
-from factscope.arch import arch_of
-from factscope.checks import check_int
-from factscope.datasets import builtin_facts, builtin_groups
-from factscope.facts import EditRequest, Fact
-from factscope.predict import next_token_logits, target_logprob
-from factscope.tokens import encode, pad_left, str_tokens, subject_span
-from factscope.bridge import Bridge
 from factscope.arch import context_of
 from factscope.result_files import ResultContents, Saveable, fact_from_json, fact_to_json, nest, unnest
+from factscope.bridge import Bridge
+from factscope.checks import check_int
+from factscope.datasets import FactGroup, builtin_facts, builtin_groups
+from factscope.facts import EditRequest, Fact
+from factscope.predict import kl_from_logits, next_token_logits, target_logprob
+from factscope.tokens import encode, pad_left, str_tokens, subject_span
 
 __all__ = [
     "spillover",
@@ -114,7 +106,6 @@ __all__ = [
     "fit_slope",
     "EXPECTED",
     "CATEGORIES",
-    "EDITORS",
     "EFFECTS",
     "SIMILARITIES",
     "POOLED",
@@ -124,15 +115,12 @@ __all__ = [
 CATEGORIES: tuple[str, ...] = ("paraphrase", "same_subject", "related", "same_relation", "unrelated")
 EXPECTED: Mapping[str, str] = {"paraphrase": "move"}  # every other category: "stay"
 """Bank categories expected to move with the edit (``"paraphrase"``); every other one should stay."""
-EDITORS: tuple[str, ...] = ("rome", "memit", "kn", "finetune", "ft-l")
 EFFECTS: Mapping[str, str] = {"abs_delta_logp": "|Δ log p(answer)|", "kl": "KL(p_after ‖ p_before) (nats)"}
 SIMILARITIES: Mapping[str, str] = {"cos_white": "whitened key cosine  cos(C^-1/2 k, C^-1/2 k_e)",
                                    "cos_raw": "raw key cosine  cos(k, k_e)"}
 POOLED = "stay (pooled)"
 EIG_FLOOR = 1e-10
 MIN_FIT = 3  # probes a group needs for a slope
-
-_CONFIGS = {"rome": ROMEConfig, "memit": MEMITConfig, "finetune": FTConfig}
 
 
 def expected_of(category: str) -> str:
@@ -394,10 +382,10 @@ class SpilloverResult(Saveable):
                 "slope vs cos_white [CI]", "slope vs cos_raw [CI]"]
         body = []
         for g, row in df.iterrows():
-            body.append([g, str(int(row.n)), row.expected, _ci(row["mean"], row.mean_lo, row.mean_hi),
+            body.append([g, str(int(row.n)), row.expected, format_ci(row["mean"], row.mean_lo, row.mean_hi),
                          f"{row.mean_kl:.3g}", f"{row.flip_rate:.2f}",
-                         _ci(row.slope_white, row.slope_white_lo, row.slope_white_hi),
-                         _ci(row.slope_raw, row.slope_raw_lo, row.slope_raw_hi)])
+                         format_ci(row.slope_white, row.slope_white_lo, row.slope_white_hi),
+                         format_ci(row.slope_raw, row.slope_raw_lo, row.slope_raw_hi)])
         widths = [max(len(x) for x in col) for col in zip(["category", *cols], *body)]
         line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
         out = [head, line(["category", *cols]), line(["-" * w for w in widths]), *map(line, body), ""]
@@ -410,12 +398,6 @@ class SpilloverResult(Saveable):
 
 def _short(effect: str) -> str:
     return {"abs_delta_logp": "|Δlog p|", "kl": "KL"}[effect]
-
-
-def _ci(m: float, lo: float, hi: float) -> str:
-    if not math.isfinite(m):
-        return "–"
-    return f"{m:.3g} [{lo:.3g}, {hi:.3g}]"
 
 
 def _check_effect(effect: str) -> None:
@@ -434,7 +416,7 @@ def _members(probes: Sequence[SpilloverProbe], group: str | None) -> list[Spillo
 # --------------------------------------------------------------------------- the bank
 
 
-def _matching_group(request: EditRequest) -> Any:
+def _matching_group(request: EditRequest) -> FactGroup | None:
     return next((g for g in builtin_groups()
                  if g.edit.subject == request.subject and g.edit.prompt == request.prompt), None)
 
@@ -544,6 +526,57 @@ def _check_bank(model: Bridge, bank: Any, *, strict: bool, notes: list[str]) -> 
     return out
 
 
+# --------------------------------------------------------------------------- stage 1: the bank
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Bank:
+    """The bank stage's output: the checked probes in bank order, and what the bank lacks.
+
+    Attributes:
+        probes: ``[probe]`` ``(category, fact)`` pairs, every subject a whole run of its prompt's tokens.
+        notes: what was left out or is missing, and why (default bank only).
+        given: whether the bank was passed in (checked strictly) rather than `default_bank`.
+        empty: bank categories left without a probe.
+        group: the matching built-in group's name (default bank), or ``None``.
+    """
+
+    probes: tuple[tuple[str, Fact], ...]
+    notes: tuple[str, ...]
+    given: bool
+    empty: tuple[str, ...]
+    group: str | None
+
+    @property
+    def facts(self) -> list[Fact]:
+        """``[probe]`` the facts, in bank order."""
+        return [f for _, f in self.probes]
+
+    @property
+    def categories(self) -> list[str]:
+        """The categories with at least one probe, in bank order."""
+        return list(dict.fromkeys(c for c, _ in self.probes))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Probes per category (those with at least one), in bank order."""
+        return {c: sum(cat == c for cat, _ in self.probes) for c in self.categories}
+
+
+def _bank(model: Bridge, request: EditRequest, bank: Mapping[str, Sequence[Fact]] | None, *, n_unrelated: int,
+          seed: int) -> _Bank:
+    """Stage 1: the given bank checked strictly, or `default_bank` with unusable or repeated probes dropped."""
+    notes: list[str] = []
+    given = bank is not None
+    if bank is None:
+        bank, notes = default_bank(request, n_unrelated=n_unrelated, seed=seed)
+    probes = _check_bank(model, bank, strict=given, notes=notes)
+    group = None if given else _matching_group(request)
+    return _Bank(probes=tuple(probes), notes=tuple(notes), given=given,
+                 empty=tuple(c for c in bank if not any(cat == c for cat, _ in probes)),
+                 group=group.name if group else None)
+
+
 # --------------------------------------------------------------------------- keys and similarity
 
 
@@ -554,9 +587,8 @@ def subject_keys(model: Bridge, facts: Sequence[Fact], layer: int, *, batch_size
 
     Left-padded batches stopped after ``layer``; each row's subject position is shifted by its padding.
     """
-    a = arch_of(model)
-    hook = a.hook("mlp_key", layer)
-    dev = context_of(model).device
+    ctx = context_of(model)
+    hook, dev = ctx.arch.hook("mlp_key", layer), ctx.device
     out = []
     for i in range(0, len(facts), batch_size):
         chunk = facts[i:i + batch_size]
@@ -589,8 +621,8 @@ def inverse_sqrt(C: Float[Tensor, "d_mlp d_mlp"], *, floor: float = EIG_FLOOR) -
     return (Q * evals.rsqrt()) @ Q.T
 
 
-def key_similarity(K: Float[Tensor, "probe d_mlp"], k_e: Float[Tensor, d_mlp], W: Float[Tensor, "d_mlp d_mlp"]
-                   ) -> tuple[Float[Tensor, probe], Float[Tensor, probe], Float[Tensor, probe]]:
+def key_similarity(K: Float[Tensor, "probe d_mlp"], k_e: Float[Tensor, "d_mlp"], W: Float[Tensor, "d_mlp d_mlp"]
+                   ) -> tuple[Float[Tensor, "probe"], Float[Tensor, "probe"], Float[Tensor, "probe"]]:
     """``(cos_raw, cos_white, whitened_dot_ratio)`` of each key to k_e, with W = C^{-1/2}.
 
     The ratio is ``(Wk)·(Wk_e) / ‖Wk_e‖²`` = kᵀC⁻¹k_e / k_eᵀC⁻¹k_e. A zero key gives NaN cosines.
@@ -605,17 +637,6 @@ def key_similarity(K: Float[Tensor, "probe d_mlp"], k_e: Float[Tensor, d_mlp], W
 
 
 # --------------------------------------------------------------------------- editors and layers
-
-
-def _check_editor(editor: Any) -> str:
-    name = registry.editor(editor).name
-    if name not in EDITORS:
-        raise ValueError(f"expected editor to be one of {list(EDITORS)}, got {editor!r}")
-    return "finetune" if name == "ft-l" else name
-
-
-def _check_config(name: str, config: Any) -> Any:
-    return None if config is None else registry.editor(name).check_config(config)
 
 
 def _kn_layer_counts(edit: Edit) -> dict[int, int]:
@@ -646,42 +667,44 @@ def similarity_layer(edit: Edit, layer: int | None = None) -> tuple[int, str]:
     return max(edit.layers), f"the highest of the edited layers {list(edit.layers)}"
 
 
-def _make_edit(model: Bridge, request: EditRequest, name: str, layer: int | None, config: Any, C: Tensor | None,
-               progress: bool, verbose: bool) -> Edit:
-    """Run the chosen editor (its own progress bars and printed line)."""
-    if name == "rome":
-        kw = {} if config is None else {"config": config}
-        return rome(model, request, layer=layer, C=C, progress=progress, verbose=verbose, **kw)
-    if name == "memit":
-        cfg = config or MEMITConfig()
-        layers = None if layer is None else list(range(max(0, layer - cfg.n_layers + 1), layer + 1))
-        return memit(model, [request], layers=layers, config=cfg, progress=progress, verbose=verbose)
-    if name == "kn":
-        return kn(model, request, config=config or KNConfig(), progress=progress, verbose=verbose)
+def _edit_layers(model: Bridge, spec: EditorSpec, layer: int | None, config: EditorConfig | None,
+                 progress: bool) -> list[int] | None:
+    """Spillover's layer policy, by the editor's layer rule (``None``: the editor's own choice).
+
+    ``"one"``: ``[layer]`` (default: the recommended layer). ``"many"``: the ``config.n_layers``
+    consecutive layers ending at ``layer``, clipped at 0 (MEMIT's range). ``"none"``: its own (KN).
+    """
+    if spec.layers == "none":
+        return None
+    if spec.layers == "many":
+        n = spec.check_config(config).n_layers
+        return None if layer is None else list(range(max(0, layer - n + 1), layer + 1))
     if layer is None:
         from factscope.locate.profile import recommended_layer
 
         layer = recommended_layer(model, progress=progress).layer
-    kw = {} if config is None else {"config": config}
-    return finetune(model, [request], layer=layer, progress=progress, verbose=verbose, **kw)
+    return [layer]
 
 
-def _check_given_edit(model: Bridge, edit: Any, request: EditRequest, config: Any) -> None:
+def _make_edit(model: Bridge, request: EditRequest, spec: EditorSpec, layer: int | None, config: EditorConfig | None,
+               C: Tensor | None, progress: bool, verbose: bool) -> Edit:
+    """Run the chosen editor through the registry (its own progress bars and printed line).
+
+    A given C is passed to one-layer editors (it is E[kkᵀ] at their layer; FT-L ignores it).
+    """
+    layers = _edit_layers(model, spec, layer, config, progress)
+    stats = {layers[0]: C} if C is not None and spec.layers == "one" else None
+    return spec.run(model, [request], layers=layers, config=config, C=stats, progress=progress, verbose=verbose)
+
+
+def _check_given_edit(model: Bridge, edit: object, request: EditRequest, config: object) -> None:
     import warnings
-
-    from factscope.models import fingerprint
 
     if not isinstance(edit, Edit):
         raise TypeError(f"expected edit to be a factscope.edit.Edit, got {type(edit).__name__}")
     if config is not None:
         raise ValueError("got both edit= and config=: config only applies when spillover computes the edit")
-    if edit.is_applied(model):
-        raise ValueError("expected the edit not to be applied yet (spillover applies and reverts it itself); "
-                         "revert it first")
-    fp = fingerprint(model)
-    if fp != edit.fingerprint:
-        raise ValueError(f"expected the model the edit was computed on (fingerprint {edit.fingerprint}), got a "
-                         f"model with fingerprint {fp}")
+    edit.check_applicable(model)  # spillover applies and reverts it itself
     if edit.requests and request not in edit.requests:
         done = [f"{r.text!r} → {r.target_new!r}" for r in edit.requests]
         warnings.warn(f"the given edit implements {done}, not this request ({request.text!r} → "
@@ -689,30 +712,217 @@ def _check_given_edit(model: Bridge, edit: Any, request: EditRequest, config: An
                       stacklevel=3)
 
 
-# --------------------------------------------------------------------------- measurement
+# --------------------------------------------------------------------------- stage 0: the plan
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Plan:
+    """What `spillover` measures, every argument but the bank checked: a given edit, or an editor to run.
+
+    Attributes:
+        spec: the editor (the registry's entry; with a given edit only checked).
+        edit: the given `Edit`, or ``None`` (the measure stage computes one).
+        layer: the checked ``layer`` argument (the edited layer, or with ``edit`` the similarity layer).
+        config: the checked editor config (``None``: its defaults).
+        C: the given key statistics ``[d_mlp, d_mlp]``, or ``None`` (loaded at the similarity layer).
+    """
+
+    spec: EditorSpec
+    edit: Edit | None
+    layer: int | None
+    config: EditorConfig | None
+    C: Float[Tensor, "d_mlp d_mlp"] | None
+
+
+def _plan(model: Bridge, request: object, *, editor: str, layer: int | None, edit: object, config: object,
+          C: object) -> _Plan:
+    """Check the request, editor, layer, edit or config and C, before any work (`spillover`'s ``Raises``)."""
+    if not isinstance(request, EditRequest):
+        raise TypeError(f"expected request to be an EditRequest, got {type(request).__name__}")
+    a = context_of(model).arch
+    spec = registry.editor(editor)
+    subject_span(model, Fact(request.prompt, request.subject))  # raises if the subject is not a token run
+    if layer is not None:
+        layer = a.check_layer(layer)
+    if edit is not None:
+        _check_given_edit(model, edit, request, config)
+        if layer is not None:
+            similarity_layer(edit, layer)
+    else:
+        config = None if config is None else spec.check_config(config)
+        if spec.layers == "none" and layer is not None:
+            raise ValueError(f"expected layer=None for the {spec.name} editor: it locates its neurons itself (the "
+                             f"similarity layer is then the one holding most of them), got layer={layer}")
+    if C is not None and (not isinstance(C, Tensor) or tuple(C.shape) != (a.d_mlp, a.d_mlp)):
+        raise ValueError(f"expected C of shape ({a.d_mlp}, {a.d_mlp}) (d_mlp × d_mlp), got "
+                         f"{tuple(C.shape) if isinstance(C, Tensor) else type(C).__name__}")
+    return _Plan(spec=spec, edit=edit, layer=layer, config=config, C=C)
+
+
+# --------------------------------------------------------------------------- stage 2: measure
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Scores:
+    """Every probe on the model as it is (before, or with the edit applied).
+
+    Attributes:
+        logp: ``[probe]`` mean per-token log p(" " + answer), float64.
+        logits: ``[probe, d_vocab]`` next-token logits after the prompt.
+    """
+
+    logp: Float[Tensor, "probe"]
+    logits: Float[Tensor, "probe d_vocab"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Shift:
+    """How far each probe moved: log p(answer) before and after, KL(p_after ‖ p_before), top-1 ids.
+
+    Attributes:
+        lp0, lp1: ``[probe]`` log p(answer) before and with the edit (float64).
+        kl: ``[probe]`` KL(p_after ‖ p_before) of the next token (nats, float64).
+        top0, top1: ``[probe]`` argmax token ids before and with the edit.
+    """
+
+    lp0: Float[Tensor, "probe"]
+    lp1: Float[Tensor, "probe"]
+    kl: Float[Tensor, "probe"]
+    top0: Int[Tensor, "probe"]
+    top1: Int[Tensor, "probe"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Similarity:
+    """Each probe's key against the edited key k_e at the similarity layer (`key_similarity`).
+
+    Attributes:
+        cos_raw, cos_white, ratio: ``[probe]`` cos(k, k_e), cos(Wk, Wk_e), kᵀC⁻¹k_e / k_eᵀC⁻¹k_e.
+    """
+
+    cos_raw: Float[Tensor, "probe"]
+    cos_white: Float[Tensor, "probe"]
+    ratio: Float[Tensor, "probe"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Measured:
+    """The measure stage's output: the edit, where keys were compared, and every probe's row.
+
+    Attributes:
+        edit: the `Edit` measured. layer, layer_reason: the similarity layer and why (`similarity_layer`).
+        C_source: where C came from (``"given"`` or the `covariance` call).
+        probes: one `SpilloverProbe` per bank probe, in bank order.
+    """
+
+    edit: Edit
+    layer: int
+    layer_reason: str
+    C_source: str
+    probes: tuple[SpilloverProbe, ...]
+
+
+def _the_edit(model: Bridge, request: EditRequest, plan: _Plan, progress: bool, verbose: bool
+              ) -> tuple[Edit, int, str]:
+    """The edit (given, or computed by the planned editor), its similarity layer and why."""
+    if plan.edit is not None:
+        return (plan.edit, *similarity_layer(plan.edit, plan.layer))
+    edit = _make_edit(model, request, plan.spec, plan.layer, plan.config, plan.C, progress, verbose)
+    return (edit, *similarity_layer(edit))
+
+
+def _whitening(model: Bridge, L: int, plan: _Plan, progress: bool) -> tuple[Float[Tensor, "d_mlp d_mlp"], str]:
+    """W = C^{-1/2} at layer L (C given, or `covariance` with the config's corpus and n_tokens), and C's source."""
+    if plan.C is not None:
+        return inverse_sqrt(plan.C), "given"
+    from factscope.edit.covariance import covariance
+
+    kw = {k: getattr(plan.config, k) for k in ("corpus",) if hasattr(plan.config, k)}
+    if getattr(plan.config, "n_tokens", None) is not None:
+        kw["n_tokens"] = plan.config.n_tokens
+    C = covariance(model, L, progress=progress, **kw)  # [d_mlp, d_mlp]
+    source = f"factscope.edit.covariance(layer={L}" + "".join(f", {k}={v!r}" for k, v in kw.items()) + ")"
+    return inverse_sqrt(C), source
+
+
+def _similarity(model: Bridge, request: EditRequest, facts: Sequence[Fact], L: int, W: Float[Tensor, "d_mlp d_mlp"],
+                batch_size: int) -> _Similarity:
+    """Each fact's key at layer L against the request's own key k_e (row 0 of one key pass)."""
+    keys = subject_keys(model, [Fact(request.prompt, request.subject), *facts], L, batch_size=batch_size)
+    cos_raw, cos_white, ratio = key_similarity(keys[1:], keys[0], W)  # [probe] each
+    return _Similarity(cos_raw=cos_raw, cos_white=cos_white, ratio=ratio)
 
 
 @torch.no_grad()
-def _shift(model: Bridge, edit: Edit, prompts: list[str], answers: list[str], batch_size: int, bar: Any) -> dict[str, Any]:
-    """log p(answer) before/after ``[probe]``, KL(p_after ‖ p_before) ``[probe]``, top-1 ids before/after."""
-    lp0 = target_logprob(model, prompts, answers, batch_size=batch_size)  # [probe]
-    z0 = next_token_logits(model, prompts, batch_size=batch_size)  # [probe, d_vocab]
-    bar.update()
-    with edit.applied(model):
-        lp1 = target_logprob(model, prompts, answers, batch_size=batch_size)
-        z1 = next_token_logits(model, prompts, batch_size=batch_size)
-    bar.update()
-    kl = torch.cat([_kl(z1[i:i + 64], z0[i:i + 64]) for i in range(0, len(prompts), 64)])  # [probe]
-    return dict(lp0=lp0.double(), lp1=lp1.double(), kl=kl, top0=z0.argmax(-1), top1=z1.argmax(-1))
+def _scores(model: Bridge, facts: Sequence[Fact], batch_size: int) -> _Scores:
+    """log p(answer) ``[probe]`` (teacher-forced) and the next-token logits ``[probe, d_vocab]``, as the model is."""
+    prompts = [f.text for f in facts]
+    logp = target_logprob(model, prompts, [f.target for f in facts], batch_size=batch_size)  # [probe]
+    return _Scores(logp=logp.double(), logits=next_token_logits(model, prompts, batch_size=batch_size))
 
 
-def _kl(z_p: Float[Tensor, "probe d_vocab"], z_q: Float[Tensor, "probe d_vocab"]) -> Float[Tensor, "probe"]:
-    """KL(p ‖ q) in nats from logits, in float64 (clamped at 0 against rounding)."""
-    lp, lq = z_p.double().log_softmax(-1), z_q.double().log_softmax(-1)
-    return (lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0)
+def _shift(before: _Scores, after: _Scores) -> _Shift:
+    """Δ of each probe: log p before/after, KL(p_after ‖ p_before) (in chunks of 64 probes), top-1 before/after."""
+    z0, z1 = before.logits, after.logits  # [probe, d_vocab]
+    kl = torch.cat([kl_from_logits(z1[i:i + 64], z0[i:i + 64]) for i in range(0, len(z0), 64)])  # [probe]
+    return _Shift(lp0=before.logp, lp1=after.logp, kl=kl, top0=z0.argmax(-1), top1=z1.argmax(-1))
 
 
-def _fits(probes: Sequence[SpilloverProbe], categories: Sequence[str], n_boot: int, seed: int) -> tuple[SpilloverFit, ...]:
+def _rows(model: Bridge, bank: _Bank, sim: _Similarity, s: _Shift) -> tuple[SpilloverProbe, ...]:
+    """One `SpilloverProbe` per bank probe, from its shift and key similarity."""
+    tok0, tok1 = str_tokens(model, s.top0), str_tokens(model, s.top1)
+    return tuple(
+        SpilloverProbe(category=c, expected=expected_of(c), prompt=f.text, subject=f.subject, answer=f.target,
+                       logp_before=float(s.lp0[i]), logp_after=float(s.lp1[i]), delta_logp=float(s.lp1[i] - s.lp0[i]),
+                       kl=float(s.kl[i]), top1_before=tok0[i], top1_after=tok1[i], flipped=bool(s.top0[i] != s.top1[i]),
+                       cos_raw=float(sim.cos_raw[i]), cos_white=float(sim.cos_white[i]),
+                       whitened_dot_ratio=float(sim.ratio[i]))
+        for i, (c, f) in enumerate(bank.probes))
+
+
+def _measure(model: Bridge, request: EditRequest, bank: _Bank, plan: _Plan, *, batch_size: int, progress: bool,
+             verbose: bool) -> _Measured:
+    """Stage 2: the edit, C^{-1/2} and the keys at the similarity layer, every probe before and with the edit."""
+    from tqdm.auto import tqdm
+
+    edit, L, why = _the_edit(model, request, plan, progress, verbose)
+    if verbose:
+        counts = ", ".join(f"{c} {n}" for c, n in bank.counts.items())
+        print(f"spillover: {edit.method} edit of {request.subject!r} ({request.target_true!r} → "
+              f"{request.target_new!r}); keys compared at layer {L} ({why}); {len(bank.facts)} probes ({counts})")
+    with tqdm(total=4, desc="spillover", disable=not progress) as bar:
+        W, C_source = _whitening(model, L, plan, progress)
+        bar.update()
+        sim = _similarity(model, request, bank.facts, L, W, batch_size)
+        bar.update()
+        before = _scores(model, bank.facts, batch_size)
+        bar.update()
+        with edit.applied(model):
+            after = _scores(model, bank.facts, batch_size)
+        bar.update()
+    return _Measured(edit=edit, layer=L, layer_reason=why, C_source=C_source,
+                     probes=_rows(model, bank, sim, _shift(before, after)))
+
+
+# --------------------------------------------------------------------------- stage 3: fit
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Fitted:
+    """The fit stage's output: every slope with its CI, and the verdict in words."""
+
+    fits: tuple[SpilloverFit, ...]
+    verdict: str
+
+
+def _fit(probes: Sequence[SpilloverProbe], bank: _Bank, *, n_boot: int, seed: int) -> _Fitted:
+    """Stage 3: the slopes of each effect on each similarity per group (bootstrap CIs), and the verdict."""
+    fits = _fits(probes, bank.categories, n_boot, seed)
+    return _Fitted(fits=fits, verdict=_verdict(probes, fits, bank.notes, n_boot, seed))
+
+
+def _fits(probes: Sequence[SpilloverProbe], categories: Sequence[str], n_boot: int, seed: int
+          ) -> tuple[SpilloverFit, ...]:
     out = []
     for g in (*categories, POOLED):
         ps = _members(probes, g)
@@ -733,7 +943,7 @@ def _verdict(probes: Sequence[SpilloverProbe], fits: Sequence[SpilloverFit], not
 
     def mean_text(ps: list[SpilloverProbe]) -> str:
         m, lo, hi = mean_ci(np.array([p.abs_delta_logp for p in ps]), n_boot=n_boot, seed=seed)
-        return f"{_ci(m, lo, hi)} (n={len(ps)})"
+        return f"{format_ci(m, lo, hi)} (n={len(ps)})"
 
     para = [p for p in probes if p.category == "paraphrase"]
     if para:
@@ -750,7 +960,7 @@ def _verdict(probes: Sequence[SpilloverProbe], fits: Sequence[SpilloverFit], not
         parts.append(f"Too few stay probes with spread in whitened similarity for a trend (need {MIN_FIT}, got "
                      f"{len(stay)}).")
     else:
-        fit_text = f"slope {f.slope:.3g} [{f.lo:.3g}, {f.hi:.3g}] over {f.n} probes"
+        fit_text = f"slope {format_ci(f.slope, f.lo, f.hi)} over {f.n} probes"
         if f.lo > 0:
             parts.append(f"Spillover rises with whitened key similarity: {fit_text}; this refutes locality for "
                          f"this edit.")
@@ -774,7 +984,7 @@ def spillover(
     bank: Mapping[str, Sequence[Fact]] | None = None,
     layer: int | None = None,
     edit: Edit | None = None,
-    config: Any = None,
+    config: EditorConfig | None = None,
     C: Float[Tensor, "d_mlp d_mlp"] | None = None,
     n_unrelated: int = 8,
     seed: int = 0,
@@ -785,24 +995,28 @@ def spillover(
 ) -> SpilloverResult:
     """Edit one fact and measure how far every bank probe moved, against key similarity.
 
-    See the module docstring for the bank, the measurements and the verdict.
+    See the module docstring for the bank, the measurements and the verdict. It runs in named
+    stages: check every argument (the plan), build and check the bank, measure (the edit, C^{-1/2},
+    the keys, every probe before and with the edit), fit (slopes, CIs, the verdict).
 
     Args:
         model: a bridge. Left bit-identical: the edit is only applied inside ``edit.applied``.
         request: the fact to edit (`EditRequest`; the default bank needs ``target_true``).
-        editor: ``"rome"`` | ``"memit"`` | ``"kn"`` | ``"finetune"`` (alias ``"ft-l"``).
+        editor: any editor of `factscope.edit.registry` (a name or alias: ``"rome"``, ``"memit"``,
+            ``"alphaedit"``, ``"ft-l"`` alias ``"finetune"``, ``"kn"``).
         bank: category -> `Fact` s with targets; ``None``: `default_bank`. A given bank replaces
             the default entirely.
-        layer: ROME/FT-L: the edited layer (default: `factscope.locate.recommended_layer`); MEMIT:
-            the top of ``config.n_layers`` (5) consecutive layers (clipped at 0; default: MEMIT's
-            choice); KN: not allowed (it locates its neurons). With ``edit=``: the similarity layer
-            (one of the edit's layers).
+        layer: one-layer editors (ROME, FT-L): the edited layer (default:
+            `factscope.locate.recommended_layer`); many-layer editors (MEMIT, AlphaEdit): the top of
+            ``config.n_layers`` (5) consecutive layers (clipped at 0; default: the editor's choice);
+            KN (it locates its neurons): not allowed. With ``edit=``: the similarity layer (one of
+            the edit's layers).
         edit: a precomputed `Edit` (``editor`` is then only checked; the label is ``edit.method``).
-        config: the editor's settings: `ROMEConfig`, `MEMITConfig`, `FTConfig`, or for KN a mapping
-            of `factscope.edit.kn` keyword arguments.
+        config: the editor's settings, an instance of ``registry.editor(editor).config_class``
+            (`ROMEConfig`, `MEMITConfig`, `AlphaEditConfig`, `FTConfig`, `KNConfig`); ``None``: its defaults.
         C: key statistics E[kkᵀ] at the similarity layer ``[d_mlp, d_mlp]``; default
             `factscope.edit.covariance` (cached on disk; with the editor config's corpus and
-            ``n_tokens`` when it has them). Also passed to ROME as its statistics.
+            ``n_tokens`` when it has them). Also passed to one-layer editors (ROME) as their statistics.
         n_unrelated: unrelated facts in the default bank (default 8). seed: seeds that sample and
             every bootstrap (default 0).
         n_boot: bootstrap resamples per CI (default 2000). batch_size: prompts per forward pass
@@ -814,95 +1028,29 @@ def spillover(
         A `SpilloverResult` (``print(result)`` shows the table and verdict).
 
     Raises:
-        TypeError, ValueError: a bad request, editor, layer, config, C, bank (empty, a non-`Fact`,
-            a fact without a target, a subject that is not a whole run of its prompt's tokens), or a
-            given edit that does not belong to this model. All are checked before any edit is computed;
-            the model is left untouched in every case.
+        TypeError, ValueError: a bad request, editor, layer, config, C, or bank (empty, a non-`Fact`,
+            a fact without a target, a subject that is not a whole run of its prompt's tokens).
+        `factscope.edit.handle.EditStateError`: a given edit already applied to this model.
+        `factscope.edit.handle.FingerprintMismatchError` (a ValueError): a given edit computed on
+            another model (or one that does not fit it: `Edit.check_applicable`).
+        All are checked before any edit is computed; the model is left untouched in every case.
 
-    Cost: one edit (the editor's: ROME on Gemma 3 270M ~20-40 s on 2 CPU threads), plus two
-    teacher-forced and two next-token passes over the bank, one key pass up to the similarity
-    layer, an ``eigh`` of C (seconds), C itself (cached on disk; minutes the first time) and
-    ``n_boot`` slope fits per group, effect and similarity. The default bank with ROME: ~2 min.
-    Memory: the editor's, plus ``2 × probe × d_vocab`` float32 logits (~60 MB for 30 probes on Gemma).
+    Cost: one edit (the editor's), plus two teacher-forced and two next-token passes over the bank,
+    one key pass up to the similarity layer, an ``eigh`` of C (O(d_mlp³)), C itself (cached on disk;
+    slow only the first time) and ``n_boot`` slope fits per group, effect and similarity. Memory: the
+    editor's, plus ``2 × probe × d_vocab`` float32 logits. Measured: docs/guide.md.
     """
-    from tqdm.auto import tqdm
-
-    # ---- validate everything before any work
-    if not isinstance(request, EditRequest):
-        raise TypeError(f"expected request to be an EditRequest, got {type(request).__name__}")
-    a = arch_of(model)
-    name = _check_editor(editor)
+    plan = _plan(model, request, editor=editor, layer=layer, edit=edit, config=config, C=C)
     check_int("n_unrelated", n_unrelated, 0)
     check_int("seed", seed, 0)
     check_int("n_boot", n_boot, 1)
     check_int("batch_size", batch_size, 1)
-    subject_span(model, Fact(request.prompt, request.subject))  # raises if the subject is not a token run
-    if layer is not None:
-        layer = a.check_layer(layer)
-    if edit is not None:
-        _check_given_edit(model, edit, request, config)
-        if layer is not None:
-            similarity_layer(edit, layer)
-    else:
-        config = _check_config(name, config)
-        if name == "kn" and layer is not None:
-            raise ValueError("expected layer=None for the kn editor: it locates its neurons itself (the similarity "
-                             f"layer is then the one holding most of them), got layer={layer}")
-    if C is not None and (not isinstance(C, Tensor) or tuple(C.shape) != (a.d_mlp, a.d_mlp)):
-        raise ValueError(f"expected C of shape ({a.d_mlp}, {a.d_mlp}) (d_mlp × d_mlp), got "
-                         f"{tuple(C.shape) if isinstance(C, Tensor) else type(C).__name__}")
-    notes: list[str] = []
-    given_bank = bank is not None
-    if bank is None:
-        bank, notes = default_bank(request, n_unrelated=n_unrelated, seed=seed)
-    items = _check_bank(model, bank, strict=given_bank, notes=notes)
-    empty = [c for c in bank if not any(cat == c for cat, _ in items)]
-
-    # ---- the edit and the similarity layer
-    if edit is None:
-        edit = _make_edit(model, request, name, layer, config, C if name == "rome" else None, progress, verbose)
-        L, why = similarity_layer(edit)
-    else:
-        L, why = similarity_layer(edit, layer)
-    facts = [f for _, f in items]
-    cats = list(dict.fromkeys(c for c, _ in items))
-    if verbose:
-        counts = ", ".join(f"{c} {sum(cat == c for cat, _ in items)}" for c in cats)
-        print(f"spillover: {edit.method} edit of {request.subject!r} ({request.target_true!r} → "
-              f"{request.target_new!r}); keys compared at layer {L} ({why}); {len(facts)} probes ({counts})")
-
-    bar = tqdm(total=5, desc="spillover", disable=not progress)
-    C_source = "given"
-    if C is None:
-        from factscope.edit.covariance import covariance
-
-        kw = {k: getattr(config, k) for k in ("corpus",) if hasattr(config, k)}
-        if getattr(config, "n_tokens", None) is not None:
-            kw["n_tokens"] = config.n_tokens
-        C = covariance(model, L, progress=progress, **kw)
-        C_source = f"factscope.edit.covariance(layer={L}" + "".join(f", {k}={v!r}" for k, v in kw.items()) + ")"
-    W = inverse_sqrt(C)  # [d_mlp, d_mlp]
-    bar.update()
-    keys = subject_keys(model, [Fact(request.prompt, request.subject), *facts], L, batch_size=batch_size)
-    cos_raw, cos_white, ratio = key_similarity(keys[1:], keys[0], W)  # [probe] each
-    bar.update()
-    s = _shift(model, edit, [f.text for f in facts], [f.target for f in facts], batch_size, bar)
-    tok0, tok1 = str_tokens(model, s["top0"]), str_tokens(model, s["top1"])
-    probes = tuple(
-        SpilloverProbe(category=c, expected=expected_of(c), prompt=f.text, subject=f.subject, answer=f.target,
-                       logp_before=float(s["lp0"][i]), logp_after=float(s["lp1"][i]),
-                       delta_logp=float(s["lp1"][i] - s["lp0"][i]), kl=float(s["kl"][i]),
-                       top1_before=tok0[i], top1_after=tok1[i], flipped=bool(s["top0"][i] != s["top1"][i]),
-                       cos_raw=float(cos_raw[i]), cos_white=float(cos_white[i]), whitened_dot_ratio=float(ratio[i]))
-        for i, (c, f) in enumerate(items))
-    fits = _fits(probes, cats, n_boot, seed)
-    bar.update()
-    bar.close()
-    group = _matching_group(request) if not given_bank else None
-    settings = dict(editor_arg=editor, edit_layers=list(edit.layers), layer_reason=why,
-                    bank="given" if given_bank else "default", group=group.name if group else None,
-                    empty_categories=empty, notes=notes, n_unrelated=n_unrelated, seed=seed, n_boot=n_boot,
-                    level=LEVEL, C_source=C_source, eig_floor=EIG_FLOOR, min_fit=MIN_FIT,
-                    counts={c: sum(cat == c for cat, _ in items) for c in cats})
-    return SpilloverResult(request=request, editor=edit.method, layer=L, edit=edit, probes=probes, fits=fits,
-                           verdict=_verdict(probes, fits, notes, n_boot, seed), settings=settings)
+    b = _bank(model, request, bank, n_unrelated=n_unrelated, seed=seed)
+    m = _measure(model, request, b, plan, batch_size=batch_size, progress=progress, verbose=verbose)
+    f = _fit(m.probes, b, n_boot=n_boot, seed=seed)
+    settings = dict(editor_arg=editor, edit_layers=list(m.edit.layers), layer_reason=m.layer_reason,
+                    bank="given" if b.given else "default", group=b.group, empty_categories=list(b.empty),
+                    notes=list(b.notes), n_unrelated=n_unrelated, seed=seed, n_boot=n_boot, level=LEVEL,
+                    C_source=m.C_source, eig_floor=EIG_FLOOR, min_fit=MIN_FIT, counts=b.counts)
+    return SpilloverResult(request=request, editor=m.edit.method, layer=m.layer, edit=m.edit, probes=m.probes,
+                           fits=f.fits, verdict=f.verdict, settings=settings)

@@ -249,12 +249,13 @@ def test_layers_subset_and_negative_layers(model):
 # --------------------------------------------------------------------------- the model is left alone
 
 
-@pytest.mark.parametrize("editor", ["rome", "memit", "ft-l"])
+@pytest.mark.parametrize("editor", ["rome", "memit", "alphaedit", "ft-l"])
 def test_model_is_bit_identical_after_real_editors(model, editor):
-    from factscope.edit import FTConfig, MEMITConfig, ROMEConfig
+    from factscope.edit import AlphaEditConfig, FTConfig, MEMITConfig, ROMEConfig
 
     cfg = {"rome": ROMEConfig(context_lengths=((3, 2),), v_steps=3),
            "memit": MEMITConfig(context_lengths=((3, 2),), v_steps=3),
+           "alphaedit": AlphaEditConfig(context_lengths=((3, 2),), v_steps=3, null_space_threshold=1e9),  # P = I here
            "ft-l": FTConfig(steps=2, lr=1e-2, norm_bound=5e-2)}[editor]
     snap = {n: p.detach().clone() for n, p in model.named_parameters()}
     fp = fingerprint(model)
@@ -286,7 +287,8 @@ def test_fake_editor_run_leaves_the_model_bit_identical(model):
     (dict(layers=[]), ValueError, "non-empty sequence"),
     (dict(layers=[1, 1]), ValueError, "distinct layers"),
     (dict(layers=["1"]), TypeError, "integer layer"),
-    (dict(editor="alphaedit"), ValueError, r"editor to be one of \['rome', 'memit', 'finetune', 'ft-l'\].*'alphaedit'"),
+    (dict(editor="kn"), ValueError, r"editor to be one of \['rome', 'memit', 'alphaedit', 'ft-l'\].*'kn'.*own layers"),
+    (dict(editor="bogus"), ValueError, r"editor to be one of \['rome', 'memit', 'alphaedit', 'ft-l'\].*'bogus'"),
     (dict(editor="rome", config="fast"), TypeError, "ROMEConfig"),
     (dict(edit_fn=fake_editor, config=object()), ValueError, "config=None with a custom edit_fn"),
     (dict(edit_fn="rome"), TypeError, "callable"),

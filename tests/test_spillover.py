@@ -8,8 +8,8 @@ import importlib
 import numpy as np
 import pytest
 import torch
-from factscope.edit import Edit, KNConfig
-from factscope.edit.handle import applied_edits
+from factscope.edit import Edit, KNConfig, registry
+from factscope.edit.handle import EditStateError, FingerprintMismatchError, applied_edits
 from factscope.edit.rome import ROMEConfig
 from factscope.probes.spillover import (
     POOLED,
@@ -335,7 +335,7 @@ def fake_editor(m, calls: list, kind: str):
 
     def f(model, request, **kw):
         calls.append((kind, kw))
-        if kind == "memit":
+        if kind in ("memit", "alphaedit"):
             return edit_at(kw["layers"] or [0, 1, 2])
         if kind == "kn":
             return edit_at([0, 2], neurons=[[0, 5], [2, 1], [2, 7], [2, 9]])
@@ -343,12 +343,15 @@ def fake_editor(m, calls: list, kind: str):
     return f
 
 
+EDITOR_FNS = ("rome", "memit", "alphaedit", "kn", "finetune")  # what the registry's entries call
+
+
 def test_editor_dispatch(model, monkeypatch):
     from factscope.locate import profile
 
     calls: list = []
-    for k in ("rome", "memit", "kn", "finetune"):
-        monkeypatch.setattr(sp, k, fake_editor(model, calls, "ft-l" if k == "finetune" else k))
+    for k in EDITOR_FNS:
+        monkeypatch.setattr(registry, k, fake_editor(model, calls, "ft-l" if k == "finetune" else k))
     monkeypatch.setattr(profile, "recommended_layer", lambda m, **kw: profile.LayerChoice(3, "fake", None))
     C = spd(arch_of(model).d_mlp)
     go = lambda **kw: spillover(model, REQ, bank=BANK, C=C, n_boot=50, progress=False, verbose=False, **kw)
@@ -362,6 +365,8 @@ def test_editor_dispatch(model, monkeypatch):
     assert calls[-1][1]["layers"] == [0, 1, 2, 3]
     r = go(editor="memit")
     assert calls[-1][1]["layers"] is None and r.layer == 2
+    r = go(editor="alphaedit", layer=2)
+    assert calls[-1][0] == "alphaedit" and calls[-1][1]["layers"] == [0, 1, 2] and calls[-1][1]["C"] is None
     r = go(editor="kn", config=KNConfig(steps=5))
     assert calls[-1][1]["config"].steps == 5 and (r.editor, r.layer) == ("kn", 2)
     assert "most edited neurons" in r.settings["layer_reason"]
@@ -404,7 +409,7 @@ def test_model_is_bit_identical_after_a_run_and_after_a_failure(model, monkeypat
 
 
 @pytest.mark.parametrize("kw, err, match", [
-    (dict(editor="bogus"), ValueError, "one of"),
+    (dict(editor="bogus"), ValueError, "editor name, one of rome, memit, alphaedit, ft-l .*'bogus'"),
     (dict(bank={}), ValueError, "at least one probe"),
     (dict(bank={"related": []}), ValueError, "at least one probe"),
     (dict(bank={"x": [Fact("The Sp{} is in downtown", "ace Needle", "Seattle")]}), ValueError, "whole run"),
@@ -421,8 +426,9 @@ def test_model_is_bit_identical_after_a_run_and_after_a_failure(model, monkeypat
     (dict(n_unrelated=-1), ValueError, "n_unrelated"),
 ])
 def test_bad_input_fails_before_any_edit(model, monkeypatch, kw, err, match):
-    for k in ("rome", "memit", "kn", "finetune"):
-        monkeypatch.setattr(sp, k, lambda *a, **k_: pytest.fail("an edit was computed before the input was checked"))
+    for k in EDITOR_FNS:
+        monkeypatch.setattr(registry, k, lambda *a, **k_: pytest.fail("an edit was computed before the input was "
+                                                                      "checked"))
     kw = {"bank": BANK, **kw}
     with pytest.raises(err, match=match):
         spillover(model, REQ, progress=False, verbose=False, **kw)
@@ -430,14 +436,14 @@ def test_bad_input_fails_before_any_edit(model, monkeypatch, kw, err, match):
 
 def test_bad_given_edit(model, arch_name):
     other = tiny_model(arch_name, seed=1)
-    with pytest.raises(ValueError, match="fingerprint"):
+    with pytest.raises(FingerprintMismatchError, match="fingerprint"):
         run(model, edit=dense_edit(other))
     e = dense_edit(model)
     with pytest.raises(ValueError, match="one of the edit's layers"):
         run(model, edit=e, layer=LAYER + 1)
     with pytest.raises(ValueError, match="config"):
         run(model, edit=e, config=ROMEConfig())
-    with e.applied(model), pytest.raises(ValueError, match="not to be applied"):
+    with e.applied(model), pytest.raises(EditStateError, match="already applied"):
         run(model, edit=e)
     with pytest.raises(TypeError, match="Edit"):
         run(model, edit="rome")
