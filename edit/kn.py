@@ -47,6 +47,7 @@ from torch import Tensor
 
 from factscope.arch import arch_of
 from factscope.facts import EditRequest
+from factscope.tokens import check_request
 from factscope.bridge import Bridge
 from factscope.edit.handle import Edit
 
@@ -165,8 +166,7 @@ def kn(
     from factscope.models import fingerprint
     from factscope.tokens import str_tokens, target_ids
 
-    if not isinstance(request, EditRequest):
-        raise TypeError(f"expected an EditRequest, got {type(request).__name__}")
+    check_request(model, request, what="KN")  # type, subject, target, context length: before any work
     if not isinstance(config, KNConfig):
         raise TypeError(f"expected config to be a KNConfig, got {type(config).__name__}")
     c = config

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,10 +60,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from factscope.arch import UnsupportedArchitectureError, arch_of
-from factscope.checks import as_requests
+from factscope.checks import as_requests, available_bytes
 from factscope.facts import EditRequest, Fact
 from factscope.kv import run_after, run_cached
-from factscope.tokens import encode, pad_left, subject_span, target_ids
+from factscope.tokens import check_request, encode, pad_left, subject_span, target_ids
 from factscope.bridge import Bridge
 from factscope.arch import context_of
 
@@ -169,7 +168,7 @@ def check_requests(model: Bridge, requests: Any, what: str = "MEMIT") -> list[Ed
     if dupes:
         warnings.warn(f"{what}: dropped {dupes} exact duplicate request(s)", stacklevel=3)
     for r in out:
-        subject_span(model, Fact(r.prompt, r.subject))  # raises if the subject is missing
+        check_request(model, r, what=what)  # subject, target, context length
     return out
 
 
@@ -198,10 +197,7 @@ def estimate_memory(model: Bridge, n_requests: int, n_layers: int, config: MEMIT
 
 
 def _available_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    return available_bytes()  # factscope.checks: MemAvailable within any cgroup limit (CPU), or CUDA's free
 
 
 def _check_memory(model: Bridge, n: int, n_layers: int, config: MEMITConfig, what: str) -> None:
@@ -602,11 +598,7 @@ def prepare(model: Bridge, requests: Any, layers: Sequence[int] | None, config: 
     if layers is None:
         layers, why = choose_layers(model, config.n_layers, progress=progress)
     else:
-        if isinstance(layers, int):
-            layers = [layers]
-        layers = sorted({a.check_layer(l) for l in layers})
-        if not layers:
-            raise ValueError(f"{what}: expected at least one layer, got none")
+        layers = sorted(a.check_layers(layers))  # negatives count from the end; duplicates raise
         why = "given"
     _check_memory(model, len(reqs), len(layers), config, what)
     if verbose:
@@ -632,7 +624,8 @@ def memit(
     Args:
         model: a bridge.
         requests: one `EditRequest` or a sequence (10,000 is fine; see the cost notes).
-        layers: the MLPs to rewrite, in any order (used sorted; targets live at the last).
+        layers: the MLPs to rewrite: distinct ints in any order (negative values count from the end;
+            used normalised and sorted, targets live at the last).
             ``None``: ``config.n_layers`` layers ending at the traced layer. Printed when ``verbose``.
         config: `MEMITConfig` (default: the paper's settings, λ scaled to ``d_mlp``).
         C: ``{layer: E[kkᵀ]}`` ``[d_mlp, d_mlp]`` each; default ``None``: `factscope.edit.covariances`

@@ -45,7 +45,7 @@ from torch import Tensor
 from factscope.arch import arch_of
 from factscope.facts import EditRequest, Fact
 from factscope.kv import run_after, run_cached
-from factscope.tokens import bos_ids, encode, pad_left, subject_span, target_ids, tokenizer_of
+from factscope.tokens import bos_ids, check_request, encode, pad_left, subject_span, target_ids, tokenizer_of
 from factscope.bridge import Bridge
 from factscope.arch import context_of
 
@@ -348,8 +348,10 @@ def rome(
     Args:
         model: a bridge.
         request: the fact to rewrite (``prompt``, ``subject``, ``target_new``).
-        layer: the MLP to rewrite. ``None`` (default): the layer `factscope.locate.recommended_layer`
-            picks from this model's causal-tracing profile on the built-in facts (cached on disk).
+        layer: the MLP to rewrite (negative values count from the end; the edit records it
+            normalised, so ``-1`` and ``n_layers - 1`` give the same edit). ``None`` (default): the
+            layer `factscope.locate.recommended_layer` picks from this model's causal-tracing profile
+            on the built-in facts (cached on disk).
         config: `ROMEConfig` (default: the paper's settings).
         C: key statistics ``E[kkᵀ]`` ``[d_mlp, d_mlp]`` at ``layer``; default ``None``:
             `factscope.edit.covariance` (cached on disk).
@@ -374,10 +376,8 @@ def rome(
     from factscope.edit.handle import Edit
     from factscope.models import fingerprint
 
-    if not isinstance(request, EditRequest):
-        raise TypeError(f"expected an EditRequest, got {type(request).__name__}")
     a = arch_of(model)
-    subject_span(model, Fact(request.prompt, request.subject))  # raises if the subject is missing
+    check_request(model, request, what="ROME")  # type, subject, target, context length: before any work
     why = "given"
     if layer is None:
         from factscope.locate.profile import recommended_layer

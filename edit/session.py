@@ -51,8 +51,9 @@ class EditSession:
         model: a bridge, unedited; the session applies its edits to it.
         method: ``"rome"`` (default; one edit per request, a batch applied request by request),
             ``"memit"`` or ``"alphaedit"``.
-        layers: ROME: one layer; MEMIT/AlphaEdit: a list. ``None`` (default): chosen once from the
-            traced profile (`factscope.locate.recommended_layer`).
+        layers: ROME: one layer; MEMIT/AlphaEdit: a list of distinct layers. Negative values count
+            from the end (``self.layers`` holds them normalised and sorted). ``None`` (default): chosen
+            once from the traced profile (`factscope.locate.recommended_layer`).
         config: the method's config (`ROMEConfig`, `MEMITConfig`, `AlphaEditConfig`); ``None``
             (default): its defaults.
         C: ``{layer: E[kkᵀ]}`` ``[d_mlp, d_mlp]`` to use instead of computing them from the model
@@ -92,13 +93,13 @@ class EditSession:
                 from factscope.locate.profile import recommended_layer
 
                 layers = recommended_layer(model, progress=progress).layer
-            if not isinstance(layers, int):
+            if isinstance(layers, bool) or not isinstance(layers, int):
                 raise TypeError(f"EditSession: ROME edits one layer; expected an int, got {layers!r}")
             self.layers = [a.check_layer(layers)]
         elif layers is None:
             self.layers = choose_layers(model, config.n_layers, progress=progress)[0]
         else:
-            self.layers = sorted({a.check_layer(l) for l in ([layers] if isinstance(layers, int) else layers)})
+            self.layers = sorted(a.check_layers(layers))  # negatives count from the end; duplicates raise
         self.model, self.method, self.config = model, method, config
         self.progress, self.verbose = progress, verbose
         stats_config = config if method != "rome" else MEMITConfig(corpus=config.corpus, n_tokens=config.n_tokens)
@@ -144,9 +145,12 @@ class EditSession:
         from factscope.edit.memit import memit
         from factscope.edit.rome import rome
 
-        reqs = [requests] if isinstance(requests, EditRequest) else list(requests)
-        if not reqs:
-            raise ValueError("EditSession.edit: expected at least one EditRequest, got an empty list")
+        from factscope.checks import as_requests
+        from factscope.tokens import check_request
+
+        reqs = list(as_requests(requests))  # the whole batch is checked before the first edit is computed
+        for r in reqs:
+            check_request(self.model, r, what="EditSession.edit")
         kw = dict(config=self.config, progress=self.progress, verbose=self.verbose)
         made = []
         if self.method == "rome":

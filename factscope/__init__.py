@@ -42,7 +42,7 @@ from factscope.models import (
 )
 from factscope.predict import Prediction, predict
 from factscope.synthetic import synthetic_requests
-from factscope.tokens import encode, encode_batch, str_tokens, subject_span, target_ids
+from factscope.tokens import ContextLengthError, encode, encode_batch, str_tokens, subject_span, target_ids
 from factscope.versions import library_versions
 
 __version__ = "0.1.0"
@@ -58,6 +58,7 @@ __all__ = [
     "load_counterfact", "load_zsre", "load_known", "DatasetNotAvailableError", "synthetic_requests",
     # tokens and predictions
     "encode", "encode_batch", "target_ids", "subject_span", "str_tokens", "predict", "Prediction",
+    "ContextLengthError",
     # cache and versions
     "cache_dir", "library_versions",
 ]

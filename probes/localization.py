@@ -251,31 +251,20 @@ class LocalizationResult:
 
 
 def _check_facts(model: Bridge, facts: Any) -> tuple[EditRequest, ...]:
-    from factscope.facts import Fact
-    from factscope.tokens import subject_span
+    from factscope.tokens import check_request
 
     facts = as_requests(facts, "facts")
     for i, r in enumerate(facts):
         if r.target_true is None:
             raise ValueError(f"expected facts[{i}] ({r.subject!r}) to have a target_true (tracing follows it), "
                              "got None")
-        subject_span(model, Fact(r.prompt, r.subject))  # raises if the subject is not a run of tokens
+        check_request(model, r)  # the subject is a run of tokens; prompt + target fit the context
     return tuple(facts)
 
 
 def _check_layers(model: Bridge, layers: Any) -> tuple[int, ...]:
     a = arch_of(model)
-    if layers is None:
-        return tuple(range(a.n_layers))
-    if isinstance(layers, int) and not isinstance(layers, bool):
-        layers = [layers]
-    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or len(layers) == 0:
-        raise ValueError(f"expected layers as a non-empty sequence of ints in [0, {a.n_layers}) or None (all), "
-                         f"got {layers!r}")
-    out = tuple(a.check_layer(l) for l in layers)
-    if len(set(out)) != len(out):
-        raise ValueError(f"expected distinct layers, got {list(layers)}")
-    return out
+    return tuple(range(a.n_layers)) if layers is None else a.check_layers(layers)  # normalised, distinct
 
 
 def _resolve_editor(editor: Any, config: Any, edit_fn: EditFn | None) -> tuple[str, EditFn, dict[str, Any]]:
@@ -330,7 +319,9 @@ def localization_vs_editing(
         facts: `EditRequest` s with ``target_true`` (traced) and ``target_new`` (edited in), e.g.
             `factscope.builtin_facts`. A fact the model does not answer top-1 is traced anyway
             (`trace` warns).
-        layers: the layers to edit (and read the tracing effect at); ``None``: every layer.
+        layers: the distinct layers to edit (and read the tracing effect at), in the order given;
+            negative values count from the end (``result.layers`` records them normalised). ``None``:
+            every layer.
         editor: ``"rome"``, ``"memit"`` (that one layer) or ``"finetune"`` / ``"ft-l"``.
         config: the editor's config (`ROMEConfig`, `MEMITConfig`, `FTConfig`); ``None``: its default.
         edit_fn: instead of ``editor``, any ``fn(model, request, layer) -> Edit``.

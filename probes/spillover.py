@@ -96,7 +96,7 @@ from factscope.checks import check_int
 from factscope.datasets import builtin_facts, builtin_groups
 from factscope.facts import EditRequest, Fact
 from factscope.predict import next_token_logits, target_logprob
-from factscope.tokens import encode, pad_left, str_tokens, subject_span
+from factscope.tokens import check_request, encode, pad_left, str_tokens, subject_span
 from factscope.bridge import Bridge
 from factscope.arch import context_of
 
@@ -756,7 +756,8 @@ def spillover(
         editor: ``"rome"`` | ``"memit"`` | ``"kn"`` | ``"finetune"`` (alias ``"ft-l"``).
         bank: category -> `Fact` s with targets; ``None``: `default_bank`. A given bank replaces
             the default entirely.
-        layer: ROME/FT-L: the edited layer (default: `factscope.locate.recommended_layer`); MEMIT:
+        layer: negative values count from the end (``result.layer`` records the similarity layer
+            normalised). ROME/FT-L: the edited layer (default: `factscope.locate.recommended_layer`); MEMIT:
             the top of ``config.n_layers`` (5) consecutive layers (clipped at 0; default: MEMIT's
             choice); KN: not allowed (it locates its neurons). With ``edit=``: the similarity layer
             (one of the edit's layers).
@@ -799,7 +800,7 @@ def spillover(
     check_int("seed", seed, 0)
     check_int("n_boot", n_boot, 1)
     check_int("batch_size", batch_size, 1)
-    subject_span(model, Fact(request.prompt, request.subject))  # raises if the subject is not a token run
+    check_request(model, request)  # the subject is a token run; prompt + target fit the context
     if layer is not None:
         layer = a.check_layer(layer)
     if edit is not None:
