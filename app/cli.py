@@ -674,7 +674,7 @@ def probe_localization(
 ) -> None:
     """Hase et al.'s test: does the causal-tracing effect at a layer predict how well an edit at that layer works? Traces each fact's MLPs, edits it at every layer, and regresses the rewrite score on layer, on tracing effect, and on both (R², nested F-tests).
 
-    Cost: facts × layers edits (ROME on Gemma 3 270M: 10-30 s each on 2 CPU cores) plus one trace per fact.
+    Cost: facts × layers edits plus one trace per fact (measured times: docs/guide.md).
 
     Example: factscope probe localization --limit 4 --layers 0,3,6,9,12,15 --out loc.png
     """
@@ -851,13 +851,13 @@ def neurons(
 def demo(
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Folder for the outputs."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    samples: int = typer.Option(5, help="Corrupted runs per tracing cell (ROME uses 10; 5 keeps a first run under 10 min)."),
+    samples: int = typer.Option(5, help="Corrupted runs per tracing cell (ROME uses 10; 5 halves the tracing time)."),
 ) -> None:
     """Run the main job on the bundled model and write out/report.html: answers, trace and profile,
     knowledge neurons, a ROME edit and its evaluation, the spillover probe, and a MEMIT batch.
 
-    See `factscope.app.demo` for the files written. 9.0 minutes the first time on 2 CPU cores, about
-    4 of them building caches (model conversion, key statistics, layer profile) that later runs reuse.
+    See `factscope.app.demo` for the files written. The first run also builds caches (model
+    conversion, key statistics, layer profile) that later runs reuse (measured times: docs/guide.md).
     """
     from factscope.app.demo import run_demo
     from factscope.models import ModelNotAvailableError
