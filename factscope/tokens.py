@@ -327,7 +327,7 @@ def check_request(model: Any, request: Any, *, what: str = "") -> EditRequest:
     if not isinstance(request, EditRequest):
         raise TypeError(f"{pre}expected an EditRequest, got {type(request).__name__}: {request!r:.80}")
     subject_span(model, request)  # raises if the subject is not a whole run of the prompt's tokens
-    n = len(encode(model, request.text)) + len(target_ids(model, request.target_new))
+    n = len(encode(tokenizer_of(model), request.text)) + len(target_ids(model, request.target_new))
     check_context(model, n, what=f"{pre}the prompt {_short(request.text)} followed by target_new "
                                  f"{request.target_new!r}")
     return request
