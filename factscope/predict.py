@@ -22,7 +22,7 @@ from factscope.arch import arch_of, context_of
 from factscope.checks import check_int
 
 __all__ = ["Prediction", "Predictions", "predict", "next_token_logits", "target_logprob", "target_scores", "TargetScores",
-           "generate", "kl_from_logprobs", "kl_from_logits"]
+           "generate", "check_generate", "kl_from_logprobs", "kl_from_logits"]
 
 
 @dataclass(frozen=True)
@@ -230,6 +230,34 @@ def target_logprob(
     return target_scores(model, prompts, targets, batch_size=batch_size).logprob
 
 
+def check_generate(model: Bridge, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]:
+    """The prompts' token ids, after checking what `generate` needs: each prompt plus ``max_new_tokens`` fits.
+
+    `generate` calls it first; callers that generate after other work (`factscope.probes.evaluate`)
+    call it before that work.
+
+    Args:
+        model: a bridge (its context ``n_ctx``).
+        prompts: full prompts (a single ``str`` raises ``TypeError``).
+        max_new_tokens: tokens to be generated per prompt (an int >= 1).
+
+    Raises:
+        TypeError / ValueError: a single str, a bad ``max_new_tokens``. ContextLengthError: a prompt
+            whose length plus ``max_new_tokens`` exceeds the context.
+
+    Cost: negligible (one tokenisation per prompt; no model passes).
+    """
+    if isinstance(prompts, str):
+        raise TypeError("expected a sequence of prompts, got a single str; wrap it in a list")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"expected max_new_tokens to be an int >= 1, got {max_new_tokens!r}")
+    enc = [encode(model, p) for p in prompts]
+    for p, e in zip(prompts, enc):
+        check_context(model, len(e) + max_new_tokens,
+                      what=f"the prompt {p[:60]!r} ({len(e)} tokens) plus max_new_tokens={max_new_tokens}")
+    return enc
+
+
 @torch.no_grad()
 def generate(
     model: Bridge, prompts: Sequence[str], *, max_new_tokens: int = 100, batch_size: int = 16, progress: bool = False
@@ -258,16 +286,9 @@ def generate(
     """
     from tqdm.auto import tqdm
 
-    if isinstance(prompts, str):
-        raise TypeError("expected a sequence of prompts, got a single str; wrap it in a list")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"expected max_new_tokens to be an int >= 1, got {max_new_tokens!r}")
+    enc = check_generate(model, prompts, max_new_tokens)
     tok = tokenizer_of(model)
     device = context_of(model).device
-    enc = [encode(model, p) for p in prompts]
-    for p, e in zip(prompts, enc):  # before any pass: prompt + generated tokens fit the context
-        check_context(model, len(e) + max_new_tokens,
-                      what=f"the prompt {p[:60]!r} ({len(e)} tokens) plus max_new_tokens={max_new_tokens}")
     order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))  # similar lengths together: little padding
     groups = [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
     out: list[str] = [""] * len(prompts)

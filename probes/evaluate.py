@@ -486,6 +486,10 @@ def evaluate(
         raise FingerprintMismatchError(f"expected the model the edit was computed on (fingerprint "
                                        f"{edit.fingerprint[:12]}…), got fingerprint {fingerprint(model)[:12]}…")
     rows = _rows(reqs)
+    if fluency:  # generation comes last; check that it fits the context before any pass
+        from factscope.predict import check_generate
+
+        check_generate(model, [r.text for r in reqs], n_gen_tokens)
     steps = ["pre: targets", "pre: neighbours", "pre: fluency", "post: targets", "post: neighbours", "post: fluency"]
     bar = tqdm(total=len(steps) - (0 if fluency else 2), desc="evaluate", disable=not progress)
     results: dict[str, dict[str, np.ndarray]] = {}
