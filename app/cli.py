@@ -781,13 +781,13 @@ def neurons(
 def demo(
     out: Path = typer.Option(Path("out"), "--out", "-o", help="Folder for the outputs."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    samples: int = typer.Option(5, help="Corrupted runs per tracing cell (ROME uses 10; 5 keeps a first run under 10 min)."),
+    samples: int = typer.Option(5, help="Corrupted runs per tracing cell (ROME uses 10; 5 halves the tracing time)."),
 ) -> None:
     """Run the main job on the bundled model and write out/report.html: answers, trace and profile,
     knowledge neurons, a ROME edit and its evaluation, the spillover probe, and a MEMIT batch.
 
-    See `factscope.app.demo` for the files written. 9.0 minutes the first time on 2 CPU cores, about
-    4 of them building caches (model conversion, key statistics, layer profile) that later runs reuse.
+    See `factscope.app.demo` for the files written. The first run also builds caches (model
+    conversion, key statistics, layer profile) that later runs reuse (measured times: docs/guide.md).
     """
     from factscope.app.demo import run_demo
     from factscope.models import ModelNotAvailableError

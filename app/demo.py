@@ -23,11 +23,11 @@ Six steps, each a section of ``out/report.html``:
 Every figure is also a PNG; the report inlines them, the tables, the circuitsvis view and the
 settings, and loads nothing from the network.
 
-Cost (Gemma 3 270M, 2 CPU cores, measured on a fresh clone with cold caches): 9.0 minutes, of which
-about 4 build caches under ``$FACTSCOPE_CACHE`` that later runs reuse: the GGUF conversion (~50 s),
-the 8,192-token corpus for the key statistics (~85 s) and the layer profile (~95 s). The slowest
-remaining steps are MEMIT's z optimisation (~100 s for 8 facts) and the evaluations (~25 s for the
-ROME edit, ~70 s for the MEMIT batch). Peak memory about 4 GB.
+Cost: the steps' own (one trace, a 12-fact layer profile, one knowledge-neuron search, a ROME and
+a MEMIT edit with their evaluations, one spillover probe). A first run also builds caches under
+``$FACTSCOPE_CACHE`` that later runs reuse: the GGUF conversion, the 8,192-token corpus for the key
+statistics, and the layer profile. Of the rest, MEMIT's z optimisation (linear in the facts) and the
+evaluations take longest. Measured times and peak memory: docs/guide.md.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ if TYPE_CHECKING:
 __all__ = ["DEMO_FACT", "DEMO_GROUP", "DemoResult", "answers_frame", "before_after_frame", "neuron_suppression",
            "report_frame", "run_demo", "spill_frame"]
 
-# Sizes that keep a first run (model conversion, profile, key statistics: then cached) under 10 minutes on
-# 2 CPU cores: C from 8,192 model-sampled tokens (the library default is 16,384; the README found 16k and
+# Sizes that keep a first run (model conversion, profile, key statistics: then cached) short (measured:
+# docs/guide.md): C from 8,192 model-sampled tokens (the library default is 16,384; the README found 16k and
 # 33k equivalent for ROME), and the MEMIT batch over the first 8 relations' facts.
 C_TOKENS = 8192
 MEMIT_FACTS = 8
@@ -101,7 +101,7 @@ def answers_frame(model: Bridge, facts: Any) -> Any:
         A DataFrame: ``relation``, ``prompt``, ``expected``, ``answer`` (top-1 token), ``p_answer``,
         ``p_expected`` (of the expected answer's first token), ``correct`` (top-1 is the expected first token).
 
-    Cost: one batched forward pass over the prompts (Gemma 3 270M: ~2 s for the 86 built-in facts).
+    Cost: one batched forward pass per 32 prompts (`factscope.predict`), logits at the last position only.
     """
     import pandas as pd
 
@@ -180,7 +180,7 @@ def report_frame(report: EditReport) -> pd.DataFrame:
     Args:
         report: a `factscope.probes.EditReport`.
 
-    Cost: one bootstrap of the report (``report.summary()``: well under a second for tens of requests).
+    Cost: one bootstrap of the report (``report.summary()``: O(n_boot · requests)); no model passes.
     """
     import pandas as pd
 
@@ -219,15 +219,15 @@ def run_demo(out: str | Path = "out", *, model: Bridge | None = None, samples: i
     Args:
         out: the output folder (created).
         model: a loaded bridge, or what `factscope.load_model` accepts; ``None``: the bundled Gemma 3 270M.
-        samples: corrupted runs per tracing cell, for the trace and the layer profile (default 5, to keep a
-            first run under 10 minutes on 2 CPU cores; ROME uses 10).
+        samples: corrupted runs per tracing cell, for the trace and the layer profile (default 5, half
+            ROME's 10: tracing time is linear in it).
         echo: where progress text and tables go (``print``; the CLI passes ``typer.echo``).
         progress: show progress bars.
 
     Returns:
         A `DemoResult` (the report is ``out/report.html``).
 
-    Cost: see the module docstring (9.0 minutes with cold caches on 2 CPU cores, ~4 of them cached; ~4 GB).
+    Cost: see the module docstring (measured times and memory: docs/guide.md).
     """
     from factscope.checks import check_int
     from factscope.models import load_model

@@ -347,7 +347,7 @@ def _text_windows(model: Bridge, texts: Iterable[Any], n_tokens: int, seq_len: i
         if hasher is not None:
             raw = text.encode("utf-8")
             hasher.update(len(raw).to_bytes(8, "little") + raw)
-        body = encode(model, text)[len(bos):]
+        body = encode(tokenizer_of(model), text)[len(bos):]  # a document, cut below: longer than n_ctx is fine
         for s in range(0, len(body), step):
             chunk = body[s:s + min(step, left)]
             windows.append(torch.tensor(bos + chunk, dtype=torch.long))

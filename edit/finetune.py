@@ -51,7 +51,7 @@ from factscope.checks import as_requests
 from factscope.edit.handle import Edit
 from factscope.facts import EditRequest
 from factscope.models import fingerprint
-from factscope.tokens import encode, pad_left, subject_span, target_ids
+from factscope.tokens import check_request, encode, pad_left, target_ids
 from factscope.bridge import Bridge
 
 __all__ = ["FTConfig", "finetune", "ft_batch", "ft_nll"]
@@ -170,8 +170,7 @@ def _forward_nll(model: Bridge, layer: int, delta: Tensor, batch: FTBatch) -> Fl
 def _check_requests(model: Bridge, requests: EditRequest | Sequence[EditRequest]) -> tuple[EditRequest, ...]:
     reqs = as_requests(requests)
     for r in reqs:
-        subject_span(model, r)  # raises if the subject is not a whole run of the prompt's tokens
-        target_ids(model, r.target_new)
+        check_request(model, r, what="FT-L")  # subject, target, context length
     return reqs
 
 

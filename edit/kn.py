@@ -59,7 +59,7 @@ from factscope.locate.knowledge_neurons import MIN_PROMPTS, NeuronResult, neuron
 from factscope.locate.knowledge_neurons import neurons as locate_neurons
 from factscope.models import fingerprint
 from factscope.predict import next_token_logits
-from factscope.tokens import str_tokens, target_ids
+from factscope.tokens import check_request, str_tokens, target_ids
 
 __all__ = ["kn", "KNConfig", "kn_update", "token_direction", "kn_prompts", "pad_prompts", "CONTEXTS"]
 
@@ -208,8 +208,7 @@ def kn(
     given the neurons, O(r · d_model) per layer (plus one forward when the request has no
     ``target_true``).
     """
-    if not isinstance(request, EditRequest):
-        raise TypeError(f"expected an EditRequest, got {type(request).__name__}")
+    check_request(model, request, what="KN")  # type, subject, target, context length: before any work
     if not isinstance(config, KNConfig):
         raise TypeError(f"expected config to be a KNConfig, got {type(config).__name__}")
     c = config

@@ -47,7 +47,6 @@ positions kept, ``d_mlp`` keys, ``d_model`` residual / values, ``d_vocab`` the v
 from __future__ import annotations
 
 import dataclasses
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -59,19 +58,19 @@ from tqdm.auto import tqdm
 
 from factscope.arch import arch_of, context_of
 from factscope.bridge import Bridge
-from factscope.checks import as_requests
+from factscope.checks import as_requests, available_bytes
 from factscope.edit.handle import Edit
 from factscope.edit.key_stats import key_stats
 from factscope.edit.layer_update import collect_keys, layer_delta, run_layers
 from factscope.edit.post_norm import invert_post_norm, post_norm_gain
 from factscope.edit.target import TargetConfig
 from factscope.edit.templates import context_templates, prompt_rows, template_rows
-from factscope.facts import EditRequest, Fact
+from factscope.facts import EditRequest
 from factscope.kv import Cache, run_after, run_cached
 from factscope.locate.profile import recommended_layer
 from factscope.models import fingerprint
 from factscope.predict import kl_from_logprobs
-from factscope.tokens import encode, pad_left, subject_span, target_ids
+from factscope.tokens import check_request, encode, pad_left, target_ids
 
 __all__ = ["MEMITConfig", "memit", "ZResult", "compute_zs", "collect_keys", "invert_post_norm", "post_norm_gain",
            "memit_solve", "choose_layers", "estimate_memory", "check_requests", "prepare", "update_weight"]
@@ -161,7 +160,7 @@ def check_requests(model: Bridge, requests: EditRequest | Sequence[EditRequest],
     if dupes:
         warnings.warn(f"{what}: dropped {dupes} exact duplicate request(s)", stacklevel=3)
     for r in out:
-        subject_span(model, Fact(r.prompt, r.subject))  # raises if the subject is missing
+        check_request(model, r, what=what)  # subject, target, context length
     return out
 
 
@@ -206,10 +205,7 @@ def estimate_memory(model: Bridge, n_requests: int, n_layers: int, config: MEMIT
 
 
 def _available_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    return available_bytes()  # factscope.checks: MemAvailable within any cgroup limit (CPU), or CUDA's free
 
 
 def _check_memory(model: Bridge, n: int, n_layers: int, config: MEMITConfig, what: str) -> None:
@@ -628,11 +624,7 @@ def prepare(model: Bridge, requests: EditRequest | Sequence[EditRequest], layers
     if layers is None:
         layers, why = choose_layers(model, config.n_layers, progress=progress)
     else:
-        if isinstance(layers, int):
-            layers = [layers]
-        layers = sorted({a.check_layer(l) for l in layers})
-        if not layers:
-            raise ValueError(f"{what}: expected at least one layer, got none")
+        layers = sorted(a.check_layers(layers))  # negatives count from the end; duplicates raise
         why = "given"
     _check_memory(model, len(reqs), len(layers), config, what)
     if verbose:
@@ -657,8 +649,9 @@ def memit(
 
     Args:
         model: a bridge.
-        requests: one `EditRequest` or a sequence (thousands are fine; see the cost notes).
-        layers: the MLPs to rewrite, in any order (used sorted; targets live at the last).
+        requests: one `EditRequest` or a sequence (10,000 is fine; see the cost notes).
+        layers: the MLPs to rewrite: distinct ints in any order (negative values count from the end;
+            used normalised and sorted, targets live at the last).
             ``None``: ``config.n_layers`` layers ending at the traced layer. Printed when ``verbose``.
         config: `MEMITConfig` (default: the paper's settings, λ scaled to ``d_mlp``).
         C: ``{layer: E[kkᵀ]}`` ``[d_mlp, d_mlp]`` each; default ``None``: `factscope.edit.covariances`

@@ -51,12 +51,12 @@ from factscope.edit.handle import Edit
 from factscope.edit.key_stats import key_stats
 from factscope.edit.target import TargetConfig
 from factscope.edit.templates import context_templates, prompt_rows, template_rows
-from factscope.facts import EditRequest, Fact
+from factscope.facts import EditRequest
 from factscope.kv import run_after, run_cached
 from factscope.locate.profile import recommended_layer
 from factscope.models import fingerprint
 from factscope.predict import kl_from_logprobs, predict
-from factscope.tokens import encode, pad_left, subject_span, target_ids
+from factscope.tokens import check_request, encode, pad_left, target_ids
 
 __all__ = ["ROMEConfig", "rome", "context_templates", "compute_k_star", "compute_v_star", "rank_one_update",
            "update_response", "VStar"]
@@ -349,8 +349,10 @@ def rome(
     Args:
         model: a bridge.
         request: the fact to rewrite (``prompt``, ``subject``, ``target_new``).
-        layer: the MLP to rewrite. ``None`` (default): the layer `factscope.locate.recommended_layer`
-            picks from this model's causal-tracing profile on the built-in facts (cached on disk).
+        layer: the MLP to rewrite (negative values count from the end; the edit records it
+            normalised, so ``-1`` and ``n_layers - 1`` give the same edit). ``None`` (default): the
+            layer `factscope.locate.recommended_layer` picks from this model's causal-tracing profile
+            on the built-in facts (cached on disk).
         config: `ROMEConfig` (default: the paper's settings).
         C: key statistics ``E[kkᵀ]`` ``[d_mlp, d_mlp]`` at ``layer``; default ``None``:
             `factscope.edit.covariance` (cached on disk).
@@ -372,10 +374,8 @@ def rome(
     the template prompts with gradients through the layers above ``layer``, plus C (``d_mlp² × 8``
     bytes). Measured times: docs/guide.md, "Measured costs of the editors".
     """
-    if not isinstance(request, EditRequest):
-        raise TypeError(f"expected an EditRequest, got {type(request).__name__}")
     a = arch_of(model)
-    subject_span(model, Fact(request.prompt, request.subject))  # raises if the subject is missing
+    check_request(model, request, what="ROME")  # type, subject, target, context length: before any work
     why = "given"
     if layer is None:
         choice = recommended_layer(model, progress=progress)

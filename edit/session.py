@@ -35,7 +35,6 @@ Dimension names: ``request``, ``d_mlp`` as in `factscope.edit.memit`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from typing import Any
 from torch import Tensor
 
 from factscope.bridge import Bridge
+from factscope.checks import as_requests
 from factscope.edit.alphaedit import AlphaEditConfig, alphaedit_with_keys, null_space_projection
 from factscope.edit.handle import Edit, compose
 from factscope.edit.key_stats import key_stats
@@ -51,6 +51,7 @@ from factscope.edit.registry import EditorConfig, EditorSpec, editor, editor_nam
 from factscope.edit.target import TargetConfig
 from factscope.facts import EditRequest
 from factscope.locate.profile import recommended_layer
+from factscope.tokens import check_request
 
 __all__ = ["EditSession", "METHODS"]
 
@@ -69,7 +70,8 @@ class EditSession:
             per request, a batch applied request by request; ``"memit"``, ``"alphaedit"``, ``"ft-l"``,
             ``"kn"``).
         layers: as the registry's ``layers`` for that editor (ROME, FT-L: one layer; MEMIT,
-            AlphaEdit: a list; KN: ``None``). ``None`` (default): chosen once from the traced
+            AlphaEdit: a list of distinct layers; KN: ``None``); negative values count from the end
+            (``self.layers`` holds them normalised and sorted). ``None`` (default): chosen once from the traced
             profile (`factscope.locate.recommended_layer`).
         config: an instance of the method's config class (`ROMEConfig`, `MEMITConfig`,
             `AlphaEditConfig`, `FTConfig`, `KNConfig`); ``None`` (default): its defaults.
@@ -142,9 +144,9 @@ class EditSession:
 
         Cost: the editor's (once per request, or once over the batch) plus `Edit.apply`.
         """
-        reqs = [requests] if isinstance(requests, EditRequest) else list(requests)
-        if not reqs:
-            raise ValueError("EditSession.edit: expected at least one EditRequest, got an empty list")
+        reqs = list(as_requests(requests))  # the whole batch is checked before the first edit is computed
+        for r in reqs:
+            check_request(self.model, r, what="EditSession.edit")
         if isinstance(self.config, AlphaEditConfig):
             e, keys = alphaedit_with_keys(self.model, reqs, layers=self.layers, config=self.config, P=self.P,
                                           cache_c=self.cache_c, progress=self.progress, verbose=self.verbose)

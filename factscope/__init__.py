@@ -44,7 +44,7 @@ from factscope.models import (
 from factscope.predict import Prediction, predict
 from factscope.result_files import MissingResultFileError, ResultFileError, load_result, save_result
 from factscope.synthetic import synthetic_requests
-from factscope.tokens import encode, encode_batch, str_tokens, subject_span, target_ids
+from factscope.tokens import ContextLengthError, encode, encode_batch, str_tokens, subject_span, target_ids
 from factscope.versions import library_versions
 
 __version__ = "0.1.0"
@@ -62,4 +62,7 @@ __all__ = [
     "encode", "encode_batch", "target_ids", "subject_span", "str_tokens", "predict", "Prediction",
     # cache, result files and versions
     "cache_dir", "save_result", "load_result", "ResultFileError", "MissingResultFileError", "library_versions",
+    "ContextLengthError",
+    # cache and versions
+    "cache_dir", "library_versions",
 ]

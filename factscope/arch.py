@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from jaxtyping import Float
@@ -100,16 +100,45 @@ class Arch:
         return self.names[kind][self.check_layer(layer)]
 
     def check_layer(self, layer: Any) -> int:
-        """``layer`` as an int in ``[0, n_layers)``; negative values count from the end.
+        """``layer`` normalised to ``[0, n_layers)``; negative values count from the end (``-1``: the last).
+
+        The one layer check of factscope: every function that takes a layer passes it through here
+        and records the normalised value, so ``layer=-1`` and ``layer=n_layers - 1`` give the same
+        result. Cost: negligible.
 
         Args:
-            layer: the layer to check; a non-integer raises ``TypeError``, one out of range ``ValueError``.
+            layer: the layer to check; a non-integer (a bool, a float, a str) raises ``TypeError``, one
+                outside ``[-n_layers, n_layers)`` raises ``ValueError``.
         """
+        n = self.n_layers
         if isinstance(layer, bool) or not isinstance(layer, int):
-            raise TypeError(f"expected an integer layer, got {layer!r}")
-        if not -self.n_layers <= layer < self.n_layers:
-            raise ValueError(f"expected a layer in [0, {self.n_layers}) for this {self.n_layers}-layer model, got {layer}")
-        return layer % self.n_layers
+            raise TypeError(f"expected an integer layer in [-{n}, {n}) (negative counts from the end), got "
+                            f"{layer!r} ({type(layer).__name__})")
+        if not -n <= layer < n:
+            raise ValueError(f"expected a layer in [-{n}, {n}) (negative counts from the end) for this {n}-layer "
+                             f"model, got {layer}")
+        return layer % n
+
+    def check_layers(self, layers: Any, *, name: str = "layers") -> tuple[int, ...]:
+        """``layers`` (an int or a non-empty sequence of ints) normalised by `check_layer`, in the given order.
+
+        Negative values count from the end. Two entries naming the same layer (``[1, 1]``, or ``[-1, 17]``
+        on an 18-layer model) raise ``ValueError``: a layer is edited or attributed once. Callers
+        that need them sorted sort the result. Cost: negligible.
+
+        Args:
+            layers: an int or a non-empty sequence of ints.
+            name: the argument's name, for the error messages.
+        """
+        n = self.n_layers
+        items = [layers] if isinstance(layers, int) and not isinstance(layers, bool) else layers
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or len(items) == 0:
+            raise ValueError(f"expected {name} to name at least one layer: an int or a non-empty sequence of ints "
+                             f"in [-{n}, {n}) (negative counts from the end), got {layers!r}")
+        out = tuple(self.check_layer(l) for l in items)
+        if len(set(out)) != len(out):
+            raise ValueError(f"expected distinct layers in {name}, got {list(items)} (normalised: {list(out)})")
+        return out
 
     def W_out(self, model: Bridge, layer: int) -> Float[Tensor, "d_mlp d_model"]:
         """The live ``[d_mlp, d_model]`` view of layer ``layer``'s MLP output projection.

@@ -5,7 +5,7 @@ A bridge is a TransformerLens 4.x ``TransformerBridge`` (from `factscope.load_mo
 `typing.Protocol` naming exactly the part of it that factscope uses, so that:
 
 - signatures say what they take (``model: Bridge``, never ``Any``);
-- importing factscope does not import TransformerLens' bridge module (seconds) just for a type;
+- importing factscope does not import TransformerLens' bridge module (a slow import) just for a type;
 - ``isinstance(x, Bridge)`` is a cheap structural check (attributes present, not their types).
 
 What factscope asks of a bridge (and nothing else)::

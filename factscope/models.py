@@ -13,9 +13,10 @@ a hub id (``"gpt2"``)                  from the local HF cache when present, els
                                        no network a clear error is raised at once (no hanging).
 ====================================  =============================================================
 
-GGUF models are dequantised once (20-45 s, ~1 GiB RAM per 100M parameters) into a safetensors
-folder under ``cache_dir("models")``, written atomically; later loads read that folder (Gemma:
-about 6 s, mostly its 33 MB tokenizer; SmolLM2: about 1 s).
+GGUF models are dequantised once (one pass over the weights, holding the float32 model in memory)
+into a safetensors folder under ``cache_dir("models")``, written atomically; later loads read that
+folder (mostly the time to read the weights and the tokenizer). Measured times and memory:
+docs/guide.md, "Measured costs of locating and loading".
 
 Every returned bridge is in eval mode with all parameters frozen (``requires_grad=False``): the
 editors optimise their own tensors, never the weights. BOS handling follows `factscope.tokens`.
@@ -334,7 +335,9 @@ def load_model(
         ModelNotAvailableError: not available offline, or a model package is missing.
         FileNotFoundError: a path that does not exist.
 
-    Cost: first load of a GGUF model 20-60 s and ~1 GiB disk; later loads a few seconds.
+    Cost: first load of a GGUF model: one dequantisation pass over its weights, and a float32 copy on
+    disk (4 bytes per parameter); later loads read that copy and the tokenizer (measured times:
+    docs/guide.md).
     """
     name = DEFAULT_MODEL if name is None else name
     if not isinstance(name, (str, os.PathLike)):
@@ -371,7 +374,7 @@ def fingerprint(model: Bridge, *, samples: int = 4096) -> str:
     Returns:
         16 hex characters.
 
-    Cost: milliseconds (no model passes; ``samples`` elements per parameter tensor are copied).
+    Cost: O(parameter tensors × ``samples``) elements copied and hashed; no model passes.
     """
     h = hashlib.sha256()
     cfg = getattr(model, "cfg", None)
@@ -504,7 +507,8 @@ def tiny_model(arch: TinyArch = "gpt2", seed: int = 0) -> Any:
         arch: ``"gpt2"`` (default), ``"llama"`` or ``"gemma3"``.
         seed: the same seed gives the same weights (default 0).
 
-    Cost: well under a second, in-process, no network; a few MB of memory.
+    Cost: building and booting a 4-layer model with a few hundred thousand parameters, in-process, no
+    network (measured: docs/guide.md).
     """
     model, tok = tiny_hf(arch, seed)
     return _boot(model, tok, name=f"tiny-{arch}", label=f"tiny-{arch}", source="tiny", path=None,

@@ -16,12 +16,13 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from factscope.kv import run_cached
-from factscope.tokens import encode_batch, str_tokens, target_ids, tokenizer_of
+from factscope.tokens import check_context, encode, pad_left, str_tokens, target_ids, tokenizer_of
 from factscope.bridge import Bridge
-from factscope.arch import context_of
+from factscope.arch import arch_of, context_of
+from factscope.checks import check_int
 
 __all__ = ["Prediction", "Predictions", "predict", "next_token_logits", "target_logprob", "target_scores", "TargetScores",
-           "generate", "kl_from_logprobs", "kl_from_logits"]
+           "generate", "check_generate", "kl_from_logprobs", "kl_from_logits"]
 
 
 @dataclass(frozen=True)
@@ -99,19 +100,23 @@ class Predictions:
 def next_token_logits(model: Bridge, prompts: Sequence[str], *, batch_size: int = 32) -> Float[Tensor, "batch d_vocab"]:
     """Logits of the next token after each prompt (float32, on CPU).
 
+    Every prompt is encoded and checked against the model's context before the first pass.
+
     Cost: one forward per ``batch_size`` prompts; memory ``batch_size x pos x d_model`` activations
     plus ``batch x d_vocab`` logits.
     """
     if isinstance(prompts, str):
         raise TypeError("expected a sequence of prompts, got a single str; wrap it in a list")
+    if len(prompts) == 0:
+        raise ValueError("expected at least one prompt, got none")
+    check_int("batch_size", batch_size, 1)
+    rows = [encode(model, p) for p in prompts]  # all checked (each fits the context) before any pass
+    device = context_of(model).device
     out = []
-    for i in range(0, len(prompts), batch_size):
-        ids, mask = encode_batch(model, prompts[i:i + batch_size])
-        device = context_of(model).device
+    for i in range(0, len(rows), batch_size):
+        ids, mask = pad_left(model, rows[i:i + batch_size])
         logits = model(ids.to(device), attention_mask=mask.to(device), logits_to_keep=1)
         out.append(logits[:, -1].float().cpu())
-    if not out:
-        raise ValueError("expected at least one prompt, got none")
     return torch.cat(out)
 
 
@@ -135,12 +140,21 @@ def predict(
     Returns:
         ``Predictions``: one `Prediction` per prompt; ``.accuracy`` and ``.to_dataframe()``.
 
+    Raises:
+        TypeError / ValueError: a single str, no prompts, not one target per prompt, ``k`` outside
+            ``[1, d_vocab]``. ContextLengthError: a prompt longer than the model's context. All
+            before any model pass.
+
     Cost: one forward pass per ``batch_size`` prompts, logits at the last position only; memory
     about ``batch_size × pos × d_model`` activations plus ``batch × d_vocab`` float32 logits
     (262k-token vocabulary on Gemma: about 1 MB per prompt).
     """
-    if targets is not None and len(targets) != len(prompts):
-        raise ValueError(f"expected one target per prompt, got {len(targets)} targets for {len(prompts)} prompts")
+    if isinstance(prompts, str):
+        raise TypeError("expected a sequence of prompts, got a single str; wrap it in a list")
+    if targets is not None and (isinstance(targets, str) or len(targets) != len(prompts)):
+        got = "a single str" if isinstance(targets, str) else f"{len(targets)} targets"
+        raise ValueError(f"expected one target per prompt, got {got} for {len(prompts)} prompts")
+    check_int("k", k, 1, arch_of(model).d_vocab)
     logits = next_token_logits(model, prompts, batch_size=batch_size)
     probs = logits.softmax(-1)  # [batch, d_vocab]
     top = probs.topk(k, dim=-1)
@@ -185,18 +199,17 @@ def target_scores(
         raise TypeError("expected sequences of prompts and targets, got a single str; wrap it in a list")
     if len(prompts) != len(targets):
         raise ValueError(f"expected one target per prompt, got {len(targets)} targets for {len(prompts)} prompts")
-    from factscope.tokens import encode, pad_left
-
     tok = tokenizer_of(model)
     device = context_of(model).device
+    all_tgts = [target_ids(tok, t) for t in targets]
+    all_rows = [encode(model, p) + t for p, t in zip(prompts, all_tgts)]
+    for p, r, t in zip(prompts, all_rows, targets):  # before any pass: prompt + target fits the context
+        check_context(model, len(r), what=f"the prompt {p[:60]!r} followed by the target {t!r}")
     lps, exact = [], []
     for i in range(0, len(prompts), batch_size):
-        rows, tgts = [], []
-        for p, t in zip(prompts[i:i + batch_size], targets[i:i + batch_size]):
-            tgts.append(target_ids(tok, t))
-            rows.append(encode(tok, p) + tgts[-1])
+        rows, tgts = all_rows[i:i + batch_size], all_tgts[i:i + batch_size]
         n = max(map(len, tgts))
-        ids, mask = pad_left(tok, rows)
+        ids, mask = pad_left(model, rows)
         lp = model(ids.to(device), attention_mask=mask.to(device), logits_to_keep=n + 1)[:, :-1].float().log_softmax(-1)  # [row, n, vocab]
         for r, t in enumerate(tgts):  # row r's target tokens are its last len(t) tokens
             pos = torch.arange(n - len(t), n, device=device)
@@ -215,6 +228,34 @@ def target_logprob(
     log-probability of the new target's tokens).
     """
     return target_scores(model, prompts, targets, batch_size=batch_size).logprob
+
+
+def check_generate(model: Bridge, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]:
+    """The prompts' token ids, after checking what `generate` needs: each prompt plus ``max_new_tokens`` fits.
+
+    `generate` calls it first; callers that generate after other work (`factscope.probes.evaluate`)
+    call it before that work.
+
+    Args:
+        model: a bridge (its context ``n_ctx``).
+        prompts: full prompts (a single ``str`` raises ``TypeError``).
+        max_new_tokens: tokens to be generated per prompt (an int >= 1).
+
+    Raises:
+        TypeError / ValueError: a single str, a bad ``max_new_tokens``. ContextLengthError: a prompt
+            whose length plus ``max_new_tokens`` exceeds the context.
+
+    Cost: negligible (one tokenisation per prompt; no model passes).
+    """
+    if isinstance(prompts, str):
+        raise TypeError("expected a sequence of prompts, got a single str; wrap it in a list")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"expected max_new_tokens to be an int >= 1, got {max_new_tokens!r}")
+    enc = [encode(model, p) for p in prompts]
+    for p, e in zip(prompts, enc):
+        check_context(model, len(e) + max_new_tokens,
+                      what=f"the prompt {p[:60]!r} ({len(e)} tokens) plus max_new_tokens={max_new_tokens}")
+    return enc
 
 
 @torch.no_grad()
@@ -240,19 +281,14 @@ def generate(
 
     Cost: per batch, one prompt forward and ``max_new_tokens - 1`` single-token forwards with a
     KV cache. Each step reads the whole unembedding (Gemma 3 270M: 262k × 640 floats), so batching
-    is nearly free: 100 tokens take ~5-10 s per batch on 2 CPU cores, whatever the batch size.
+    is nearly free: the time per batch hardly depends on the batch size (measured: docs/guide.md).
+    A prompt whose length plus ``max_new_tokens`` exceeds the model's context is refused first.
     """
     from tqdm.auto import tqdm
 
-    from factscope.tokens import encode, pad_left
-
-    if isinstance(prompts, str):
-        raise TypeError("expected a sequence of prompts, got a single str; wrap it in a list")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"expected max_new_tokens to be an int >= 1, got {max_new_tokens!r}")
+    enc = check_generate(model, prompts, max_new_tokens)
     tok = tokenizer_of(model)
     device = context_of(model).device
-    enc = [encode(tok, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))  # similar lengths together: little padding
     groups = [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
     out: list[str] = [""] * len(prompts)

@@ -210,8 +210,8 @@ def synthetic_requests(n: int, seed: int = 0, *, model: Bridge | None = None) ->
         TypeError: ``n`` or ``seed`` is not an integer, or ``model`` is neither a bridge nor a tokenizer.
         ValueError: ``n < 1``, or more requests than there are subjects (clean ones, with ``model``).
 
-    Cost: 10,000 requests take about 0.2 s without a model; with one, add five tokenisations a
-    request, batched (about a second for 10,000 with Gemma's tokenizer).
+    Cost: O(n) string formatting without a model; with one, add five tokenisations a request,
+    batched (measured times: docs/guide.md).
     """
     n, seed = _check_int("n", n), _check_int("seed", seed)
     if n < 1:

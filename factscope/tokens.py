@@ -12,6 +12,10 @@ The convention, used by every factscope function:
 - **Batches** are left-padded with an explicit attention mask, so the last column is every row's
   answer position. Always pass the mask to the model: a left-padded tensor without one gives wrong
   logits.
+- **Length**: encoding for a *model* (not a bare tokenizer) checks the result against the model's
+  context, ``n_ctx`` (`check_context`): a prompt that does not fit raises `ContextLengthError`
+  before anything is allocated for it. `check_request` applies the same check to an `EditRequest`
+  (prompt plus new target), for the editors.
 
 Dimension names: ``batch`` (prompts), ``pos`` (token positions, BOS included).
 """
@@ -27,6 +31,10 @@ from torch import Tensor
 from factscope.facts import EditRequest, Fact
 
 __all__ = [
+    "ContextLengthError",
+    "context_length",
+    "check_context",
+    "check_request",
     "bos_ids",
     "pad_id",
     "span_from_offsets",
@@ -51,6 +59,56 @@ def tokenizer_of(model_or_tokenizer: Any):
     )
 
 
+class ContextLengthError(ValueError):
+    """A prompt (or a prompt with what is appended to it) is longer than the model's context ``n_ctx``.
+
+    Raised by `check_context` (through `encode`, `encode_batch`, `pad_left`, `check_request` and every
+    entry point) before anything is allocated. A ``ValueError``, so ``except ValueError`` catches it.
+    Cost: negligible.
+    """
+
+
+def context_length(model_or_tokenizer: Any) -> int | None:
+    """The model's context length ``n_ctx`` in tokens (BOS included), or ``None`` for a bare tokenizer.
+
+    Args:
+        model_or_tokenizer: a bridge (its ``cfg.n_ctx``, via `factscope.arch.context_of`) or a tokenizer.
+
+    Cost: negligible.
+    """
+    if getattr(model_or_tokenizer, "cfg", None) is None:
+        return None
+    from factscope.arch import context_of
+
+    return context_of(model_or_tokenizer).n_ctx
+
+
+def check_context(model_or_tokenizer: Any, n_tokens: int, *, what: str = "the prompt") -> int:
+    """``n_tokens`` if it fits the model's context; `ContextLengthError` (a ValueError) if not.
+
+    The one length check of factscope: `encode`, `encode_batch` and `pad_left` call it when given a
+    model, and entry points call it for what they append (targets, generated tokens). A bare
+    tokenizer knows no context, so nothing is checked then.
+
+    Args:
+        model_or_tokenizer: a bridge (checked against its ``n_ctx``) or a tokenizer (no check).
+        n_tokens: the length to check, in tokens, BOS included.
+        what: what is that long, for the message (e.g. ``"the prompt 'The Space Needle…'"``).
+
+    Cost: negligible (no model passes; nothing allocated).
+    """
+    n_ctx = context_length(model_or_tokenizer)
+    if n_ctx is not None and n_tokens > n_ctx:
+        raise ContextLengthError(
+            f"expected {what} to fit the model's context of n_ctx={n_ctx} tokens (BOS included), got "
+            f"{n_tokens} tokens; shorten it (nothing was run)")
+    return n_tokens
+
+
+def _short(text: str, n: int = 60) -> str:
+    return repr(text if len(text) <= n else text[:n] + "…")
+
+
 def bos_ids(tok) -> list[int]:
     """``[bos_token_id]``, or ``[]`` for a tokenizer without a BOS token (the prefix `encode` adds)."""
     return [] if tok.bos_token_id is None else [int(tok.bos_token_id)]
@@ -66,12 +124,17 @@ def encode(model_or_tokenizer: Any, text: str) -> list[int]:
     Returns:
         ``[pos]`` token ids, BOS first (none if the tokenizer has no BOS token).
 
+    Raises:
+        ContextLengthError: given a model, a prompt longer than its context ``n_ctx`` (`check_context`).
+
     Cost: negligible (one tokenisation; no model passes).
     """
     tok = tokenizer_of(model_or_tokenizer)
     if not isinstance(text, str) or not text:
         raise ValueError(f"expected a non-empty prompt string, got {text!r}")
-    return bos_ids(tok) + list(tok(text, add_special_tokens=False)["input_ids"])
+    ids = bos_ids(tok) + list(tok(text, add_special_tokens=False)["input_ids"])
+    check_context(model_or_tokenizer, len(ids), what=f"the prompt {_short(text)}")
+    return ids
 
 
 def pad_id(tok) -> int:
@@ -100,17 +163,20 @@ def encode_batch(
     """
     if isinstance(texts, str):
         raise TypeError("expected a sequence of prompts, got a single str; wrap it in a list")
-    tok = tokenizer_of(model_or_tokenizer)
-    return pad_left(tok, [encode(tok, t) for t in texts])
+    return pad_left(model_or_tokenizer, [encode(model_or_tokenizer, t) for t in texts])
 
 
 def pad_left(
     model_or_tokenizer: Any, rows: Sequence[Sequence[int]]
 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-    """Left-pad token-id rows into ``(input_ids, attention_mask)``: every row ends in the last column."""
+    """Left-pad token-id rows into ``(input_ids, attention_mask)``: every row ends in the last column.
+
+    Given a model, the longest row must fit its context (`check_context`). Cost: negligible.
+    """
     if not rows:
         raise ValueError("expected at least one prompt, got an empty sequence")
     width = max(map(len, rows))
+    check_context(model_or_tokenizer, width, what=f"the longest of {len(rows)} token rows")
     ids = torch.full((len(rows), width), pad_id(tokenizer_of(model_or_tokenizer)), dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
@@ -237,3 +303,31 @@ def subject_span(
         i0, i1 = _span_from_prefixes(tok, text, a, b)
     shift = len(bos_ids(tok))
     return i0 + shift, i1 + shift
+
+
+def check_request(model: Any, request: Any, *, what: str = "") -> EditRequest:
+    """``request`` if an editor can use it on ``model``: the one request check of the editors.
+
+    Checks, before any model pass: that it is an `EditRequest`; that its subject is a whole run of
+    its prompt's tokens (`subject_span`); that ``target_new`` tokenizes; and that the prompt followed
+    by ``target_new`` fits the model's context (`check_context`).
+
+    Args:
+        model: the bridge the edit is for.
+        request: the object to check.
+        what: a prefix for the messages, e.g. ``"ROME"`` (default: none).
+
+    Raises:
+        TypeError: not an `EditRequest`. ValueError: a subject that is not a token run of the prompt, an
+            empty target. ContextLengthError: prompt and target longer than ``n_ctx``.
+
+    Cost: negligible (three tokenisations; no model passes).
+    """
+    pre = f"{what}: " if what else ""
+    if not isinstance(request, EditRequest):
+        raise TypeError(f"{pre}expected an EditRequest, got {type(request).__name__}: {request!r:.80}")
+    subject_span(model, request)  # raises if the subject is not a whole run of the prompt's tokens
+    n = len(encode(tokenizer_of(model), request.text)) + len(target_ids(model, request.target_new))
+    check_context(model, n, what=f"{pre}the prompt {_short(request.text)} followed by target_new "
+                                 f"{request.target_new!r}")
+    return request

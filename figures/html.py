@@ -10,7 +10,7 @@
 
 Everything the page needs is inside it: PNG figures are inlined as ``data:image/png;base64`` URIs,
 the stylesheet is inline, and a circuitsvis view is embedded through its ``.local_src`` (the
-JavaScript bundle inlined, ~1.3 MB), so the file opens from disk with no network and nothing is
+JavaScript bundle inlined, the bulk of such a page: its size is in docs/guide.md), so the file opens from disk with no network and nothing is
 fetched from a CDN. `remote_urls` lists any resource a page would load from elsewhere (the tests
 require it to be empty).
 
@@ -165,7 +165,7 @@ class Html:
     def render(self) -> str:
         """The fragment inside a captioned ``<figure>``.
 
-        Cost: negligible (a circuitsvis view adds ~1.3 MB of inlined JavaScript to the page).
+        Cost: negligible (a circuitsvis view adds its inlined JavaScript bundle to the page, once).
         """
         return (f"<figure class='html'><figcaption>{_inline(self.caption)}</figcaption>"
                 f"<div class='view'>{self.fragment}</div></figure>")

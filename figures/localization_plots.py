@@ -35,7 +35,7 @@ def plot_localization(result: Any, *, axes: Any = None) -> Any:
     Returns:
         The matplotlib Figure.
 
-    Cost: a fraction of a second (matplotlib only; no model passes).
+    Cost: one matplotlib figure, no model passes (measured times: docs/guide.md).
     """
     import math
 

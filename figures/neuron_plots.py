@@ -29,7 +29,7 @@ def plot_neurons(result: Any, *, reduce: str = "both", axes: Any = None) -> Any:
     Returns:
         The matplotlib Figure.
 
-    Cost: a fraction of a second (matplotlib only; no model passes).
+    Cost: one matplotlib figure, no model passes (measured times: docs/guide.md).
     """
     import matplotlib.pyplot as plt
     import numpy as np
@@ -88,8 +88,8 @@ def neurons_html(result: Any, path: str | Path | None = None) -> Any:
     Returns:
         A circuitsvis ``RenderedHTML`` that renders inline in a notebook.
 
-    Cost: no model passes; the page is about 1.3 MB (the inlined JavaScript bundle) plus the
-    activations, written atomically.
+    Cost: no model passes; the page is the inlined circuitsvis JavaScript bundle (once; its size is
+    in docs/guide.md) plus O(prompts · tokens · neurons) activations, written atomically.
 
     Raises:
         ValueError: the result has no selected neurons.
@@ -131,7 +131,7 @@ def _closed_div(src: str) -> str:
 
 
 def _one_bundle(heads: list[str], srcs: list[str]) -> str:
-    """Several circuitsvis ``local_src`` panels sharing one inlined JavaScript bundle (~1.3 MB, not one per panel).
+    """Several circuitsvis ``local_src`` panels sharing one inlined JavaScript bundle (once, not one per panel).
 
     Each ``local_src`` is ``<div id=.../>`` + ``<script type="module">`` bundle + ``CircuitsVis.render(...)``
     + ``</script>``; the bundle's names are module-scoped, so the render calls go into the first script.

@@ -24,7 +24,7 @@ def plot_profile(profile: Any, *, axes: Any = None) -> Any:
     Returns:
         The matplotlib Figure.
 
-    Cost: a fraction of a second (matplotlib only; no model passes).
+    Cost: one matplotlib figure, no model passes (measured times: docs/guide.md).
     """
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator

@@ -50,8 +50,8 @@ def plot_report(reports: Any, *, metrics: Sequence[str] = RATE_METRICS, labels: 
     Returns:
         The matplotlib Figure.
 
-    Cost: each report's `EditReport.summary` (bootstrap CIs: about a second each), then drawing
-    (matplotlib only; no model passes).
+    Cost: each report's `EditReport.summary` (bootstrap CIs: O(n_boot · requests) per report), then
+    drawing (matplotlib only; no model passes).
     """
     import matplotlib.pyplot as plt
     import numpy as np

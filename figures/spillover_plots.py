@@ -39,7 +39,7 @@ def plot_spillover(result: Any, *, effect: str = "abs_delta_logp", axes: Any = N
     Returns:
         The matplotlib Figure.
 
-    Cost: a fraction of a second (matplotlib only; no model passes).
+    Cost: one matplotlib figure, no model passes (measured times: docs/guide.md).
     """
     import matplotlib.pyplot as plt
     from factscope.probes.spillover import EFFECTS, POOLED

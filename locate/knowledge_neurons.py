@@ -61,8 +61,9 @@ activations require grad.
 
 Cost: ``prompts × layers × steps`` rows, each one token through every block plus the unembedding
 forward and backward. With Gemma 3 270M's 262k vocabulary the unembedding dominates: about 1 GFLOP
-per row, so ~1,000 rows (3 prompts, 18 layers, 20 steps) take about 20 s on one CPU thread, 1.15x the
-bare batched forward and backward passes over those rows (`benchmarks/bench_neurons.py` prints both).
+per row (1,080 rows for 3 prompts, 18 layers, 20 steps), and the whole attribution costs little more
+than the bare batched forward and backward passes over those rows (`benchmarks/bench_neurons.py`
+prints both; measured times: docs/guide.md).
 Memory: about ``batch_size × d_vocab × 16`` bytes for the logits and their gradient (the default
 batch size keeps this near 1 GiB), plus the prefix cache.
 
@@ -614,12 +615,7 @@ def _check_ig_args(a: Any, steps: Any, rule: Any, batch_size: Any, layers: Any, 
         raise ValueError(f"expected batch_size to be a positive integer or None, got {batch_size!r}")
     if layers is None:
         return list(range(a.n_layers))
-    if isinstance(layers, int):
-        layers = [layers]
-    out = sorted({a.check_layer(l) for l in layers})
-    if not out:
-        raise ValueError("expected at least one layer, got an empty list")
-    return out
+    return sorted(a.check_layers(layers))  # negatives count from the end; duplicates raise
 
 
 def neuron_attribution(
@@ -642,7 +638,8 @@ def neuron_attribution(
         model: a bridge.
         prompt: a full prompt.
         target: the answer; ``None`` attributes the model's own top-1 token.
-        layers: layers to attribute (default ``None``: all); the others are NaN.
+        layers: layers to attribute, an int or distinct ints (negative values count from the end;
+            recorded normalised); default ``None``: all. The others are NaN.
         steps: IG points per layer (default 20, the paper's).
         rule: Riemann points, ``"midpoint"`` (default), ``"left"`` (the official code's) or ``"right"``.
         batch_size: IG rows per forward/backward pass; default ``None``: as many as keep the logits
@@ -655,8 +652,8 @@ def neuron_attribution(
         ``[layer, d_mlp]`` attributions (float32).
 
     Cost: one clean forward, then ``len(layers) × steps`` one-token rows forward and backward
-    against a prefix cache (Gemma 3 270M, all 18 layers, 20 steps: about 7 s on one CPU thread, a
-    third of `neurons` over 3 prompts). Memory: about ``batch_size × d_vocab × 16`` bytes (~1 GiB
+    against a prefix cache: O(layers · steps) one-token passes, one prompt's share of `neurons`
+    (measured times: docs/guide.md). Memory: about ``batch_size × d_vocab × 16`` bytes (~1 GiB
     by default), plus the prefix cache.
     """
     a = arch_of(model)
@@ -713,7 +710,8 @@ def neurons(
         steps: IG points per layer (the paper's 20).
         threshold: the coarse threshold, a fraction of each prompt's maximum attribution (0.2).
         refine: the starting fraction of prompts a neuron must be found in (0.7).
-        layers: layers to attribute (default: all).
+        layers: layers to attribute, an int or distinct ints (negative values count from the end;
+            ``settings["layers"]`` records them normalised and sorted); default: all.
         batch_size: IG rows per forward/backward pass; default: as many as keep the logits and their
             gradient near 1 GiB (Gemma 3 270M: 256 rows; SmolLM2: all 30 layers × 20 steps).
         rule: ``"midpoint"``, ``"left"`` (the official code's) or ``"right"`` Riemann points.
@@ -729,10 +727,12 @@ def neurons(
         names it).
 
     Raises:
-        ValueError: fewer than 3 prompts, a layer out of range, bad settings. The model is not changed.
+        ValueError: fewer than 3 prompts, a layer out of range or repeated, bad settings.
+        ContextLengthError: a prompt longer than the model's context. All before any model pass;
+            the model is not changed.
 
-    Cost: ``prompts × layers × steps`` IG rows (Gemma 3 270M, 3 prompts, all layers: about 20 s on
-    one CPU thread); memory as the module docstring says.
+    Cost: ``prompts × layers × steps`` IG rows, O(prompts · layers · steps) one-token forward and
+    backward passes (measured times: docs/guide.md); memory as the module docstring says.
     """
     from tqdm.auto import tqdm
 
@@ -747,6 +747,8 @@ def neurons(
     if not 0 < refine <= 1:
         raise ValueError(f"expected refine in (0, 1], got {refine!r}")
     texts = _prompts_of(fact, prompts)
+    for text in texts:  # before any model pass: every prompt fits the context
+        encode(model, text)
     target = fact.target if isinstance(fact, Fact) else fact.target_true
     answer_id = None if target is None else target_ids(model, target)[0]
     bs = batch_size or ig_batch_size(a, steps, len(layers))
@@ -869,7 +871,8 @@ def suppress(model: Bridge, neurons: Any, *, positions: Any = "last") -> context
 
     Args:
         model: a bridge.
-        neurons: a `NeuronResult` or ``(layer, index[, score])`` items.
+        neurons: a `NeuronResult` or ``(layer, index[, score])`` items (negative layers count from
+            the end; see `neuron_list`).
         positions: ``"last"`` (default: the last column, i.e. the answer position of factscope's
             left-padded batches), ``"all"``, or token indices (negative ones count from the end).
 
@@ -892,7 +895,8 @@ def enhance(model: Bridge, neurons: Any, factor: float = 2.0, *, positions: Any 
 
     Args:
         model: a bridge.
-        neurons: a `NeuronResult` or ``(layer, index[, score])`` items.
+        neurons: a `NeuronResult` or ``(layer, index[, score])`` items (negative layers count from
+            the end; see `neuron_list`).
         factor: the multiplier (default 2.0, the paper's); must be finite.
         positions: ``"last"`` (default), ``"all"``, or token indices, as for `suppress`.
 

@@ -10,12 +10,14 @@ Grids are averaged within a bucket per fact, then across facts, with a 95% norma
 confidence interval (mean ± 1.96 · sd / √n, n = facts that have the bucket: a one-token subject
 has no middle tokens). Facts the model gets wrong (top-1 ≠ target) are skipped and listed.
 
-Cost: one `trace` per fact (Gemma 3 270M, kind="mlp", 10 samples: tens of seconds per fact).
+Cost: one `trace` per fact the model answers correctly: O(facts) traces (measured times:
+docs/guide.md).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -24,7 +26,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from factscope.facts import EditRequest, Fact
-from factscope.locate.tracing import KINDS, trace
+from factscope.arch import arch_of
+from factscope.locate.tracing import check_trace_args, trace
+from factscope.tokens import encode
 from factscope.predict import predict
 from factscope.bridge import Bridge
 from factscope.result_files import ResultContents, Saveable, unnest
@@ -176,9 +180,15 @@ def layer_profile(
     Returns:
         `ProfileResult`: ``mean[kind]``, ``lo[kind]``, ``hi[kind]`` are ``[bucket, layer]``.
 
-    Cost: one `predict` batch, then one `trace` per fact answered correctly (Gemma 3 270M,
-    ``kind="mlp"``, 10 samples: tens of seconds per fact on 2 CPU cores; the 86 built-in facts
-    about 30 min). Memory: that of one `trace`.
+    Raises:
+        TypeError / ValueError: no facts, a non-fact, a fact without a target, bad trace settings.
+        ContextLengthError: a prompt longer than the model's context. MemoryError: the longest
+            prompt's `trace` would not fit (`factscope.locate.estimate_trace_memory`). All before any
+            model pass. ValueError: the model answers none of the facts (after one `predict` batch).
+
+    Cost: one `predict` batch, then one `trace` per fact answered correctly: O(facts) traces, each
+    O(samples · T² · L²) block-token steps (measured times: docs/guide.md). Memory: that of one
+    `trace`.
     """
     from tqdm.auto import tqdm
 
@@ -186,12 +196,20 @@ def layer_profile(
         from factscope.datasets import builtin_facts
 
         facts = builtin_facts()
+    if isinstance(facts, (str, bytes, Fact, EditRequest)) or not isinstance(facts, Iterable):
+        raise TypeError(f"expected facts to be a sequence of Facts or EditRequests, got {type(facts).__name__}")
     facts = list(facts)
     if not facts:
         raise ValueError("expected at least one fact, got none")
+    for i, f in enumerate(facts):
+        if not isinstance(f, (Fact, EditRequest)):
+            raise TypeError(f"expected facts[{i}] to be a Fact or an EditRequest, got {type(f).__name__}: {f!r:.80}")
     if any(_target(f) is None for f in facts):
         raise ValueError("expected every fact to have a target (layer_profile skips facts the model gets wrong)")
-    kinds = KINDS if kind == "all" else (kind,)
+    # before any model pass: every prompt fits the context (encode), the trace settings are valid and
+    # the longest prompt's trace fits in memory
+    longest = max(len(encode(model, f.text)) for f in facts)
+    kinds = check_trace_args(model, longest, kind=kind, samples=samples, window=window, noise=noise)
     preds = predict(model, [f.text for f in facts], [_target(f) for f in facts])
     keep = [f for f, p in zip(facts, preds) if p.correct]
     skipped = tuple((p.prompt, f"model answers {p.answer.strip()!r}, not {p.target!r}") for p in preds if not p.correct)
@@ -228,7 +246,8 @@ def layer_profile(
 def one_per_relation(facts: Sequence[Fact] | None = None) -> list[Fact]:
     """The first fact of each relation, in order: the set `recommended_layer` profiles.
 
-    Profiling all 86 built-in facts would take ~30 min on 2 CPU cores; one per relation is 12.
+    One trace per relation (12 of the 86 built-in facts) instead of one per fact: a seventh of the
+    profiling time (measured times: docs/guide.md).
 
     Args:
         facts: facts or requests with a ``relation``; default ``None``: `factscope.builtin_facts`.
@@ -291,13 +310,11 @@ def recommended_layer(
     Returns:
         `LayerChoice`: ``layer``, ``reason`` and the ``profile``.
 
-    Cost: first call, a `layer_profile` of ``facts`` (Gemma 3 270M, the default 12 facts: about
-    3 min on 2 CPU cores); later calls a fingerprint and a file read (milliseconds).
+    Cost: first call, a `layer_profile` of ``facts`` (12 traces by default); later calls a
+    `factscope.fingerprint` and a file read, no model passes (measured times: docs/guide.md).
     """
     from factscope.cache import cache_dir, key_digest
     from factscope.models import fingerprint
-
-    from factscope.arch import arch_of
 
     facts = one_per_relation() if facts is None else list(facts)
     window = min(10, arch_of(model).n_layers) if window is None else window  # ROME's 10, clipped to the model

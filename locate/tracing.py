@@ -27,9 +27,12 @@ The reference algorithm (one full forward of 1 + samples rows per cell) is kept 
 the benchmark, and every cell matches it.
 
 Cost: about ``samples × Σ_{t ≥ subject start} (T − t) × Σ_cells (L − first changed block)`` token-
-block evaluations; on Gemma 3 270M, one thread, a 7-token prompt with kind="all" takes about 40 s
-(see `benchmarks/bench_trace.py` for the ratio to the reference). Memory: one batch of up to
-``kinds × layers × samples`` rows over the suffix (Gemma, kind="all": 540 rows, a few hundred MB).
+block evaluations, i.e. O(samples · T² · L²) block-token steps for T tokens and L layers, all without
+gradients (`benchmarks/bench_trace.py` prints the ratio to the reference; measured times are in
+docs/guide.md). Memory: one batch of up to ``kinds × layers × samples`` rows over the suffix, with a
+key/value cache per row and ``[rows, d_vocab]`` final logits (`estimate_trace_memory`; on Gemma,
+kind="all", 10 samples: 540 rows over a 262k vocabulary). A prompt longer than the model's context, or
+work whose estimate exceeds the free memory, is refused before anything is allocated.
 
 Dimension names: ``tok`` prompt tokens (BOS included), ``layer`` blocks, ``sample`` noise draws.
 """
@@ -52,7 +55,7 @@ from factscope.bridge import Bridge
 from factscope.arch import context_of
 from factscope.result_files import ResultContents, Saveable, nest, unnest
 
-__all__ = ["TraceResult", "trace", "embedding_sigma", "KINDS"]
+__all__ = ["TraceResult", "trace", "embedding_sigma", "estimate_trace_memory", "KINDS"]
 
 KINDS: tuple[str, ...] = ("hidden", "mlp", "attn")
 """The kinds of state `trace` restores: the residual stream, the MLP output, the attention output."""
@@ -197,17 +200,69 @@ def _window(l: int, window: int, n_layers: int) -> range:
     return range(max(0, l - window // 2), min(n_layers, l - window // 2 + window))
 
 
-def _check_args(a: Any, kind: str, samples: int, window: int, noise: float) -> tuple[str, ...]:
+def _kinds(kind: Any) -> tuple[str, ...]:
     kinds = KINDS if kind == "all" else (kind,)
     if any(k not in KINDS for k in kinds):
         raise ValueError(f"expected kind to be 'all', 'hidden', 'mlp' or 'attn', got {kind!r}")
-    if not isinstance(samples, int) or samples < 1:
+    return kinds
+
+
+def _check_args(a: Any, kind: str, samples: int, window: int, noise: float) -> tuple[str, ...]:
+    kinds = _kinds(kind)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"expected samples to be a positive integer, got {samples!r}")
     if set(kinds) & {"mlp", "attn"} and (not isinstance(window, int) or not 1 <= window <= a.n_layers):
         raise ValueError(f"expected a window of 1 to {a.n_layers} layers (the model has {a.n_layers}), got {window!r}")
     if not noise > 0:
         raise ValueError(f"expected a positive noise multiplier, got {noise!r}")
     return kinds
+
+
+def estimate_trace_memory(model: Bridge, n_tokens: int, *, kind: str = "all", samples: int = 10,
+                          subject_start: int = 1) -> int:
+    """Peak bytes `trace` needs beyond the model's weights, for a prompt of ``n_tokens`` tokens.
+
+    The sum of what lives through the whole trace (the clean run's restored states, the corrupted
+    run's residuals entering every block and its key/value cache) and the largest of three phases:
+    the clean forward (its ``[tok, d_vocab]`` logits and ``[head, tok, tok]`` attention scores), the
+    corrupted forward (the same per sample), and the batched pass of the first start token, where all
+    ``rows = kinds × layers × samples`` rows run over the suffix after ``subject_start`` with a
+    key/value cache of their own and end in ``[rows, d_vocab]`` float32 logits (two copies at the
+    peak, three with a final-logit softcap). An estimate: the pieces are counted as if all were alive at once, with allowances for a
+    block's temporaries; `trace` refuses work whose estimate exceeds the free memory.
+
+    Args:
+        model: a bridge (its sizes and dtype).
+        n_tokens: the prompt's length in tokens, BOS included (``len(encode(model, fact.text))``).
+        kind: ``"all"``, ``"hidden"``, ``"mlp"`` or ``"attn"``, as for `trace`.
+        samples: noise draws per cell, as for `trace`.
+        subject_start: the subject's first token (positions before it are not traced; default 1).
+
+    Returns:
+        Bytes. ``O(T·V + S·L·T·D + R·(L·T·kv + H·T² + T·d_mlp + V))`` for T tokens, S samples, L layers,
+        R = kinds·L·S rows, V vocabulary, D d_model, kv the key/value width, H heads.
+
+    Cost: negligible (arithmetic on the model's sizes; no model passes).
+    """
+    a = arch_of(model)
+    cfg = model.cfg
+    b = context_of(model).dtype.itemsize
+    f32 = 4
+    T, S, L, D, M, V = int(n_tokens), int(samples), a.n_layers, a.d_model, a.d_mlp, a.d_vocab
+    H = a.n_heads
+    kv = int(getattr(cfg, "n_key_value_heads", None) or H) * int(getattr(cfg, "d_head", None) or D // H)
+    K = len(_kinds(kind))
+    R = K * L * S
+    n = max(1, T - max(0, int(subject_start)))  # suffix length of the first (largest) pass
+    lasting = K * L * T * D * b + (L + 1) * S * T * D * b + S * L * 2 * T * kv * b
+    # in a block: up to 4 [head, q, k] attention tensors (scores, mask, pattern) and 6 [pos, d_mlp] MLP
+    # temporaries (GPT-2's gelu_new makes several) alive at once; measured on tiny GPT-2/Llama/Gemma 3 models
+    clean = T * V * f32 + (4 * H * T * T + 6 * T * M) * b
+    corrupted = S * V * f32 + S * (4 * H * T * T + 6 * T * M + 4 * T * D) * b
+    softcap = getattr(getattr(getattr(model, "original_model", None), "config", None), "final_logit_softcapping", None)
+    copies = 3 if softcap else 2  # the logits and logsumexp's temporary (and the softcap's)
+    batched = R * ((L + 1) * 2 * T * kv + 4 * n * D + 4 * H * n * T + 6 * n * M) * b + copies * R * V * f32
+    return int(lasting + max(clean, corrupted, batched))
 
 
 @torch.no_grad()
@@ -255,34 +310,42 @@ def trace(
         top-1 is traced anyway, with a warning.
 
     Cost: about ``samples × Σ_{t ≥ subject start} (T − t) × Σ_cells (L − first changed block)``
-    token-block evaluations (T prompt tokens, L layers), all without gradients. Gemma 3 270M,
-    ``kind="all"``, 10 samples, a 12-token fact: 88 s on one thread, 57 s on 2 (ROME's
-    reference: 630 s); a 7-token prompt about 40 s; one kind costs less. Memory: one batch of up to
-    ``kinds × layers × samples`` rows over the prompt's suffix (Gemma, ``kind="all"``: 540 rows, a
-    few hundred MB).
+    token-block evaluations (T prompt tokens, L layers; O(samples · T² · L²)), all without gradients,
+    far fewer than ROME's reference (one full forward per cell); one kind costs less than ``"all"``
+    (measured times: docs/guide.md). Memory: `estimate_trace_memory`, dominated on short prompts by
+    the ``[kinds × layers × samples, d_vocab]`` final logits and on long ones by the rows' key/value
+    caches and attention scores (O(T²)).
 
     Raises:
+        TypeError: ``fact`` is not a `Fact` or `EditRequest`.
         ValueError: bad arguments, a subject missing from the prompt, or (STR) no partner of the
-            subject's token length in the pool. Nothing is left hooked on the model.
+            subject's token length in the pool.
+        ContextLengthError: a prompt longer than the model's context (``n_ctx``).
+        MemoryError: work whose `estimate_trace_memory` exceeds the free memory (the message says
+            how much is needed, how much is free, and how to need less).
+        All are raised before any model pass; nothing is left hooked on the model.
     """
     a = arch_of(model)
+    if not isinstance(fact, (Fact, EditRequest)):
+        raise TypeError(f"expected fact to be a Fact or an EditRequest, got {type(fact).__name__}: {fact!r:.80}")
     kinds = _check_args(a, kind, samples, window, noise)
     if corruption not in ("gaussian", "str"):
         raise ValueError(f"expected corruption 'gaussian' or 'str', got {corruption!r}")
     if metric not in ("prob", "logit_diff"):
         raise ValueError(f"expected metric 'prob' or 'logit_diff', got {metric!r}")
     target = fact.target if isinstance(fact, Fact) else fact.target_true
-    ids = torch.tensor([encode(model, fact.text)], device=_device(model))  # [1, tok]
-    T = ids.shape[1]
+    prompt_ids = encode(model, fact.text)  # raises ContextLengthError beyond the model's context
+    T = len(prompt_ids)
     s0, s1 = subject_span(model, fact)
-    partners: list[str] = []
+    partners = _str_partners(model, fact, pool, samples, seed) if corruption == "str" else []
+    _check_trace_memory(model, T, kind, len(partners) or samples, s0)
+    ids = torch.tensor([prompt_ids], device=_device(model))  # [1, tok]
     if corruption == "gaussian":
         sigma = embedding_sigma(model) if sigma is None else float(sigma)
         g = torch.Generator().manual_seed(seed)
         eps = torch.randn(samples, s1 - s0, a.d_model, generator=g) * (noise * sigma)  # [sample, subj, d_model]
     else:
         sigma = None
-        partners = _str_partners(model, fact, pool, samples, seed)
         eps = _str_deltas(model, a, fact, partners, s0, s1)
         samples = len(partners)
     eps = eps.to(_device(model))
@@ -290,7 +353,8 @@ def trace(
     names = {k: [a.hook(_HOOK_KIND[k], l) for l in range(a.n_layers)] for k in kinds}
     wanted = {n for ns in names.values() for n in ns}
     clean_logits, clean_cache = model.run_with_cache(ids, names_filter=lambda n: n in wanted)
-    clean_last = clean_logits[0, -1].float()
+    clean_last = clean_logits[0, -1].float().clone()  # [d_vocab]
+    del clean_logits  # [1, tok, d_vocab]: only the last row is needed
     answer_id = int(clean_last.argmax()) if target is None else target_ids(model, target)[0]
     if target is not None and answer_id != int(clean_last.argmax()):
         import warnings
@@ -305,7 +369,7 @@ def trace(
     got: dict[str, Tensor] = {}
     grab = [(n, lambda act, hook: got.__setitem__(hook.name, act.detach().clone())) for n in resid]
     logits, kv = run_cached(model, ids.expand(samples, -1), fwd_hooks=[(a.embed, _corrupt(eps, s0, s1, 0, every))]
-                            + grab)
+                            + grab, logits_to_keep=1)
     corrupt_last = logits[:, -1].float()  # [sample, d_vocab]
     contrast_id = _contrast(model, fact, corrupt_last, answer_id) if metric == "logit_diff" else None
     score = _scorer(metric, answer_id, contrast_id)
@@ -331,6 +395,42 @@ def trace(
     return TraceResult(scores=scores, clean=clean, corrupted=corrupted, tokens=tuple(str_tokens(model, ids[0])),
                        subject=(s0, s1), answer=str_tokens(model, [answer_id])[0], answer_id=answer_id,
                        prompt=fact.text, settings=settings)
+
+
+def _check_trace_memory(model: Bridge, n_tokens: int, kind: str, samples: int, subject_start: int) -> None:
+    """MemoryError (what it needs, what is free, how to need less) when `estimate_trace_memory` exceeds the free memory."""
+    from factscope.checks import check_memory
+
+    need = estimate_trace_memory(model, n_tokens, kind=kind, samples=samples, subject_start=subject_start)
+    L = arch_of(model).n_layers
+    check_memory(need, device=_device(model),
+                 what=f"trace of a {n_tokens}-token prompt ({len(_kinds(kind))} kind(s) × {L} layers × {samples} "
+                      f"samples, vocabulary {arch_of(model).d_vocab})",
+                 hint="use fewer samples, one kind (kind='mlp') or a shorter prompt")
+
+
+def check_trace_args(model: Bridge, n_tokens: int, *, kind: str = "all", samples: int = 10, window: int = 10,
+                     noise: float = 3.0, subject_start: int = 1) -> tuple[str, ...]:
+    """The kinds `trace` would restore, after checking its settings and that its memory estimate fits.
+
+    What `trace` checks before any model pass, for callers that run many traces (`layer_profile`
+    checks its longest prompt once, up front).
+
+    Args:
+        model: a bridge.
+        n_tokens: the prompt's length in tokens, BOS included (already checked against the context).
+        kind, samples, window, noise: as for `trace`.
+        subject_start: the subject's first token (default 1: the most work a prompt of that length needs).
+
+    Raises:
+        ValueError: a bad kind, samples, window or noise. MemoryError: `estimate_trace_memory` exceeds
+            the free memory.
+
+    Cost: negligible (no model passes).
+    """
+    kinds = _check_args(arch_of(model), kind, samples, window, noise)
+    _check_trace_memory(model, n_tokens, kind, samples, subject_start)
+    return kinds
 
 
 def _schedule(cells: list[tuple[str, int]], window: int, L: int) -> tuple[list[int], list[int | None]]:

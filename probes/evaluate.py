@@ -63,9 +63,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from factscope.bridge import Bridge
-from factscope.result_files import ResultContents, Saveable, fact_from_json, fact_to_json, nest, unnest
 from factscope.edit.handle import Edit
 from factscope.facts import EditRequest
+from factscope.predict import check_generate
+from factscope.result_files import ResultContents, Saveable, fact_from_json, fact_to_json, nest, unnest
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -439,6 +440,7 @@ class EditReport(Saveable):
             seed: resampling seed; ``None``: ``settings["seed"]`` (0).
         """
         import pandas as pd
+
         from factscope.probes.stats import bootstrap, percentile_ci
 
         n_boot = self.settings.get("n_boot", 2000) if n_boot is None else n_boot
@@ -544,6 +546,8 @@ def evaluate(
     reqs = as_requests(edit.requests if requests is None else requests)
     edit.check_applicable(model)  # evaluate applies and reverts it itself
     rows = _rows(reqs)
+    if fluency:  # generation comes last; check that it fits the context before any pass
+        check_generate(model, [r.text for r in reqs], n_gen_tokens)
     steps = 3 if fluency else 2  # targets, neighbours (, fluency) per side
     with tqdm(total=2 * steps, desc="evaluate", disable=not progress) as bar:
         pre = _side(model, reqs, rows, "pre", fluency=fluency, n_gen_tokens=n_gen_tokens, batch_size=batch_size,

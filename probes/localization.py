@@ -53,18 +53,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from factscope.probes.stats import OLS, nested_f_test, ols
 from jaxtyping import Float
 from torch import Tensor
 
 from factscope.arch import arch_of
 from factscope.bridge import Bridge
-from factscope.result_files import ResultContents, Saveable, fact_from_json, fact_to_json, nest, unnest
 from factscope.checks import as_requests, check_int
 from factscope.edit import registry
 from factscope.edit.handle import Edit
 from factscope.edit.registry import EditorConfig, EditorSpec, config_dict
 from factscope.facts import EditRequest
+from factscope.probes.stats import OLS, nested_f_test, ols
+from factscope.result_files import ResultContents, Saveable, fact_from_json, fact_to_json, nest, unnest
 
 __all__ = ["LocalizationResult", "localization_vs_editing", "tracing_effect", "rewrite_score", "hase_regressions",
            "layer_editors", "layer_editor", "HASE_ROME_GPTJ", "ALPHA", "SMALL_DELTA_R2"]
@@ -286,31 +286,20 @@ class LocalizationResult(Saveable):
 
 
 def _check_facts(model: Bridge, facts: Any) -> tuple[EditRequest, ...]:
-    from factscope.facts import Fact
-    from factscope.tokens import subject_span
+    from factscope.tokens import check_request
 
     facts = as_requests(facts, "facts")
     for i, r in enumerate(facts):
         if r.target_true is None:
             raise ValueError(f"expected facts[{i}] ({r.subject!r}) to have a target_true (tracing follows it), "
                              "got None")
-        subject_span(model, Fact(r.prompt, r.subject))  # raises if the subject is not a run of tokens
+        check_request(model, r)  # the subject is a run of tokens; prompt + target fit the context
     return tuple(facts)
 
 
 def _check_layers(model: Bridge, layers: Any) -> tuple[int, ...]:
     a = arch_of(model)
-    if layers is None:
-        return tuple(range(a.n_layers))
-    if isinstance(layers, int) and not isinstance(layers, bool):
-        layers = [layers]
-    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or len(layers) == 0:
-        raise ValueError(f"expected layers as a non-empty sequence of ints in [0, {a.n_layers}) or None (all), "
-                         f"got {layers!r}")
-    out = tuple(a.check_layer(l) for l in layers)
-    if len(set(out)) != len(out):
-        raise ValueError(f"expected distinct layers, got {list(layers)}")
-    return out
+    return tuple(range(a.n_layers)) if layers is None else a.check_layers(layers)  # normalised, distinct
 
 
 def layer_editors() -> tuple[str, ...]:
@@ -386,8 +375,9 @@ class _Traces:
 def _traces(model: Bridge, reqs: Sequence[EditRequest], Ls: Sequence[int], *, window: int, samples: int, seed: int,
             progress: bool) -> _Traces:
     """Stage 1: one MLP trace per fact (`factscope.locate.trace`), its TE read at ``Ls``; warns on no-damage facts."""
-    from factscope.locate.tracing import trace
     from tqdm.auto import tqdm
+
+    from factscope.locate.tracing import trace
 
     n_f = len(reqs)
     te = torch.full((n_f, len(Ls)), math.nan, dtype=torch.float64)  # [fact, layer]
@@ -466,7 +456,9 @@ def localization_vs_editing(
         facts: `EditRequest` s with ``target_true`` (traced) and ``target_new`` (edited in), e.g.
             `factscope.builtin_facts`. A fact the model does not answer top-1 is traced anyway
             (`trace` warns).
-        layers: the layers to edit (and read the tracing effect at); ``None``: every layer.
+        layers: the distinct layers to edit (and read the tracing effect at), in the order given;
+            negative values count from the end (``result.layers`` records them normalised). ``None``:
+            every layer.
         editor: a registry editor that edits a given layer (`layer_editors`: ``"rome"``, ``"memit"`` and
             ``"alphaedit"`` at that one layer, ``"ft-l"`` alias ``"finetune"``); KN chooses its own layers.
         config: the editor's config (``registry.editor(editor).config_class``); ``None``: its default.

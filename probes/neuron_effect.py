@@ -15,8 +15,8 @@ found neuron, a random other neuron of its layer), ``n_controls`` of them, seede
 a large effect on ``fact``, a small one elsewhere, and a found-neuron effect well outside the
 control distribution; ``p_value`` says how often a random set did at least as much.
 
-Cost: ``2 + n_controls`` batched forward passes over all prompts (Gemma 3 270M, ~30 prompts and 20
-controls: about 10 s on 2 CPU cores). Dimension names: ``prompt``, ``control``.
+Cost: ``2 + n_controls`` batched forward passes over all prompts, O(n_controls · prompts) prompt
+forwards (measured times: docs/guide.md). Dimension names: ``prompt``, ``control``.
 """
 
 from __future__ import annotations
@@ -279,8 +279,8 @@ def neuron_effect(
     Returns:
         `NeuronEffect` (``.to_dataframe()`` gives one row per group). Empty groups are left out.
 
-    Cost: ``2 + n_controls`` batched forward passes over all prompts (Gemma 3 270M, ~30 prompts
-    and 20 controls: about 10 s on 2 CPU cores). Memory: one batch's activations.
+    Cost: ``2 + n_controls`` batched forward passes over all prompts, O(n_controls · prompts)
+    prompt forwards (measured times: docs/guide.md). Memory: one batch's activations.
     """
     from factscope.locate.knowledge_neurons import enhance, neuron_list, suppress
     from tqdm.auto import tqdm

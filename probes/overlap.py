@@ -36,12 +36,12 @@ half's set is then selected from that half's rows exactly as `neurons` would sel
 alone (`coarse_neurons` per prompt, `refine_neurons` on the half's mean attribution). The tests
 check that this equals calling `neurons` on each half.
 
-Cost: one knowledge-neuron run over ``n_prompts`` prompts (IG: ``n_prompts × layers × steps`` rows;
-Gemma 3 270M, 12 prompts, all 18 layers, 20 steps: about 1.5–3 min on 2 CPU cores, whatever the
-number of seeds; `neurons` alone on each half would be ``2 × len(seeds)`` runs of ~40 s each). The
-baseline draws ``n_random`` random masks of ``[d_mlp]`` per pair and shared layer: 0.1–0.4 s per
-pair on Gemma (15 pairs for 3 seeds). Memory: `neurons`' (about 1 GiB of logits at its default batch size) plus the attributions
-``n_prompts × n_layers × d_mlp`` floats.
+Cost: one knowledge-neuron run over ``n_prompts`` prompts (IG: ``n_prompts × layers × steps`` rows),
+whatever the number of seeds (`neurons` alone on each half would be ``2 × len(seeds)`` runs over
+half the prompts each). The baseline draws ``n_random`` random masks of ``[d_mlp]`` per pair and
+shared layer: O(pairs · layers · n_random · d_mlp) (15 pairs for 3 seeds). Measured times:
+docs/guide.md. Memory: `neurons`' (about 1 GiB of logits at its default batch size) plus the
+attributions ``n_prompts × n_layers × d_mlp`` floats.
 
 Dimension names: ``pair`` compared pairs of sets, ``draw`` random baseline draws.
 """
@@ -366,9 +366,9 @@ def neuron_overlap(
             all before any attribution. The model is not changed.
 
     Cost: one knowledge-neuron run over all the prompts, whatever the number of seeds (IG:
-    ``n_prompts × layers × steps`` rows; Gemma 3 270M, 12 prompts, 18 layers, 20 steps: 85 s to
-    3 min on 2 CPU cores), plus ``n_random`` baseline draws per pair (0.1-0.4 s per pair on Gemma;
-    15 pairs for 3 seeds). Memory: `neurons`' (~1 GiB of logits at its default batch size).
+    ``n_prompts × layers × steps`` rows), plus ``n_random`` baseline draws per pair (15 pairs for 3
+    seeds); measured times: docs/guide.md. Memory: `neurons`' (~1 GiB of logits at its default
+    batch size).
     """
     from factscope.locate.knowledge_neurons import neurons
 

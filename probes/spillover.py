@@ -77,21 +77,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from factscope.edit import registry
-from factscope.edit.handle import Edit
-from factscope.edit.registry import EditorConfig, EditorSpec
-from factscope.probes.stats import LEVEL, bootstrap, format_ci, mean_ci, percentile_ci, slope
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from factscope.arch import context_of
-from factscope.result_files import ResultContents, Saveable, fact_from_json, fact_to_json, nest, unnest
 from factscope.bridge import Bridge
 from factscope.checks import check_int
 from factscope.datasets import FactGroup, builtin_facts, builtin_groups
+from factscope.edit import registry
+from factscope.edit.handle import Edit
+from factscope.edit.registry import EditorConfig, EditorSpec
 from factscope.facts import EditRequest, Fact
 from factscope.predict import kl_from_logits, next_token_logits, target_logprob
-from factscope.tokens import encode, pad_left, str_tokens, subject_span
+from factscope.probes.stats import LEVEL, bootstrap, format_ci, mean_ci, percentile_ci, slope
+from factscope.result_files import ResultContents, Saveable, fact_from_json, fact_to_json, nest, unnest
+from factscope.tokens import check_request, encode, pad_left, str_tokens, subject_span
 
 __all__ = [
     "spillover",
@@ -737,11 +737,9 @@ class _Plan:
 def _plan(model: Bridge, request: object, *, editor: str, layer: int | None, edit: object, config: object,
           C: object) -> _Plan:
     """Check the request, editor, layer, edit or config and C, before any work (`spillover`'s ``Raises``)."""
-    if not isinstance(request, EditRequest):
-        raise TypeError(f"expected request to be an EditRequest, got {type(request).__name__}")
+    check_request(model, request)  # type; the subject is a token run; prompt + target fit the context
     a = context_of(model).arch
     spec = registry.editor(editor)
-    subject_span(model, Fact(request.prompt, request.subject))  # raises if the subject is not a token run
     if layer is not None:
         layer = a.check_layer(layer)
     if edit is not None:

@@ -168,8 +168,11 @@ def test_hook_errors(tiny):
     a = arch_of(tiny)
     with pytest.raises(ValueError, match="expected a hook kind"):
         a.hook("mlp_in", 0)
-    with pytest.raises(ValueError, match=rf"\[0, {a.n_layers}\).*got {a.n_layers}"):
+    with pytest.raises(ValueError, match=rf"\[-{a.n_layers}, {a.n_layers}\) \(negative counts from the end\).*"
+                                         rf"got {a.n_layers}"):
         a.hook("mlp_key", a.n_layers)
+    with pytest.raises(ValueError, match=rf"got -{a.n_layers + 1}"):
+        a.hook("mlp_key", -a.n_layers - 1)
     with pytest.raises(TypeError, match="integer layer"):
         a.hook("mlp_key", 1.0)
     assert a.hook("resid_post", -1) == a.hook("resid_post", a.n_layers - 1)
@@ -191,3 +194,20 @@ def test_unsupported_architecture_names_what_is_missing(tiny):
     assert "W_out" in str(e.value)
     with pytest.raises(UnsupportedArchitectureError, match="hook_dict"):
         arch_of(SimpleNamespace(cfg=tiny.cfg, blocks=blocks))
+
+
+def test_check_layers_normalises_and_rejects_repeats(tiny):
+    a = arch_of(tiny)
+    n = a.n_layers
+    assert a.check_layers(-1) == (n - 1,)
+    assert a.check_layers([2, -n, 1]) == (2, 0, 1)  # normalised, in the order given
+    with pytest.raises(ValueError, match=rf"distinct layers.*normalised: \[{n - 1}, {n - 1}\]"):
+        a.check_layers([-1, n - 1])
+    with pytest.raises(ValueError, match="at least one layer"):
+        a.check_layers([])
+    with pytest.raises(ValueError, match="at least one layer"):
+        a.check_layers("1")
+    with pytest.raises(TypeError, match=r"integer layer.*got True \(bool\)"):
+        a.check_layers([True])
+    with pytest.raises(ValueError, match=rf"\[-{n}, {n}\).*got {n}"):
+        a.check_layers([0, n])

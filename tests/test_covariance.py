@@ -70,7 +70,7 @@ def windows_of(model, texts, n_tokens, seq_len):
     for t in texts:
         if not t.strip():
             continue
-        ids = encode(model, t)
+        ids = encode(model.tokenizer, t)  # documents may be longer than the context
         bos, body = ids[:1], ids[1:]
         for s in range(0, len(body), seq_len - 1):
             chunk = body[s:s + seq_len - 1][:left]
@@ -487,7 +487,7 @@ def test_concurrent_processes(tmp_path, _cache):
 @pytest.mark.parametrize(
     "kwargs, exc, match",
     [
-        (dict(layer=4), ValueError, r"expected a layer in \[0, 4\).*got 4"),
+        (dict(layer=4), ValueError, r"expected a layer in \[-4, 4\).*got 4"),
         (dict(layer=1.0), TypeError, "expected an integer layer"),
         (dict(n_tokens=0), ValueError, "expected n_tokens to be an integer >= 1, got 0"),
         (dict(n_tokens=2.5), TypeError, "expected n_tokens to be an integer"),

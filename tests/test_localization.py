@@ -283,7 +283,7 @@ def test_fake_editor_run_leaves_the_model_bit_identical(model):
     (dict(facts="The Eiffel Tower"), TypeError, "sequence of EditRequests"),
     (dict(facts=[FACTS[0], ("a", "b")]), TypeError, r"facts\[1\] to be an EditRequest, got tuple"),
     (dict(facts=[EditRequest("{} is in", "Louvre", "Rome")]), ValueError, "target_true"),
-    (dict(layers=[0, 99]), ValueError, r"layer in \[0, 4\).*got 99"),
+    (dict(layers=[0, 99]), ValueError, r"layer in \[-4, 4\).*got 99"),
     (dict(layers=[]), ValueError, "non-empty sequence"),
     (dict(layers=[1, 1]), ValueError, "distinct layers"),
     (dict(layers=["1"]), TypeError, "integer layer"),

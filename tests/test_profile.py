@@ -94,7 +94,9 @@ def test_profile_errors(model):
     with pytest.raises(ValueError, match="every fact to have a target"):
         layer_profile(model, [Fact("The {} is in", "Colosseum")], progress=False)
     with pytest.raises(ValueError, match="answers none"):
-        layer_profile(model, [Fact("The {} is in", "Colosseum", "Zanzibar")], progress=False)
+        layer_profile(model, [Fact("The {} is in", "Colosseum", "Zanzibar")], window=2, progress=False)
+    with pytest.raises(ValueError, match="window"):  # trace's settings are checked before any model pass
+        layer_profile(model, [Fact("The {} is in", "Colosseum", "Zanzibar")], window=99, progress=False)
 
 
 def test_recommended_layer_is_cached_on_disk(tiny, monkeypatch, tmp_path):
