@@ -128,16 +128,9 @@ class EditorSpec:
             return None
         if self.layers == "none":
             raise ValueError(f"the {self.name} editor chooses its own layers (got layers={layers!r}); pass None")
-        a = arch_of(model)
-        items = [layers] if isinstance(layers, int) and not isinstance(layers, bool) else layers
-        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not items:
-            raise ValueError(f"expected layers as an int or a non-empty sequence of ints in [-{a.n_layers}, "
-                             f"{a.n_layers}), got {layers!r}")
-        out = [a.check_layer(l) for l in items]
-        if len(set(out)) != len(out):
-            raise ValueError(f"expected distinct layers, got {list(items)}")
+        out = arch_of(model).check_layers(layers)  # normalised; duplicates refused
         if self.layers == "one" and len(out) != 1:
-            raise ValueError(f"the {self.name} editor edits one layer; got {len(out)} layers {list(items)}")
+            raise ValueError(f"the {self.name} editor edits one layer; got {len(out)} layers {layers!r}")
         return sorted(out)
 
     def run(self, model: Bridge, requests: EditRequest | Sequence[EditRequest], *,

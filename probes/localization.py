@@ -45,6 +45,7 @@ necessarily all of the model's).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Sequence
