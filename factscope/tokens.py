@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from factscope.bridge import Bridge
 from factscope.facts import EditRequest, Fact
 
 __all__ = [
@@ -305,7 +306,7 @@ def subject_span(
     return i0 + shift, i1 + shift
 
 
-def check_request(model: Any, request: Any, *, what: str = "") -> EditRequest:
+def check_request(model: Bridge, request: object, *, what: str = "") -> EditRequest:
     """``request`` if an editor can use it on ``model``: the one request check of the editors.
 
     Checks, before any model pass: that it is an `EditRequest`; that its subject is a whole run of
