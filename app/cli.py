@@ -27,7 +27,9 @@ from typing import Optional
 
 import typer
 
-from factscope.app.demo import DEMO_GROUP, neuron_suppression
+from factscope.app.defaults import DEMO_GROUP
+from factscope.app.request_files import read_requests
+from factscope.app.tables import before_after_frame, neuron_suppression
 from factscope.edit.kn import pad_prompts
 from factscope.edit.registry import EditorConfig, editor_names
 from factscope.edit.registry import editor as editor_spec
@@ -213,8 +215,6 @@ def _request(prompt: str, subject: str, target_new: str, target_true: Optional[s
 
 def _before_after(m, e, request) -> str:
     """A table of top-1 answers and p(target_new) before and after ``e``, on the prompt, paraphrases, neighbours."""
-    from factscope.app.demo import before_after_frame
-
     df = before_after_frame(m, e, request)
     width = min(48, max(len(p) for p in df.prompt))
     lines = [f"{'':<10}  {'prompt':<{width}}  {'before':>18}  {'after':>18}  p({request.target_new}) before -> after"]
@@ -254,85 +254,6 @@ def parse_layers(spec: str) -> list[int]:
             raise ValueError(f"expected an increasing range in --layers, got {part!r} (write {b}-{a})")
         out.update(range(a, b + 1))
     return sorted(out)
-
-
-REQUEST_FIELDS = ("prompt", "subject", "target_new", "target_true", "paraphrases", "neighbours", "relation",
-                  "locality", "portability")
-
-
-def _our_request(r: dict):
-    """One record of factscope's JSON request format (the built-in facts' fields) as an EditRequest."""
-    from factscope.facts import EditRequest
-
-    missing = [k for k in ("prompt", "subject", "target_new") if k not in r]
-    if missing:
-        raise ValueError(f"missing field(s) {', '.join(map(repr, missing))} (expected prompt, subject, target_new "
-                         f"and optionally target_true, paraphrases, neighbours, relation)")
-    kw = {k: r[k] for k in REQUEST_FIELDS if k in r and r[k] is not None}
-    for k in ("locality", "portability"):
-        if k in kw:
-            kw[k] = tuple(tuple(p) if isinstance(p, list) else p for p in kw[k])
-    for k in ("paraphrases", "neighbours"):
-        if isinstance(kw.get(k), list):
-            kw[k] = tuple(kw[k])
-    return EditRequest(**kw)
-
-
-def read_requests(path: Path, limit: Optional[int] = None) -> tuple[list, str]:
-    """The EditRequests in ``path`` and the format's name (``"CounterFact"`` or ``"factscope"``).
-
-    Formats, detected from the first record: CounterFact records (with ``requested_rewrite``; read by
-    `factscope.datasets`' CounterFact reader, also as JSON lines), or factscope's own: a list of objects
-    with ``prompt`` (a ``{}`` template), ``subject``, ``target_new`` and optionally ``target_true``,
-    ``paraphrases``, ``neighbours``, ``relation`` (the built-in facts' format), possibly under a
-    ``"facts"`` key. ``limit`` keeps the first N records (later ones are not read).
-
-    Raises ValueError with the file name (and the record index) for anything that does not fit:
-    a missing file, invalid JSON, no records, a bad record.
-    """
-    import json
-
-    from factscope.datasets import counterfact_record
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            data = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from None
-    if isinstance(data, dict):
-        lists = {k: v for k, v in data.items() if isinstance(v, list)}
-        if "facts" in lists:
-            data = lists["facts"]
-        elif len(lists) == 1:  # e.g. {"data": [...]}
-            data = next(iter(lists.values()))
-        else:
-            raise ValueError(f"{path}: expected a JSON list of requests (or an object with a \"facts\" list), got an "
-                             f"object with keys {list(data)}")
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of requests, got {type(data).__name__}")
-    if not data:
-        raise ValueError(f"{path}: the list of requests is empty")
-    if limit is not None:
-        data = data[:limit]
-    counterfact = isinstance(data[0], dict) and "requested_rewrite" in data[0]
-    convert = counterfact_record if counterfact else _our_request
-    out = []
-    for i, rec in enumerate(data):
-        if not isinstance(rec, dict):
-            raise ValueError(f"{path}: record {i}: expected a JSON object, got {type(rec).__name__}: {rec!r:.80}")
-        try:
-            out.append(convert(rec))
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
-            why = f"missing field {e.args[0]!r}" if isinstance(e, KeyError) else f"{e}"
-            raise ValueError(f"{path}: record {i} ({'CounterFact' if counterfact else 'factscope'} format): "
-                             f"{why}") from None
-    return out, "CounterFact" if counterfact else "factscope"
 
 
 def _edit_config(method: str, corpus: str, n_tokens: Optional[int], steps: Optional[int]) -> EditorConfig:

@@ -36,28 +36,19 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from factscope.app.defaults import C_TOKENS, DEMO_FACT, DEMO_GROUP, MEMIT_FACTS
+from factscope.app.tables import answers_frame, before_after_frame, neuron_suppression, report_frame, spill_frame
 from factscope.bridge import Bridge
 
 if TYPE_CHECKING:
-    import pandas as pd
 
-    from factscope.probes.evaluate import EditReport
-    from factscope.probes.spillover import SpilloverResult
+    pass
 
-__all__ = ["DEMO_FACT", "DEMO_GROUP", "DemoResult", "answers_frame", "before_after_frame", "neuron_suppression",
-           "report_frame", "run_demo", "spill_frame"]
+__all__ = ["DemoResult", "run_demo"]
 
-# Sizes that keep a first run (model conversion, profile, key statistics: then cached) short (measured:
-# docs/guide.md): C from 8,192 model-sampled tokens (the library default is 16,384; the README found 16k and
-# 33k equivalent for ROME), and the MEMIT batch over the first 8 relations' facts.
-C_TOKENS = 8192
-MEMIT_FACTS = 8
-DEMO_FACT = "eiffel_tower_located_in_city"
-DEMO_GROUP = "president_vs_secretary_of_state"
 _CACHED_WHAT = {"models": "model conversion (GGUF → safetensors)", "stats": "key statistics C = E[kkᵀ]",
                 "profiles": "layer profile"}
 
@@ -88,112 +79,6 @@ class DemoResult:
         import pandas as pd
 
         return pd.DataFrame({"step": list(self.timings), "seconds": list(self.timings.values())})
-
-
-def answers_frame(model: Bridge, facts: Any) -> Any:
-    """The model's answer on each fact, one row per fact.
-
-    Args:
-        model: a bridge.
-        facts: `Fact` s or `EditRequest` s with a true target.
-
-    Returns:
-        A DataFrame: ``relation``, ``prompt``, ``expected``, ``answer`` (top-1 token), ``p_answer``,
-        ``p_expected`` (of the expected answer's first token), ``correct`` (top-1 is the expected first token).
-
-    Cost: one batched forward pass per 32 prompts (`factscope.predict`), logits at the last position only.
-    """
-    import pandas as pd
-
-    from factscope.predict import predict
-
-    preds = predict(model, [f.text for f in facts], [_true(f) for f in facts], k=3)
-    return pd.DataFrame({
-        "relation": [getattr(f, "relation", "") for f in facts], "prompt": [f.text for f in facts],
-        "expected": [_true(f) for f in facts], "answer": [p.answer.strip() for p in preds],
-        "p_answer": [p.top_probs[0] for p in preds], "p_expected": [p.p_target for p in preds],
-        "correct": [bool(p.correct) for p in preds]})
-
-
-def _true(f: Any) -> str:
-    return getattr(f, "target_true", None) or f.target
-
-
-def before_after_frame(model: Bridge, edit: Any, request: Any) -> Any:
-    """Top-1 answers and p(target_new) before and after ``edit``, on a request's prompt, paraphrases and neighbours.
-
-    Args:
-        model: the bridge the edit was computed on (left unchanged: the edit is applied and reverted).
-        edit: an `Edit`.
-        request: an `EditRequest`.
-
-    Returns:
-        A DataFrame: ``kind`` (prompt / paraphrase / neighbour), ``prompt``, ``before``, ``after``,
-        ``p_new_before``, ``p_new_after``.
-
-    Cost: two batched forward passes over 1 + paraphrases + neighbours prompts.
-    """
-    import pandas as pd
-
-    from factscope.predict import predict
-
-    rows = [("prompt", request.text)] + [("paraphrase", p) for p in request.paraphrases] + \
-        [("neighbour", p) for p in request.neighbours]
-    prompts = [p for _, p in rows]
-    before = predict(model, prompts, [request.target_new] * len(rows))
-    with edit.applied(model):
-        after = predict(model, prompts, [request.target_new] * len(rows))
-    return pd.DataFrame({"kind": [k for k, _ in rows], "prompt": prompts,
-                         "before": [b.answer.strip() for b in before], "after": [a.answer.strip() for a in after],
-                         "p_new_before": [b.p_target for b in before], "p_new_after": [a.p_target for a in after]})
-
-
-def neuron_suppression(model: Bridge, found: Any) -> tuple[float, float]:
-    """Mean p(answer) over a `NeuronResult`'s prompts, as it is and with its neurons suppressed.
-
-    Args:
-        model: the bridge the neurons were found on (left unchanged).
-        found: a `factscope.locate.NeuronResult`.
-
-    Returns:
-        ``(before, after)``; equal when no neuron was selected.
-
-    Cost: two batched forward passes over the result's prompts.
-    """
-    from factscope.locate import suppress
-    from factscope.predict import next_token_logits
-
-    def p() -> float:
-        return float(next_token_logits(model, list(found.prompts)).softmax(-1)[:, found.answer_id].mean())
-
-    before = p()
-    if not found.neurons:
-        return before, before
-    with suppress(model, found):
-        return before, p()
-
-
-def report_frame(report: EditReport) -> pd.DataFrame:
-    """An `EditReport`'s summary as printable cells: one row per metric with data, ``pre``, ``post``
-    and ``post − pre``, each ``value [lo, hi]`` (bootstrap CI over requests).
-
-    Args:
-        report: a `factscope.probes.EditReport`.
-
-    Cost: one bootstrap of the report (``report.summary()``: O(n_boot · requests)); no model passes.
-    """
-    import pandas as pd
-
-    from factscope.probes.stats import format_ci
-
-    s = report.summary()
-    s = s[(s["n"] > 0) & s[["pre", "post"]].notna().any(axis=1)]
-    ci = partial(format_ci, fmt=".3f")
-    return pd.DataFrame({
-        "metric": list(s.index), "n": [int(n) for n in s["n"]],
-        "pre": [ci(r.pre, r.pre_lo, r.pre_hi) for r in s.itertuples()],
-        "post": [ci(r.post, r.post_lo, r.post_hi) for r in s.itertuples()],
-        "post − pre": [ci(r.delta, r.delta_lo, r.delta_hi) for r in s.itertuples()]})
 
 
 def _cache_files() -> set[str]:
@@ -507,32 +392,6 @@ def _spillover(c: _Context) -> None:
                     "95% bootstrap CIs over probes")),
                 Table(frame=s.to_dataframe(), caption="Every probe: before and after (also spillover.csv)",
                       collapsed=True)]))
-
-
-def spill_frame(result: SpilloverResult) -> pd.DataFrame:
-    """A `SpilloverResult`'s summary as printable cells: one row per category and one pooled.
-
-    Args:
-        result: a `factscope.probes.SpilloverResult`.
-
-    Returns:
-        A DataFrame: ``category``, ``n``, ``expected``, ``mean |Δlog p| [95% CI]``, ``mean KL``,
-        ``flip rate``, ``slope vs whitened cos [CI]``, ``slope vs raw cos [CI]``.
-
-    Cost: one bootstrap of the result (``result.summary()``).
-    """
-    import pandas as pd
-
-    from factscope.probes.stats import format_ci
-
-    ci = partial(format_ci, fmt=".3g")
-    df = result.summary()
-    return pd.DataFrame({
-        "category": list(df.index), "n": [int(n) for n in df["n"]], "expected": list(df["expected"]),
-        "mean |Δlog p| [95% CI]": [ci(r.mean, r.mean_lo, r.mean_hi) for r in df.itertuples()],
-        "mean KL": list(df["mean_kl"]), "flip rate": list(df["flip_rate"]),
-        "slope vs whitened cos [CI]": [ci(r.slope_white, r.slope_white_lo, r.slope_white_hi) for r in df.itertuples()],
-        "slope vs raw cos [CI]": [ci(r.slope_raw, r.slope_raw_lo, r.slope_raw_hi) for r in df.itertuples()]})
 
 
 def _memit(c: _Context) -> None:

@@ -179,7 +179,7 @@ def test_parse_layers_forms_and_bad_forms():
 
 
 def test_read_requests_our_format_and_counterfact(tmp_path):
-    from factscope.app.cli import read_requests
+    from factscope.app.request_files import read_requests
     from factscope.datasets import load_counterfact
 
     ours, fmt = read_requests(_write(tmp_path / "ours.json", OUR_RECORDS))
@@ -197,7 +197,7 @@ def test_read_requests_our_format_and_counterfact(tmp_path):
 
 
 def test_read_requests_errors_name_the_file_and_record(tmp_path):
-    from factscope.app.cli import read_requests
+    from factscope.app.request_files import read_requests
 
     cases = [
         (tmp_path / "missing.json", "no such file"),

@@ -223,7 +223,7 @@ def test_demo_command_writes_the_report_answers_and_figures(gemma, tmp_path):
     assert "Secretary of State" in set(spill["subject"])
     assert "whitened key similarity" in r.output
     # the MEMIT batch: one request per relation, saved; applied, the prompts answer the new targets
-    from factscope.app.demo import MEMIT_FACTS
+    from factscope.app.defaults import MEMIT_FACTS
 
     reqs = one_per_relation()[:MEMIT_FACTS]
     m = Edit.load(tmp_path / "memit_edit.safetensors", model=gemma)
