@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from factscope.probes.stats import percentile_ci
+from factscope.probes.stats import format_ci, percentile_ci
 from jaxtyping import Float
 
 from factscope.arch import arch_of
@@ -280,7 +280,7 @@ class OverlapResult(Saveable):
         for agg in (self._aggregate(k) for k in ("split-half", "across-seed")):
             if agg["pairs"]:
                 lines.append(f"  {agg['kind']:<11} mean J = {agg['jaccard']:.3f} over {agg['pairs']} pair(s); random "
-                             f"{agg['baseline_mean']:.3f} [{agg['baseline_lo']:.3f}, {agg['baseline_hi']:.3f}], "
+                             f"{format_ci(agg['baseline_mean'], agg['baseline_lo'], agg['baseline_hi'], fmt='.3f')}, "
                              f"p = {agg['p_value']:.3g}")
         return "\n".join(lines)
 
