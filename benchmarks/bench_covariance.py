@@ -106,8 +106,14 @@ def specificity(chunks: list[int], stride: int, layer: int | None) -> None:
     from factscope.arch import arch_of
     from factscope.edit.covariance import DEFAULT_N_TOKENS, covariance
     from factscope.edit.handle import Edit
-    from factscope.edit.rome import (ROMEConfig, compute_k_star, compute_v_star, context_templates, rank_one_update,
-                                     update_response)
+    from factscope.edit.rome import (
+        ROMEConfig,
+        compute_k_star,
+        compute_v_star,
+        context_templates,
+        rank_one_update,
+        update_response,
+    )
     from factscope.locate import recommended_layer
     from factscope.probes.evaluate import rewrite_scores
 

@@ -78,10 +78,9 @@ def batch_requests(model, n: int):
 
 
 def run_batches(model, sizes: list[int], config) -> None:
+    from factscope import builtin_facts
     from factscope.edit import memit
     from factscope.edit.memit import choose_layers
-
-    from factscope import builtin_facts
 
     layers, why = choose_layers(model, config.n_layers, progress=False)
     print(f"\nMEMIT batches: layers {layers} ({why})")
@@ -121,9 +120,8 @@ def run_batches(model, sizes: list[int], config) -> None:
 
 
 def run_sequential(model, methods: list[str], steps: int, config_for) -> None:
-    from factscope.edit import EditSession
-
     from factscope import builtin_facts
+    from factscope.edit import EditSession
 
     facts = builtin_facts()
     steps = min(steps, len(facts))
@@ -147,10 +145,9 @@ def run_sequential(model, methods: list[str], steps: int, config_for) -> None:
 
 
 def run_finetune(model) -> None:
+    from factscope import builtin_facts
     from factscope.edit import finetune
     from factscope.locate import recommended_layer
-
-    from factscope import builtin_facts
 
     reqs = builtin_facts()[:10]
     layer = recommended_layer(model, progress=False).layer
@@ -175,9 +172,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*already answers.*")
-    from factscope.edit import AlphaEditConfig, MEMITConfig, ROMEConfig
-
     from factscope import load_model
+    from factscope.edit import AlphaEditConfig, MEMITConfig, ROMEConfig
 
     model = load_model(args.model)
     configs = {"memit": MEMITConfig(v_steps=args.z_steps), "alphaedit": AlphaEditConfig(v_steps=args.z_steps),

@@ -61,10 +61,9 @@ def _fwd_bwd(model, a, ids, kv, rows: int, layer: int, answer_id: int) -> float:
 
 def floors(model, prompts, answer_id: int, steps: int) -> tuple[float, float]:
     """Seconds of the plain batched passes over the IG rows: (last token with a cache, whole prompt)."""
+    from factscope import arch_of, encode
     from factscope.kv import run_cached
     from factscope.locate.knowledge_neurons import ig_batch_size, ig_batches
-
-    from factscope import arch_of, encode
 
     a = arch_of(model)
     layers = list(range(a.n_layers))
@@ -83,12 +82,11 @@ def floors(model, prompts, answer_id: int, steps: int) -> tuple[float, float]:
 
 
 def run(name: str, args) -> None:
+    from factscope import builtin_facts, load_model, predict
     from factscope.edit import kn
     from factscope.locate import neuron_attribution, neurons
-    from factscope.probes import neuron_effect
-
-    from factscope import builtin_facts, load_model, predict
     from factscope.predict import target_logprob
+    from factscope.probes import neuron_effect
 
     model = load_model(name)
     facts = builtin_facts()[::args.stride][:args.limit]

@@ -32,13 +32,12 @@ import torch
 
 def run(name: str, limit: int | None, stride: int, layers: list[str], csv: str | None, clamp: float,
         offset: int = 0) -> None:
+    from factscope import builtin_facts, load_model
     from factscope.edit import covariance, rome
     from factscope.edit.rome import ROMEConfig, compute_k_star, update_response
     from factscope.edit.templates import context_templates
     from factscope.locate import recommended_layer
     from factscope.probes.evaluate import rewrite_scores
-
-    from factscope import builtin_facts, load_model
 
     model = load_model(name)
     reqs = builtin_facts()[offset::stride][:limit]

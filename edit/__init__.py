@@ -23,8 +23,8 @@ from factscope.edit.covariance import DEFAULT_N_TOKENS, covariance, covariances,
 from factscope.edit.finetune import FTConfig, finetune
 from factscope.edit.handle import Edit, compose
 from factscope.edit.kn import KNConfig, kn
-from factscope.edit.registry import EDITORS, EditorSpec, editor, editor_names, run_editor
 from factscope.edit.memit import MEMITConfig, memit
+from factscope.edit.registry import EDITORS, EditorSpec, editor, editor_names, run_editor
 from factscope.edit.rome import ROMEConfig, rome
 from factscope.edit.session import EditSession
 

@@ -111,14 +111,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from factscope.arch import arch_of
+from factscope.arch import arch_of, context_of
+from factscope.bridge import Bridge
 from factscope.cache import cache_dir, key_digest
-from factscope.result_files import MissingResultFileError, ResultFileError, load_result, plain_json, save_result
 from factscope.checks import check_int
 from factscope.kv import run_cached
+from factscope.result_files import MissingResultFileError, ResultFileError, load_result, plain_json, save_result
 from factscope.tokens import encode, tokenizer_of
-from factscope.bridge import Bridge
-from factscope.arch import context_of
 
 __all__ = ["DEFAULT_N_TOKENS", "covariance", "covariances", "sample_corpus"]
 
@@ -153,7 +152,7 @@ def _device(model: Bridge) -> torch.device:
 
 
 def _model_dtype(model: Bridge) -> str:
-    return str(next(model.parameters()).dtype).removeprefix("torch.")
+    return str(context_of(model).dtype).removeprefix("torch.")
 
 
 def _offline() -> bool:

@@ -47,12 +47,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from factscope.arch import arch_of
+from factscope.bridge import Bridge
 from factscope.checks import as_requests
 from factscope.edit.handle import Edit
 from factscope.facts import EditRequest
 from factscope.models import fingerprint
 from factscope.tokens import check_request, encode, pad_left, target_ids
-from factscope.bridge import Bridge
 
 __all__ = ["FTConfig", "finetune", "ft_batch", "ft_nll"]
 

@@ -75,11 +75,18 @@ from jaxtyping import Float
 from torch import Tensor
 
 from factscope.arch import Arch, arch_of
+from factscope.bridge import Bridge
 from factscope.facts import EditRequest
 from factscope.models import fingerprint as model_fingerprint
-from factscope.bridge import Bridge
-from factscope.result_files import (ResultContents, ResultFileError, Saveable, fact_from_json, fact_to_json,
-                                    load_result, plain_json)
+from factscope.result_files import (
+    ResultContents,
+    ResultFileError,
+    Saveable,
+    fact_from_json,
+    fact_to_json,
+    load_result,
+    plain_json,
+)
 
 __all__ = [
     "FORMAT",

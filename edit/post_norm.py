@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from factscope.arch import UnsupportedArchitectureError, arch_of
+from factscope.arch import UnsupportedArchitectureError, context_of
 from factscope.bridge import Bridge
 
 __all__ = ["post_norm_gain", "invert_post_norm"]
@@ -47,14 +47,14 @@ def post_norm_gain(model: Bridge, layer: int) -> Float[Tensor, "d_model"] | None
 
     Cost: two evaluations of the norm on one vector.
     """
-    a = arch_of(model)
+    ctx = context_of(model)
+    a = ctx.arch
     if not a.post_norm:
         return None
     norm = model.blocks[a.check_layer(layer)].ln2_post
-    p = next(model.parameters())
-    g = norm(torch.full((1, 1, a.d_model), 1e4, dtype=p.dtype, device=p.device))[0, 0].double().cpu()
+    g = norm(torch.full((1, 1, a.d_model), 1e4, dtype=ctx.dtype, device=ctx.device))[0, 0].double().cpu()
     x = torch.randn(a.d_model, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    got = norm(x.to(p.dtype).to(p.device)[None, None])[0, 0].double().cpu()
+    got = norm(x.to(ctx.dtype).to(ctx.device)[None, None])[0, 0].double().cpu()
     want = g * x / x.pow(2).mean().sqrt()
     if not torch.allclose(got, want, rtol=1e-3, atol=1e-3 * float(g.abs().max())):
         raise UnsupportedArchitectureError(f"layer {layer}'s MLP post-norm is not an RMS norm (g ⊙ x / rms(x)); "

@@ -57,10 +57,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformers.cache_utils import Cache, DynamicCache
 
-from factscope.arch import UnsupportedArchitectureError
-from factscope.versions import library_versions
+from factscope.arch import UnsupportedArchitectureError, context_of
 from factscope.bridge import Bridge
-from factscope.arch import context_of
+from factscope.versions import library_versions
 
 __all__ = ["Cache", "new_cache", "run_cached", "run_after", "prefix", "repeat_rows", "layer_states", "fill_layer",
            "check_cache", "BlockCalls"]

@@ -41,9 +41,9 @@ from typing import Any, Literal
 
 import torch
 
+from factscope.bridge import Bridge
 from factscope.cache import MANIFEST, atomic_dir, cache_dir, key_digest, read_json, write_json
 from factscope.kv import check_cache
-from factscope.bridge import Bridge
 
 __all__ = [
     "notice",

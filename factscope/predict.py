@@ -15,11 +15,11 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from factscope.arch import arch_of, context_of
+from factscope.bridge import Bridge
+from factscope.checks import check_int
 from factscope.kv import run_cached
 from factscope.tokens import check_context, encode, pad_left, str_tokens, target_ids, tokenizer_of
-from factscope.bridge import Bridge
-from factscope.arch import arch_of, context_of
-from factscope.checks import check_int
 
 __all__ = ["Prediction", "Predictions", "predict", "next_token_logits", "target_logprob", "target_scores", "TargetScores",
            "generate", "check_generate", "kl_from_logprobs", "kl_from_logits"]

@@ -54,9 +54,9 @@ from itertools import islice, pairwise
 from numbers import Integral
 from typing import Any
 
-from factscope.facts import EditRequest, Fact
-from factscope.tokens import span_from_offsets, encode, subject_span, tokenizer_of
 from factscope.bridge import Bridge
+from factscope.facts import EditRequest, Fact
+from factscope.tokens import encode, span_from_offsets, subject_span, tokenizer_of
 
 __all__ = [
     "synthetic_requests",

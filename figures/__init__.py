@@ -14,8 +14,8 @@
 """
 
 from factscope.figures.html import Figure, Html, Section, Table, Text, remote_urls, render_report, write_report
-from factscope.figures.neuron_plots import neurons_html, plot_neurons
 from factscope.figures.localization_plots import plot_localization
+from factscope.figures.neuron_plots import neurons_html, plot_neurons
 from factscope.figures.profile_plots import plot_profile
 from factscope.figures.report_plots import plot_report
 from factscope.figures.spillover_plots import plot_spillover

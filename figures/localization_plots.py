@@ -41,10 +41,11 @@ def plot_localization(result: Any, *, axes: Any = None) -> Any:
 
     import matplotlib.pyplot as plt
     import numpy as np
-    from factscope.probes.localization import HASE_ROME_GPTJ
-    from factscope.probes.stats import mean_ci
     from matplotlib.colors import BoundaryNorm
     from matplotlib.ticker import MaxNLocator
+
+    from factscope.probes.localization import HASE_ROME_GPTJ
+    from factscope.probes.stats import mean_ci
 
     if axes is None:
         fig, axs = plt.subplots(1, 3, figsize=(12.6, 3.6), constrained_layout=True,

@@ -42,6 +42,7 @@ def plot_spillover(result: Any, *, effect: str = "abs_delta_logp", axes: Any = N
     Cost: one matplotlib figure, no model passes (measured times: docs/guide.md).
     """
     import matplotlib.pyplot as plt
+
     from factscope.probes.spillover import EFFECTS, POOLED
 
     if effect not in EFFECTS:

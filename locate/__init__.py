@@ -9,10 +9,25 @@
 - `suppress` / `enhance`: context managers that zero or scale chosen neurons' activations.
 """
 
-from factscope.locate.knowledge_neurons import (NeuronResult, coarse_neurons, enhance, neuron_attribution, neuron_list,
-                                      neurons, refine_neurons, suppress)
-from factscope.locate.profile import (BUCKETS, LayerChoice, ProfileResult, layer_profile, one_per_relation,
-                                      recommended_layer, token_buckets)
+from factscope.locate.knowledge_neurons import (
+                                      NeuronResult,
+                                      coarse_neurons,
+                                      enhance,
+                                      neuron_attribution,
+                                      neuron_list,
+                                      neurons,
+                                      refine_neurons,
+                                      suppress,
+)
+from factscope.locate.profile import (
+                                      BUCKETS,
+                                      LayerChoice,
+                                      ProfileResult,
+                                      layer_profile,
+                                      one_per_relation,
+                                      recommended_layer,
+                                      token_buckets,
+)
 from factscope.locate.tracing import KINDS, TraceResult, embedding_sigma, estimate_trace_memory, trace
 
 __all__ = ["trace", "TraceResult", "embedding_sigma", "estimate_trace_memory", "KINDS",

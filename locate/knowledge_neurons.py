@@ -87,13 +87,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from factscope.arch import Arch, UnsupportedArchitectureError, arch_of
+from factscope.arch import Arch, UnsupportedArchitectureError, arch_of, context_of
+from factscope.bridge import Bridge
 from factscope.facts import EditRequest, Fact
 from factscope.kv import repeat_rows, run_cached
-from factscope.tokens import encode, str_tokens, target_ids
-from factscope.bridge import Bridge
-from factscope.arch import context_of
 from factscope.result_files import ResultContents, Saveable, nest, unnest
+from factscope.tokens import encode, str_tokens, target_ids
 
 __all__ = [
     "NeuronResult",

@@ -25,13 +25,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from factscope.facts import EditRequest, Fact
 from factscope.arch import arch_of
-from factscope.locate.tracing import check_trace_args, trace
-from factscope.tokens import encode
-from factscope.predict import predict
 from factscope.bridge import Bridge
+from factscope.facts import EditRequest, Fact
+from factscope.locate.tracing import check_trace_args, trace
+from factscope.predict import predict
 from factscope.result_files import ResultContents, Saveable, unnest
+from factscope.tokens import encode
 
 __all__ = ["BUCKETS", "ProfileResult", "layer_profile", "token_buckets", "LayerChoice", "recommended_layer",
            "one_per_relation"]

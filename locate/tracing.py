@@ -47,13 +47,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from factscope.arch import arch_of
-from factscope.kv import BlockCalls, Cache, fill_layer, layer_states, new_cache, prefix, run_cached
-from factscope.facts import EditRequest, Fact
-from factscope.tokens import encode, str_tokens, subject_span, target_ids
+from factscope.arch import arch_of, context_of
 from factscope.bridge import Bridge
-from factscope.arch import context_of
+from factscope.facts import EditRequest, Fact
+from factscope.kv import BlockCalls, Cache, fill_layer, layer_states, new_cache, prefix, run_cached
 from factscope.result_files import ResultContents, Saveable, nest, unnest
+from factscope.tokens import encode, str_tokens, subject_span, target_ids
 
 __all__ = ["TraceResult", "trace", "embedding_sigma", "estimate_trace_memory", "KINDS"]
 

@@ -30,8 +30,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from factscope.arch import arch_of
-from factscope.facts import EditRequest, Fact
 from factscope.bridge import Bridge
+from factscope.facts import EditRequest, Fact
 from factscope.result_files import ResultContents, Saveable, nest
 
 __all__ = ["NeuronEffect", "neuron_effect", "random_controls", "GROUPS"]
@@ -282,8 +282,9 @@ def neuron_effect(
     Cost: ``2 + n_controls`` batched forward passes over all prompts, O(n_controls · prompts)
     prompt forwards (measured times: docs/guide.md). Memory: one batch's activations.
     """
-    from factscope.locate.knowledge_neurons import enhance, neuron_list, suppress
     from tqdm.auto import tqdm
+
+    from factscope.locate.knowledge_neurons import enhance, neuron_list, suppress
 
     if mode not in ("suppress", "enhance"):
         raise ValueError(f"expected mode 'suppress' or 'enhance', got {mode!r}")

@@ -55,13 +55,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from factscope.probes.stats import format_ci, percentile_ci
 from jaxtyping import Float
 
 from factscope.arch import arch_of
-from factscope.facts import EditRequest, Fact
 from factscope.bridge import Bridge
+from factscope.facts import EditRequest, Fact
 from factscope.locate.knowledge_neurons import NeuronResult
+from factscope.probes.stats import format_ci, percentile_ci
 from factscope.result_files import ResultContents, Saveable, fact_from_json, fact_to_json, nest, unnest
 
 __all__ = ["OverlapResult", "Pair", "neuron_overlap", "jaccard", "random_jaccards", "overlap_prompts", "MIN_PROMPTS"]

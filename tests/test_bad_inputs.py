@@ -21,7 +21,7 @@ import torch
 
 import factscope as fs
 from factscope import ContextLengthError, EditRequest, Fact, arch_of, fingerprint
-from factscope.edit import EditSession, Edit, alphaedit, finetune, kn, memit, rome, run_editor
+from factscope.edit import Edit, EditSession, alphaedit, finetune, kn, memit, rome, run_editor
 from factscope.edit.handle import EditStateError, FingerprintMismatchError, applied_edits
 from factscope.locate import enhance, estimate_trace_memory, layer_profile, neuron_attribution, neurons, suppress, trace
 from factscope.models import ModelNotAvailableError

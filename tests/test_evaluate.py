@@ -3,7 +3,6 @@
 import math
 
 import numpy as np
-
 import pytest
 import torch
 
@@ -60,11 +59,11 @@ def test_rewrite_scores_refuses_a_fact(tiny):
 # --------------------------------------------------------------------------- evaluate / EditReport
 
 
+import pandas as pd  # noqa: E402
+
 from factscope import fingerprint  # noqa: E402
 from factscope.arch import arch_of  # noqa: E402
 from factscope.edit import Edit  # noqa: E402
-import pandas as pd  # noqa: E402
-
 from factscope.probes.evaluate import (  # noqa: E402
     METRICS,
     NPLUS_FORMAT,

@@ -9,10 +9,10 @@ import math
 
 import pytest
 import torch
-from factscope.edit.finetune import FTConfig, finetune
-from factscope.edit.handle import Edit
 
 from factscope import EditRequest, Fact, arch_of, encode, fingerprint, target_ids
+from factscope.edit.finetune import FTConfig, finetune
+from factscope.edit.handle import Edit
 
 REQ = EditRequest("The {} is in downtown", "Space Needle", "Paris", target_true="Seattle")
 REQ2 = EditRequest("{} plays the sport of", "Michael Jordan", "ice hockey")  # a longer target (2-9 tokens)

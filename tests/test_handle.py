@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from factscope.edit import Edit, compose, handle
-from factscope.edit.handle import EditStateError, FingerprintMismatchError
 
 from factscope import EditRequest, arch_of, fingerprint, tiny_model
+from factscope.edit import Edit, compose, handle
+from factscope.edit.handle import EditStateError, FingerprintMismatchError
 
 REQ = EditRequest("The {} is in downtown", "Space Needle", "London", target_true="Seattle",
                   paraphrases=("The Space Needle stands in",), locality=(("The capital of Japan is", "Tokyo"),))

@@ -271,7 +271,7 @@ def test_rome_on_real_models(name, request):
     """One ROME edit per real model: the rank-one constraint, efficacy, and a bit-exact revert."""
     from factscope import arch_of, builtin_facts
     from factscope.edit import rome
-    from factscope.edit.rome import compute_k_star, context_templates, ROMEConfig
+    from factscope.edit.rome import ROMEConfig, compute_k_star, context_templates
     from factscope.locate import recommended_layer
     from factscope.predict import target_logprob
 

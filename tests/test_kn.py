@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from factscope.edit import Edit, KNConfig, kn
-from factscope.locate import neurons
 
 from factscope import EditRequest, Fact, arch_of, fingerprint, target_ids
+from factscope.edit import Edit, KNConfig, kn
+from factscope.locate import neurons
 
 REQ = EditRequest("The {} is in downtown", "Space Needle", "Paris", target_true="Seattle",
                   paraphrases=("The Space Needle stands in", "The Space Needle is located in"))

@@ -11,8 +11,18 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from factscope import UnsupportedArchitectureError, arch_of, encode
-from factscope.kv import (BlockCalls, Cache, check_cache, fill_layer, layer_states, new_cache, prefix, repeat_rows,
-                          run_after, run_cached)
+from factscope.kv import (
+    BlockCalls,
+    Cache,
+    check_cache,
+    fill_layer,
+    layer_states,
+    new_cache,
+    prefix,
+    repeat_rows,
+    run_after,
+    run_cached,
+)
 from factscope.models import tiny_hf
 
 PROMPT = "The Space Needle is in downtown Seattle, and the Eiffel Tower is in"

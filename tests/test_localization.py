@@ -10,6 +10,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from scipy.stats import f as f_dist
+
+from factscope import EditRequest, arch_of, encode, fingerprint, target_ids
 from factscope.edit import Edit, handle
 from factscope.locate.tracing import trace
 from factscope.probes.localization import (
@@ -19,9 +22,6 @@ from factscope.probes.localization import (
     rewrite_score,
     tracing_effect,
 )
-from scipy.stats import f as f_dist
-
-from factscope import EditRequest, arch_of, encode, fingerprint, target_ids
 
 # short prompts (tiny Gemma 3's sliding window is 16 tokens); on each tiny model 3 to 5 of them have
 # p_clean > p_corrupted under the settings below, the others exercise the NaN path
@@ -343,9 +343,8 @@ def test_plot_localization(result, tmp_path):
 
 @pytest.mark.slow
 def test_localization_on_gemma(gemma):
-    from factscope.edit import ROMEConfig
-
     from factscope import builtin_facts
+    from factscope.edit import ROMEConfig
 
     facts = builtin_facts()[:3]
     snap = {n: p.detach().clone() for n, p in gemma.named_parameters()}

@@ -15,32 +15,6 @@ import sys
 
 import pytest
 import torch
-from factscope.edit.alphaedit import (
-    AlphaEditConfig,
-    alphaedit,
-    alphaedit_solve,
-    alphaedit_with_keys,
-    null_space_projection,
-)
-from factscope.edit.covariance import covariances
-from factscope.edit.handle import Edit
-from factscope.edit.memit import (
-    MEMITConfig,
-    z_batch,
-    z_logprobs,
-    z_loss,
-    z_rows,
-    check_requests,
-    collect_keys,
-    compute_zs,
-    estimate_memory,
-    invert_post_norm,
-    memit,
-    post_norm_gain,
-    update_weight,
-)
-from factscope.edit.rome import ROMEConfig, context_templates
-from factscope.edit.session import EditSession
 
 from factscope import (
     EditRequest,
@@ -52,6 +26,32 @@ from factscope import (
     synthetic_requests,
     target_ids,
 )
+from factscope.edit.alphaedit import (
+    AlphaEditConfig,
+    alphaedit,
+    alphaedit_solve,
+    alphaedit_with_keys,
+    null_space_projection,
+)
+from factscope.edit.covariance import covariances
+from factscope.edit.handle import Edit
+from factscope.edit.memit import (
+    MEMITConfig,
+    check_requests,
+    collect_keys,
+    compute_zs,
+    estimate_memory,
+    invert_post_norm,
+    memit,
+    post_norm_gain,
+    update_weight,
+    z_batch,
+    z_logprobs,
+    z_loss,
+    z_rows,
+)
+from factscope.edit.rome import ROMEConfig, context_templates
+from factscope.edit.session import EditSession
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:the model already answers"),
@@ -698,10 +698,9 @@ def test_memit_edits_gemma(gemma):
     0.40 and 0.22) and neither edit succeeds (margins −3.7 and −0.35); with 25, p_new 0.96 / 0.94
     and both succeed. The residual error is not asserted to shrink: on Gemma it grows in the
     middle layers and ends above where it started (README, "The residual error does not shrink")."""
+    from factscope import builtin_facts
     from factscope.locate.profile import recommended_layer
     from factscope.probes.evaluate import rewrite_scores
-
-    from factscope import builtin_facts
 
     reqs = builtin_facts()[:2]
     snap = snapshot(gemma)

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 import torch
+
+from factscope import EditRequest, Fact, ResultFileError, arch_of, encode, target_ids
 from factscope.locate import (
     NeuronResult,
     coarse_neurons,
@@ -19,8 +21,6 @@ from factscope.locate import (
     suppress,
 )
 from factscope.probes import neuron_effect
-
-from factscope import EditRequest, Fact, ResultFileError, arch_of, encode, target_ids
 
 N = sys.modules["factscope.locate.knowledge_neurons"]  # (the package's `neurons` attribute is the function)
 PROMPT, TARGET = "The Space Needle is in downtown", "Seattle"

@@ -10,6 +10,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
+from factscope import EditRequest, Fact, arch_of
 from factscope.edit.rome import ROMEConfig, context_templates
 from factscope.locate.knowledge_neurons import neurons
 from factscope.probes.overlap import (
@@ -19,8 +21,6 @@ from factscope.probes.overlap import (
     overlap_prompts,
     random_jaccards,
 )
-
-from factscope import EditRequest, Fact, arch_of
 
 FACT = EditRequest("The {} is in downtown", "Space Needle", "London", target_true="Seattle",
                    paraphrases=("The Space Needle stands in",))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from factscope import EditRequest, arch_of
-from factscope.edit import (AlphaEditConfig, FTConfig, KNConfig, MEMITConfig, ROMEConfig, finetune, kn, memit, rome)
+from factscope.edit import AlphaEditConfig, FTConfig, KNConfig, MEMITConfig, ROMEConfig, finetune, kn, memit, rome
 from factscope.edit.covariance import covariances
 from factscope.edit.kn import kn_prompts, pad_prompts
 from factscope.edit.registry import EDITORS, editor, editor_names, run_editor

@@ -20,8 +20,16 @@ import numpy as np
 import pytest
 import torch
 
-from factscope import (Fact, MissingResultFileError, ResultFileError, builtin_facts, cache_dir, load_result,
-                       save_result, tiny_model)
+from factscope import (
+    Fact,
+    MissingResultFileError,
+    ResultFileError,
+    builtin_facts,
+    cache_dir,
+    load_result,
+    save_result,
+    tiny_model,
+)
 from factscope.edit import Edit, EditSession
 from factscope.edit.alphaedit import AlphaEditConfig
 from factscope.edit.covariance import covariance

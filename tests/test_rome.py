@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from factscope import EditRequest, Fact, arch_of, encode, subject_span
-from factscope.edit.rome import (ROMEConfig, compute_k_star, compute_v_star, context_templates, rank_one_update,
-                                 rome, update_response)
+from factscope.edit.rome import (
+    ROMEConfig,
+    compute_k_star,
+    compute_v_star,
+    context_templates,
+    rank_one_update,
+    rome,
+    update_response,
+)
 
 REQ = EditRequest("{} is in downtown", "Space Needle", "Paris")
 FAST = ROMEConfig(context_lengths=((3, 2), (5, 2)), v_steps=5)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from factscope import synthetic_requests
 from factscope.edit.alphaedit import AlphaEditConfig
 from factscope.edit.covariance import covariances
 from factscope.edit.memit import MEMITConfig
 from factscope.edit.rome import ROMEConfig
 from factscope.edit.session import EditSession
-
-from factscope import synthetic_requests
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:the model already answers"),

@@ -8,16 +8,6 @@ import importlib
 import numpy as np
 import pytest
 import torch
-from factscope.edit import Edit, KNConfig, registry
-from factscope.edit.handle import EditStateError, FingerprintMismatchError, applied_edits
-from factscope.edit.rome import ROMEConfig
-from factscope.probes.spillover import (
-    POOLED,
-    SpilloverProbe,
-    default_bank,
-    inverse_sqrt,
-    spillover,
-)
 
 from factscope import (
     EditRequest,
@@ -28,6 +18,16 @@ from factscope import (
     fingerprint,
     target_ids,
     tiny_model,
+)
+from factscope.edit import Edit, KNConfig, registry
+from factscope.edit.handle import EditStateError, FingerprintMismatchError, applied_edits
+from factscope.edit.rome import ROMEConfig
+from factscope.probes.spillover import (
+    POOLED,
+    SpilloverProbe,
+    default_bank,
+    inverse_sqrt,
+    spillover,
 )
 
 sp = importlib.import_module("factscope.probes.spillover")  # the package attribute `spillover` is the function
@@ -460,6 +460,7 @@ def test_plot_spillover(model, tmp_path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     from factscope.figures.spillover_plots import plot_spillover
 
     r = run(model)
