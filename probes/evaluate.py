@@ -320,8 +320,8 @@ class EditReport(Saveable):
     """Every metric of every request, before (``pre``) and after (``post``) an edit.
 
     What `evaluate` returns. Cost: negligible, except `summary` (and `table`, `score`):
-    ``n_boot`` bootstrap resamples per metric (about a second for the default 2000, measured for 20
-    to 1,000 requests). No model passes.
+    ``n_boot`` bootstrap resamples per metric, each O(requests) (measured times: docs/guide.md,
+    "Measured costs of the probes"). No model passes.
 
     Attributes:
         method: the editor's name (``edit.method``), or a label given to `evaluate`.
