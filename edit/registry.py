@@ -59,7 +59,7 @@ from factscope.facts import EditRequest
 from factscope.locate.knowledge_neurons import MIN_PROMPTS
 from factscope.locate.profile import recommended_layer
 
-__all__ = ["EditorSpec", "EDITORS", "editor", "editor_names", "run_editor", "EditorConfig", "LayerRule"]
+__all__ = ["EditorSpec", "EDITORS", "editor", "editor_names", "run_editor", "config_dict", "EditorConfig", "LayerRule"]
 
 EditorConfig = ROMEConfig | MEMITConfig | AlphaEditConfig | FTConfig | KNConfig
 LayerRule = Literal["one", "many", "none"]
