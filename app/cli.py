@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ import typer
 from factscope.app.defaults import DEMO_GROUP
 from factscope.app.request_files import read_requests
 from factscope.app.tables import before_after_frame, neuron_suppression
+from factscope.bridge import Bridge
 from factscope.edit.kn import pad_prompts
 from factscope.edit.registry import EditorConfig, editor_names
 from factscope.edit.registry import editor as editor_spec
@@ -256,12 +258,17 @@ def parse_layers(spec: str) -> list[int]:
     return sorted(out)
 
 
-def _edit_config(method: str, corpus: str, n_tokens: Optional[int], steps: Optional[int]) -> EditorConfig:
+def _edit_config(method: str, corpus: str, n_tokens: Optional[int], steps: Optional[int], *, model: Bridge | None = None,
+                 paper: bool = False) -> EditorConfig:
     """The registry's config class for ``method`` with the command's options: the key statistics' corpus and
-    tokens and ``--steps`` as ``v_steps`` for ROME/MEMIT/AlphaEdit; ``--steps`` as ``steps`` for FT-L and KN."""
+    tokens and ``--steps`` as ``v_steps`` for ROME/MEMIT/AlphaEdit; ``--steps`` as ``steps`` for FT-L and KN.
+
+    The base is the paper's constants with ``paper`` or without a model (to check the options before
+    loading it), else the defaults tuned for the model's family (`TargetConfig.for_model`)."""
     cls = editor_spec(method).config_class
     if issubclass(cls, TargetConfig):
-        return cls(corpus=corpus, n_tokens=n_tokens, **({} if steps is None else {"v_steps": steps}))
+        base = cls.paper() if paper or model is None else cls.for_model(model)
+        return dataclasses.replace(base, corpus=corpus, n_tokens=n_tokens, **({} if steps is None else {"v_steps": steps}))
     return cls() if steps is None else cls(steps=steps)
 
 
@@ -302,9 +309,10 @@ def edit(
     target_true: Optional[str] = typer.Option(None, "--target-true", help="One request: the current answer (optional)."),
     layers: Optional[str] = typer.Option(
         None, "--layers", "--layer", "-l",
-        help="MLP layer(s): 6, 3-7 (inclusive) or 3,5,7. ROME and FT-L edit one layer (ROME's default: the traced "
-             "layer; FT-L has none); MEMIT and AlphaEdit a list (default: layers ending at the traced one); KN "
-             "locates its own neurons (no --layers)."),
+        help="MLP layer(s): 6, 3-7 (inclusive) or 3,5,7. ROME and FT-L edit one layer (ROME's default: the layer "
+             "factscope.edit.edit_layer chooses from key specificity, tracing and a trial edit, printed with why; FT-L "
+             "has none); MEMIT and AlphaEdit a list (default: the window edit_layer chooses); KN locates its own "
+             "neurons (no --layers)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Edit only the first N requests of the file."),
     steps: Optional[int] = typer.Option(
         None, "--steps", min=1,
@@ -314,6 +322,8 @@ def edit(
                                             "name or a text file."),
     n_tokens: Optional[int] = typer.Option(None, "--n-tokens", min=1,
                                            help="Tokens for the key statistics (default: the library's)."),
+    paper: bool = typer.Option(False, "--paper", help="ROME, MEMIT, AlphaEdit: the papers' published constants instead "
+                                                    "of the δ budget tuned for the model's family."),
     save: Optional[Path] = typer.Option(None, "--save", help="Write the edit: OUT.safetensors and OUT.safetensors.json."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the editors' progress bars."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
@@ -362,10 +372,11 @@ def edit(
     if spec.layers == "none" and layer_list is not None:
         _fail("KN locates its knowledge neurons over all layers by integrated gradients; --layers does not apply")
     try:
-        config = _edit_config(method, corpus, n_tokens, steps)
+        config = _edit_config(method, corpus, n_tokens, steps, paper=paper)  # the options, checked before loading
     except ValueError as e:
         _fail(str(e))
     m, _ = _load(model)
+    config = _edit_config(method, corpus, n_tokens, steps, model=m, paper=paper)
     t = time.perf_counter()
     try:
         e = spec.run(m, requests, layers=layer_list, config=config, progress=progress, verbose=True)
@@ -566,10 +577,8 @@ def probe_localization(
         layer_list = None if layers is None else parse_layers(layers)
     except ValueError as err:
         _fail(str(err))
-    config = None
-    if steps is not None:
-        config = _edit_config(spec.name, "auto", None, steps)
     m, _ = _load(model)
+    config = None if steps is None else _edit_config(spec.name, "auto", None, steps, model=m)
     n_layers = len(layer_list) if layer_list else m.cfg.n_layers
     typer.echo(f"{len(requests)} fact(s) × {n_layers} layer(s) = {len(requests) * n_layers} {editor} edits, plus "
                f"{len(requests)} MLP traces")

@@ -12,9 +12,11 @@ Six steps, each a section of ``out/report.html``:
    recommended edit layer.
 3. **Knowledge neurons** of that fact over its prompt and two paraphrases (``neurons.png``, and
    ``neurons.html``, the circuitsvis view, which the report also embeds).
-4. **ROME** edit of the fact at the recommended layer: before/after answers
-   (``rome_before_after.txt``), the edit (``rome_edit.safetensors``) and its evaluation
-   (``rome_report.{png,txt}``).
+4. **ROME** edit of the fact twice: with the defaults (the layer `factscope.edit.edit_layer` chooses
+   and the tuned δ budget) and as published at the traced layer, side by side with one sentence on
+   why they differ: before/after answers (``rome_before_after.txt``, ``rome_traced_before_after.txt``),
+   the edits (``rome_edit.safetensors``, ``rome_traced_edit.safetensors``) and their evaluations
+   (``rome_report.{png,txt}``, ``rome_traced_report.{png,txt}``).
 5. **Spillover** of a ROME edit of where the President lives into facts about the Secretary of
    State and others (``spillover.{png,csv}``).
 6. **MEMIT** batch over one built-in fact for each of the first 8 relations (``memit_edit.safetensors``,
@@ -44,8 +46,10 @@ from factscope.app.tables import answers_frame, before_after_frame, neuron_suppr
 from factscope.bridge import Bridge
 
 if TYPE_CHECKING:
+    import pandas as pd
 
-    pass
+    from factscope.edit import Edit, EditLayerChoice
+    from factscope.probes import EditReport
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -307,53 +311,106 @@ def _neurons(c: _Context) -> None:
 
 
 def _rome(c: _Context) -> None:
-    """ROME edit of the fact, before/after answers and the evaluation report."""
-    from factscope.edit import MEMITConfig, ROMEConfig, covariances
+    """ROME with the defaults (the chosen layer and δ budget) beside the paper's ROME at the traced layer."""
+    from factscope.edit import MEMITConfig, ROMEConfig, covariances, edit_layer
     from factscope.edit import rome as rome_edit
     from factscope.figures import Figure, Section, Table, Text, plot_report, save_figure
-    from factscope.probes import evaluate
+    from factscope.probes import EditReport, evaluate
 
     fact = c.fact
-    n = MEMITConfig().n_layers  # MEMIT's default span (step 6), ending at the recommended layer
+    n = MEMITConfig().n_layers  # MEMIT's span (step 6), ending at the traced layer
     c.memit_layers = list(range(max(0, c.layer - n + 1), c.layer + 1))
-    c.echo(f"key statistics C = E[kkᵀ] at layers {c.memit_layers} for ROME and MEMIT (one shared pass; the first "
-           "run samples its corpus from the model, then everything is cached)")
+    c.echo(f"key statistics C = E[kkᵀ] at layers {c.memit_layers} for MEMIT and the traced-layer ROME (one shared "
+           "pass; the first run samples its corpus from the model, then everything is cached)")
     c.C = covariances(c.model, c.memit_layers, n_tokens=C_TOKENS, progress=c.progress)
-    c.echo(f"ROME: {fact.subject!r}: {fact.target_true} -> {fact.target_new} at layer {c.layer}")
-    e = rome_edit(c.model, fact, layer=c.layer, C=c.C[c.layer])
-    ba = before_after_frame(c.model, e, fact)
-    c.echo(ba.to_string(index=False, max_colwidth=48))
-    (c.out / "rome_before_after.txt").write_text(ba.to_string(index=False) + "\n")
-    e.save(c.out / "rome_edit.safetensors")
-    rep = evaluate(c.model, e, progress=c.progress)
-    c.echo(rep.table())
-    (c.out / "rome_report.txt").write_text(rep.table() + "\n")
-    save_figure(plot_report(rep), c.out / "rome_report.png")
-    c.settings["ROME config"] = _config(ROMEConfig())
+    tuned = ROMEConfig.for_model(c.model)
+    c.echo("where to edit: key specificity at every layer, the tracing profile and a trial edit on calibration facts "
+           "(factscope.edit.edit_layer; cached after the first run)")
+    choice = edit_layer(c.model, editor="rome", config=tuned, progress=c.progress)
+    c.echo(f"ROME with the defaults: {fact.subject!r}: {fact.target_true} -> {fact.target_new}")
+    e = rome_edit(c.model, fact, progress=c.progress)  # what a researcher gets with no other argument
+    c.echo(f"ROME as published, at the traced layer {c.layer}")
+    e_tr = rome_edit(c.model, fact, layer=c.layer, config=ROMEConfig.paper(), C=c.C[c.layer], progress=c.progress)
+    runs = [("defaults", e, "rome"), ("paper, traced layer", e_tr, "rome_traced")]
+    frames, reps = {}, {}
+    for label, edit, stem in runs:
+        frames[label] = ba = before_after_frame(c.model, edit, fact)
+        c.echo(f"\n{label} (layer {edit.info['layer']}):\n" + ba.to_string(index=False, max_colwidth=48))
+        (c.out / f"{stem}_before_after.txt").write_text(ba.to_string(index=False) + "\n")
+        edit.save(c.out / f"{stem}_edit.safetensors")
+        reps[label] = rep = evaluate(c.model, edit, method=f"ROME ({label})", progress=c.progress)
+        c.echo(rep.table())
+        (c.out / f"{stem}_report.txt").write_text(rep.table() + "\n")
+        save_figure(plot_report(rep), c.out / f"{stem}_report.png")
+    c.settings["ROME config (defaults)"] = _config(tuned)
+    c.settings["ROME config (traced layer)"] = _config(ROMEConfig.paper())
+    c.settings["ROME layer (defaults)"] = f"{choice.layer}: {choice.reason}"
     c.settings["key statistics C"] = (f"E[kkᵀ] at layers {c.memit_layers} from {C_TOKENS:,} tokens sampled from the model "
-                                      "(library default 16,384)")
-    moved = int((ba[ba.kind == "neighbour"].after == fact.target_new.split()[0]).sum())
-    post = rep.summary()["post"]
-    c.summary.append(f"**ROME** at layer {c.layer}: ES {post['efficacy']:.2f}, PS {post['paraphrase']:.2f}, "
-                     f"NS {post['neighbourhood']:.2f}, neighbour KL {post['neighbourhood_kl']:.2f} nats.")
+                                      "(library default 16,384, which the default ROME uses)")
+    cmp = _contrast_frame(reps)
+    post = {k: r.summary()["post"] for k, r in reps.items()}
+    L, Lt = e.info["layer"], e_tr.info["layer"]
+    why_differ = _why_differ(choice, e, e_tr)
+    for label, edit, _ in runs:
+        p = post[label]
+        c.summary.append(f"**ROME ({label})** at layer {edit.info['layer']}: ES {p['efficacy']:.2f}, PS "
+                         f"{p['paraphrase']:.2f}, NS {p['neighbourhood']:.2f}, neighbour KL "
+                         f"{p['neighbourhood_kl']:.2f} nats.")
+    c.summary.append(why_differ)
+    blocks = [Table(frame=cmp, caption=("The two edits side by side: every success rate and locality measure after "
+                                        "the edit, with 95% bootstrap CIs (one request: the CI is the point)")),
+              Text(text=str(choice.to_dataframe().round(3).to_string(index=False)), caption=(
+                  "Why the default layer: per layer, the key response ρ (how much of δ the update writes into other "
+                  "subjects' prompts), the tracing effect as a fraction of its peak, and the trial edit's scores "
+                  "on calibration facts at the candidates"))]
+    for label, edit, stem in runs:
+        blocks += [Table(frame=frames[label], caption=(
+                       f"{label} (layer {edit.info['layer']}): top-1 answers and p({fact.target_new}) before and "
+                       "after, on the prompt, its paraphrases and neighbouring subjects")),
+                   Figure(path=c.out / f"{stem}_report.png", caption=(
+                       f"{label}: success rates after the edit (solid) and before (hatched) with 95% bootstrap CIs, "
+                       "neighbourhood KL and change in fluency.")),
+                   Table(frame=report_frame(reps[label]), caption=(
+                       f"{label}: every metric before and after (ES/PS/NS: efficacy, paraphrase, neighbourhood "
+                       "success; _dp: probability margins; _em: exact match; N+: CounterFact+ neighbours behind "
+                       "the edit prompt)"), collapsed=True)]
     c.sections.append(Section(
-        title="4. Edit: ROME", intro=(
-            f"ROME (Meng et al. 2022) rewrites the MLP at layer {c.layer} so that the subject's key k* maps to "
-            f"a value v* that makes {fact.target_new} the answer: ΔW = C⁻¹k* Λᵀ, with C the key statistics. "
-            f"The paper's constants are used. On Gemma 3 270M at the traced layer they bleed into other "
-            f"subjects ({moved} of {len(fact.neighbours)} neighbour prompts now answer {fact.target_new}); "
-            "docs/guide.md shows that layer 2 with `clamp_norm_factor=1` meets all three targets over 22 facts. The edit is a "
-            "handle (`apply` / `revert`, bit-exact) and the model is left unedited."),
-        blocks=[Table(frame=ba, caption=(f"Top-1 answers and p({fact.target_new}) before and after the edit, on the "
-                                         "prompt, its paraphrases and neighbouring subjects")),
-                Figure(path=c.out / "rome_report.png", caption=(
-                    "Evaluation: success rates after the edit (solid) and before (hatched) with 95% bootstrap CIs, "
-                    "neighbourhood KL and change in fluency.")),
-                Table(frame=report_frame(rep), caption=(
-                    "Every metric before and after, with 95% bootstrap CIs over requests (ES/PS/NS: efficacy, "
-                    "paraphrase, neighbourhood success; _dp: probability margins; _em: exact match; N+: "
-                    "CounterFact+ neighbours behind the edit prompt)")),
-                Text(text=rep.table(), caption="The same report as printed by `factscope evaluate`")]))
+        title="4. Edit: ROME, where it stays put and where tracing points", intro=(
+            f"ROME (Meng et al. 2022) rewrites one MLP so that the subject's key k* maps to a value v* that makes "
+            f"{fact.target_new} the answer: ΔW = C⁻¹k* Λᵀ, with C the key statistics. Two edits of the same fact. "
+            f"**Defaults** (`rome(model, request)`): layer {L}, chosen by `edit_layer` from key specificity, the "
+            f"tracing profile and a trial edit on calibration facts, and the default δ budget "
+            f"({e.info['config_source']}). **Paper**: the published constants at the causal-tracing peak, "
+            f"layer {Lt}. {why_differ} Both edits are handles (`apply` / `revert`, bit-exact); the model is left "
+            "unedited."),
+        blocks=blocks))
+
+
+def _contrast_frame(reps: dict[str, EditReport]) -> pd.DataFrame:
+    """One row per headline metric, one column per edit: ``post [lo, hi]`` (fluency: its change)."""
+    import pandas as pd
+
+    from factscope.probes.stats import format_ci
+
+    rows = {"efficacy": "post", "paraphrase": "post", "neighbourhood": "post", "neighbourhood_kl": "post",
+            "nplus": "post", "fluency": "delta"}
+    out = {"metric": [m + (" change" if col == "delta" else "") for m, col in rows.items()]}
+    for label, rep in reps.items():
+        s = rep.summary()
+        out[label] = [format_ci(*(float(s.loc[m, k]) for k in (col, f"{col}_lo", f"{col}_hi")), fmt=".2f")
+                      for m, col in rows.items()]
+    return pd.DataFrame(out)
+
+
+def _why_differ(choice: EditLayerChoice, e: Edit, e_tr: Edit) -> str:
+    """One sentence: the key response at both layers and δ against ‖v₀‖ for both edits."""
+    L, Lt = e.info["layer"], e_tr.info["layer"]
+    r, rt = float(choice.response[L]), float(choice.response[Lt])
+    d, dt = e.info["delta_norm"] / e.info["v0_norm"], e_tr.info["delta_norm"] / e_tr.info["v0_norm"]
+    return (f"They differ because at layer {L} other subjects' keys take {r:.2f} of the edit's δ against {rt:.2f} "
+            f"at layer {Lt} (mean key response, edit-free), and the default δ budget stops at ‖δ‖ = {d:.2f}‖v₀‖ "
+            f"where the paper's goes to {dt:.2f}‖v₀‖: on a post-norm model a δ near ‖v₀‖ sets the MLP output's "
+            "direction wherever it reaches.")
 
 
 def _spillover(c: _Context) -> None:

@@ -2,6 +2,15 @@
 
     python benchmarks/bench_memit.py [--batches 10,100,1000] [--sequential rome,memit,alphaedit] [--steps 60]
                                [--finetune] [--model gemma-3-270m] [--threads 2] [--z-steps 25]
+    python benchmarks/bench_memit.py --held-out 40 [--paper] [--no-fluency]
+
+**Held out (issue 18's targets).** ``--held-out N``: what ``memit(model, requests)`` does with no other
+argument, on one batch of the first N built-in requests held out from the calibration split
+(`factscope.calibration_split`): the window `factscope.edit.edit_layer` chooses and
+``MEMITConfig.for_model``'s budget (``--paper``: the paper's constants at five layers ending at the
+traced one). Evaluated with `factscope.probes.evaluate` (fluency included unless ``--no-fluency``)
+and checked against ES >= 0.95, PS >= 0.85, NS >= 0.85, neighbour KL <= 0.5 nats, fluency change >=
+-0.3 bits (`held_out.py`).
 
 **Batches.** For each size n, one `memit` call on n requests: the built-in facts first (86), then
 `synthetic_requests` (invented people; their ``target_true`` is a random object, so p(new) > p(true)
@@ -80,9 +89,11 @@ def batch_requests(model, n: int):
 def run_batches(model, sizes: list[int], config) -> None:
     from factscope import builtin_facts
     from factscope.edit import memit
-    from factscope.edit.memit import choose_layers
+    from factscope.locate import recommended_layer
 
-    layers, why = choose_layers(model, config.n_layers, progress=False)
+    top = recommended_layer(model, progress=False).layer
+    layers = list(range(max(0, top - config.n_layers + 1), top + 1))
+    why = f"{len(layers)} layers ending at the traced layer {top}"
     print(f"\nMEMIT batches: layers {layers} ({why})")
     allb = builtin_facts()
     rows = []
@@ -160,6 +171,29 @@ def run_finetune(model) -> None:
           f"PS {sc['paraphrase']:.2f}  NS {sc['neighbourhood']:.2f}")
 
 
+def run_held_out(model, n: int, paper: bool, fluency: bool) -> None:
+    from factscope import calibration_split
+    from factscope.edit import MEMITConfig, memit
+    from factscope.locate import recommended_layer
+    from factscope.probes import evaluate
+
+    from held_out import check_targets
+
+    reqs = calibration_split()[1][:n]
+    kw = {}
+    if paper:
+        top = recommended_layer(model, progress=False).layer
+        kw = dict(layers=list(range(max(0, top - 4), top + 1)), config=MEMITConfig.paper())
+    t = time.perf_counter()
+    with PeakRSS() as mem:
+        e = memit(model, reqs, progress=True, verbose=True, **kw)
+    dt = time.perf_counter() - t
+    print(f"MEMIT, one batch of {len(reqs)} held-out requests: {dt:.0f} s (layer choice and statistics cached "
+          f"after their first use), peak RSS {mem.peak:.2f} GiB; config {e.info['config_source']}")
+    rep = evaluate(model, e, fluency=fluency, progress=True)
+    check_targets(rep, f"MEMIT at layers {e.info['layers']}, {e.info['config_source']} config, one batch")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None)
@@ -169,6 +203,9 @@ def main() -> None:
     p.add_argument("--finetune", action="store_true")
     p.add_argument("--z-steps", type=int, default=25)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--held-out", type=int, default=None, help="one batch of N held-out requests; only that")
+    p.add_argument("--paper", action="store_true", help="with --held-out: the paper's constants and placement")
+    p.add_argument("--no-fluency", action="store_true", help="with --held-out: skip the generation fluency check")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*already answers.*")
@@ -176,6 +213,9 @@ def main() -> None:
     from factscope.edit import AlphaEditConfig, MEMITConfig, ROMEConfig
 
     model = load_model(args.model)
+    if args.held_out:
+        run_held_out(model, args.held_out, args.paper, not args.no_fluency)
+        return
     configs = {"memit": MEMITConfig(v_steps=args.z_steps), "alphaedit": AlphaEditConfig(v_steps=args.z_steps),
                "rome": ROMEConfig()}
     if args.batches:
@@ -187,4 +227,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])  # held_out.py beside this file
     main()

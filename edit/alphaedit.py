@@ -38,6 +38,7 @@ from factscope.edit.handle import Edit
 from factscope.edit.key_stats import key_stats
 from factscope.edit.layer_update import layer_delta, run_layers
 from factscope.edit.memit import MEMITConfig, compute_zs, prepare
+from factscope.edit.target import config_source
 from factscope.edit.templates import context_templates
 from factscope.facts import EditRequest
 from factscope.models import fingerprint
@@ -112,7 +113,7 @@ def alphaedit(
     requests: EditRequest | Sequence[EditRequest],
     *,
     layers: Sequence[int] | None = None,
-    config: AlphaEditConfig = AlphaEditConfig(),
+    config: AlphaEditConfig | None = None,
     C: dict[int, Tensor] | None = None,
     P: dict[int, Tensor] | None = None,
     cache_c: dict[int, Tensor] | None = None,
@@ -125,7 +126,8 @@ def alphaedit(
 
     Args:
         model, requests, layers, progress, verbose: as `factscope.edit.memit`.
-        config: `AlphaEditConfig` (default: the authors' settings).
+        config: `AlphaEditConfig`; ``None``: ``AlphaEditConfig.for_model(model)`` (the tuned δ budget and AlphaEdit's
+            settings for the model's family); ``AlphaEditConfig.paper()``: the authors' settings.
         C: ``{layer: E[kkᵀ]}`` ``[d_mlp, d_mlp]`` of the unedited model, used only to build P when
             ``P`` is not given; default ``None``: `factscope.edit.covariances` (cached on disk).
         P: ``{layer: projection}`` ``[d_mlp, d_mlp]``; default ``None``: from C and
@@ -145,7 +147,7 @@ def alphaedit(
 
 
 def alphaedit_with_keys(model: Bridge, requests: EditRequest | Sequence[EditRequest], *,
-                        layers: int | Sequence[int] | None = None, config: AlphaEditConfig = AlphaEditConfig(),
+                        layers: int | Sequence[int] | None = None, config: AlphaEditConfig | None = None,
                         C: dict[int, Tensor] | None = None, P: dict[int, Tensor] | None = None,
                         cache_c: dict[int, Tensor] | None = None, progress: bool = True,
                         verbose: bool = True) -> tuple[Edit, dict[int, Tensor]]:
@@ -158,6 +160,7 @@ def alphaedit_with_keys(model: Bridge, requests: EditRequest | Sequence[EditRequ
 
     Cost: `alphaedit`'s.
     """
+    config = AlphaEditConfig.for_model(model) if config is None else config
     if not isinstance(config, AlphaEditConfig):
         raise TypeError(f"AlphaEdit: expected an AlphaEditConfig, got {type(config).__name__}")
     reqs, layers, why = prepare(model, requests, layers, config, progress=progress, verbose=verbose, what="AlphaEdit")
@@ -176,7 +179,7 @@ def alphaedit_with_keys(model: Bridge, requests: EditRequest | Sequence[EditRequ
     up = run_layers(model, reqs, layers, templates, zs.z,
                     lambda l, K, R: (alphaedit_solve(P[l], K, cc.get(l), config.L2), R),
                     key_chunk=config.key_chunk, progress=progress, what="AlphaEdit")
-    info = dict(layers=layers, layer_reason=why, residual_error=up.errors, z_steps=list(zs.steps),
+    info = dict(layers=layers, layer_reason=why, config_source=config_source(config, model), residual_error=up.errors, z_steps=list(zs.steps),
                 p_new=list(zs.p_new), templates=list(templates), null_space_dim={str(l): d for l, d in dims.items()})
     edit = Edit(deltas={l: layer_delta(*d) for l, d in up.deltas.items()}, method="alphaedit", requests=tuple(reqs),
                 config=dataclasses.asdict(config), fingerprint=fp, info=info)

@@ -25,8 +25,11 @@ For requests r = 1..n and edited layers l₁ < … < l_L (the last one, l_L, is 
    ``edit.info["residual_error"]``. MEMIT's additive-residual assumption says it should shrink layer
    by layer; on Gemma 3 270M it does not (docs/guide.md, "The residual error does not shrink").
 
-Layers: ``layers=None`` takes ``config.n_layers`` (5) layers ending at the layer the causal-tracing
-profile recommends (`factscope.locate.recommended_layer`).
+Layers: ``layers=None`` takes the window of ``config.n_layers`` (5) consecutive layers that
+`factscope.edit.layer_choice.edit_layer` chooses for this editor and config (key specificity, the
+tracing profile and a trial batch edit on calibration facts; cached on disk). Config: ``None`` is
+``MEMITConfig.for_model(model)``, the δ budget tuned for the model's family; ``MEMITConfig.paper()``
+the published constants.
 
 Cost (n requests, T templates, L edited layers)
 -----------------------------------------------
@@ -50,6 +53,7 @@ import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -61,19 +65,19 @@ from factscope.bridge import Bridge
 from factscope.checks import as_requests, available_bytes
 from factscope.edit.handle import Edit
 from factscope.edit.key_stats import key_stats
+from factscope.edit.layer_choice import default_layers
 from factscope.edit.layer_update import collect_keys, layer_delta, run_layers
 from factscope.edit.post_norm import invert_post_norm, post_norm_gain
-from factscope.edit.target import TargetConfig
+from factscope.edit.target import TargetConfig, config_source
 from factscope.edit.templates import context_templates, prompt_rows, template_rows
 from factscope.facts import EditRequest
 from factscope.kv import Cache, run_after, run_cached
-from factscope.locate.profile import recommended_layer
 from factscope.models import fingerprint
 from factscope.predict import kl_from_logprobs
 from factscope.tokens import check_request, encode, pad_left, target_ids
 
 __all__ = ["MEMITConfig", "memit", "ZResult", "compute_zs", "collect_keys", "invert_post_norm", "post_norm_gain",
-           "memit_solve", "choose_layers", "estimate_memory", "check_requests", "prepare", "update_weight"]
+           "memit_solve", "estimate_memory", "check_requests", "prepare", "update_weight"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,7 +104,18 @@ class MEMITConfig(TargetConfig):
         key_chunk: prompts per key-collection forward.
         max_memory_gb: refuse batches whose `estimate_memory` exceeds this; ``None``: the memory the
             system reports available.
+
+    ``MEMITConfig()`` / ``MEMITConfig.paper()`` hold those values; ``MEMITConfig.for_model(model)``
+    (what `memit` and `alphaedit` use when no config is given) changes ``TUNED[family]``: each
+    request's z stops once its target NLL is below 0.5 (it wins with p ≈ 0.6) instead of 0.05, so
+    no request is pushed further than it needs. docs/guide.md, "Choosing the edit layer and the δ
+    budget", has the held-out numbers.
     """
+
+    TUNED: ClassVar[dict[str, dict[str, object]]] = {
+        "post_norm": dict(early_stop_loss=0.5),
+        "pre_norm": dict(early_stop_loss=0.5),
+    }
 
     context_lengths: tuple[tuple[int, int], ...] = ((10, 5),)
     v_steps: int = 25
@@ -162,23 +177,6 @@ def check_requests(model: Bridge, requests: EditRequest | Sequence[EditRequest],
     for r in out:
         check_request(model, r, what=what)  # subject, target, context length
     return out
-
-
-def choose_layers(model: Bridge, n_layers: int = 5, *, progress: bool = True) -> tuple[list[int], str]:
-    """``n_layers`` consecutive layers ending at the traced layer (`recommended_layer`), and why.
-
-    Args:
-        model: a bridge.
-        n_layers: how many layers (fewer when the traced layer is near the bottom).
-        progress: progress bars while tracing.
-
-    Cost: `factscope.locate.recommended_layer`'s: a file read once its profile is cached on disk,
-    otherwise the causal-tracing profile of the built-in facts.
-    """
-    choice = recommended_layer(model, progress=progress)
-    top = choice.layer
-    layers = list(range(max(0, top - n_layers + 1), top + 1))
-    return layers, f"{len(layers)} layers ending at the traced layer {top} ({choice.reason})"
 
 
 def estimate_memory(model: Bridge, n_requests: int, n_layers: int, config: MEMITConfig = MEMITConfig()) -> int:
@@ -609,7 +607,8 @@ def prepare(model: Bridge, requests: EditRequest | Sequence[EditRequest], layers
     Args:
         model: a bridge.
         requests: one `EditRequest` or a sequence (`check_requests`).
-        layers: the layers to edit, or ``None`` for `choose_layers`.
+        layers: the layers to edit, or ``None`` for the window `factscope.edit.layer_choice.edit_layer`
+            chooses for this editor and config (cached on disk).
         config: `MEMITConfig` (``n_layers``, the memory cap).
         progress: progress bars while choosing layers. verbose: print the layers and why.
         what: the editor's name, for messages.
@@ -617,12 +616,12 @@ def prepare(model: Bridge, requests: EditRequest | Sequence[EditRequest], layers
     Raises:
         ValueError / TypeError: bad requests or layers. MemoryError: a batch `estimate_memory` says will not fit.
 
-    Cost: tokenising the requests; `choose_layers`' when ``layers`` is ``None``.
+    Cost: tokenising the requests; `edit_layer`'s when ``layers`` is ``None`` (a file read once cached).
     """
     a = arch_of(model)
     reqs = check_requests(model, requests, what)
     if layers is None:
-        layers, why = choose_layers(model, config.n_layers, progress=progress)
+        layers, why = default_layers(model, what.lower(), config, progress=progress)
     else:
         layers = sorted(a.check_layers(layers))  # negatives count from the end; duplicates raise
         why = "given"
@@ -638,7 +637,7 @@ def memit(
     requests: EditRequest | Sequence[EditRequest],
     *,
     layers: int | Sequence[int] | None = None,
-    config: MEMITConfig = MEMITConfig(),
+    config: MEMITConfig | None = None,
     C: dict[int, Float[Tensor, "d_mlp d_mlp"]] | None = None,
     progress: bool = True,
     verbose: bool = True,
@@ -675,6 +674,7 @@ def memit(
     (`covariances`, then cached on disk). Memory: see `estimate_memory`; batches that will not fit
     are refused up front. Measured times: docs/guide.md, "Measured costs of the editors".
     """
+    config = MEMITConfig.for_model(model) if config is None else config
     reqs, layers, why = prepare(model, requests, layers, config, progress=progress, verbose=verbose, what="MEMIT")
     fp = fingerprint(model)
     C = key_stats(model, layers, config, C, progress=progress)
@@ -683,7 +683,7 @@ def memit(
     lam = update_weight(model, config)
     up = run_layers(model, reqs, layers, templates, zs.z, lambda l, K, R: (memit_solve(C[l], K, lam), R),
                     key_chunk=config.key_chunk, progress=progress, what="MEMIT")
-    info = dict(layers=layers, layer_reason=why, residual_error=up.errors, z_steps=list(zs.steps),
+    info = dict(layers=layers, layer_reason=why, config_source=config_source(config, model), residual_error=up.errors, z_steps=list(zs.steps),
                 p_new=list(zs.p_new), templates=list(templates))
     return Edit(deltas={l: layer_delta(*d) for l, d in up.deltas.items()}, method="memit", requests=tuple(reqs),
                 config=dataclasses.asdict(config), fingerprint=fp, info=info)

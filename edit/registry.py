@@ -23,10 +23,11 @@ The uniform call (`EditorSpec.run`, or `run_editor` by name)::
   an edited model.
 - ``layers``: what it means depends on ``spec.layers``: ``"one"`` (ROME, FT-L) takes exactly one
   layer, ``"many"`` (MEMIT, AlphaEdit) any set, ``"none"`` (KN: its neurons are found by
-  attribution over all layers) must be ``None``. ``None`` means the editor's own default: the
-  recommended layer (`factscope.locate.recommended_layer`) for one-layer editors, MEMIT's layer
-  choice for the others. Negative layers count from the end.
-- ``config``: an instance of ``spec.config_class`` (``None``: its defaults).
+  attribution over all layers) must be ``None``. ``None`` means the editor's own default:
+  `factscope.edit.layer_choice.edit_layer`'s choice for this editor and config (a layer, or MEMIT's
+  and AlphaEdit's window; cached on disk). Negative layers count from the end.
+- ``config``: an instance of ``spec.config_class`` (``None``: `default_config`, the tuned defaults
+  for the model's architecture family where the config class has them).
 - ``C``: key statistics ``{layer: [d_mlp, d_mlp]}`` to reuse (ROME takes its layer's; KN and FT-L
   need none and ignore it).
 - KN needs 3 prompts per request to locate its neurons; a request with fewer is padded with
@@ -51,15 +52,16 @@ from factscope.edit.alphaedit import AlphaEditConfig, alphaedit
 from factscope.edit.finetune import FTConfig, finetune
 from factscope.edit.handle import Edit, compose
 from factscope.edit.key_stats import key_stats
+from factscope.edit.layer_choice import default_layers
 from factscope.edit.kn import KNConfig, kn, kn_prompts
 from factscope.edit.memit import MEMITConfig, memit
 from factscope.edit.rome import ROMEConfig, rome
 from factscope.edit.target import TargetConfig
 from factscope.facts import EditRequest
 from factscope.locate.knowledge_neurons import MIN_PROMPTS
-from factscope.locate.profile import recommended_layer
 
-__all__ = ["EditorSpec", "EDITORS", "editor", "editor_names", "run_editor", "config_dict", "EditorConfig", "LayerRule"]
+__all__ = ["EditorSpec", "EDITORS", "editor", "editor_names", "run_editor", "config_dict", "default_config", "EditorConfig",
+           "LayerRule"]
 
 EditorConfig = ROMEConfig | MEMITConfig | AlphaEditConfig | FTConfig | KNConfig
 LayerRule = Literal["one", "many", "none"]
@@ -151,7 +153,7 @@ class EditorSpec:
         reqs = [requests] if isinstance(requests, EditRequest) else list(requests)
         if not reqs or not all(isinstance(r, EditRequest) for r in reqs):
             raise TypeError(f"expected one EditRequest or a non-empty sequence of them, got {requests!r}")
-        cfg = self.check_config(config)
+        cfg = self.check_config(default_config(self, model) if config is None else config)
         ls = self.check_layers(model, layers)
         if self.batch or len(reqs) == 1:
             return self.fn(model, reqs, layers=ls, config=cfg, C=C, progress=progress, verbose=verbose)
@@ -161,7 +163,7 @@ class EditorSpec:
                     config: EditorConfig, C: dict[int, Tensor] | None, progress: bool, verbose: bool) -> Edit:
         """One edit per request, each on the model with the earlier ones applied; composed, model restored."""
         if self.layers == "one" and layers is None:
-            layers = [recommended_layer(model, progress=progress).layer]
+            layers = default_layers(model, self.name, config, progress=progress)[0]
         if self.needs_stats:
             C = key_stats(model, layers or [], config, C, progress=progress)
         if verbose:
@@ -179,10 +181,10 @@ class EditorSpec:
         return compose(done)
 
 
-def _one_layer(model: Bridge, layers: list[int] | None, progress: bool) -> int:
+def _one_layer(model: Bridge, name: str, config: EditorConfig, layers: list[int] | None, progress: bool) -> int:
     if layers is not None:
         return layers[0]
-    return recommended_layer(model, progress=progress).layer
+    return default_layers(model, name, config, progress=progress)[0][0]
 
 
 def _rome(model: Bridge, requests: list[EditRequest], *, layers: list[int] | None, config: ROMEConfig,
@@ -190,7 +192,7 @@ def _rome(model: Bridge, requests: list[EditRequest], *, layers: list[int] | Non
     (r,) = requests
     if layers is None and not C:  # rome picks the recommended layer itself, and says why
         return rome(model, r, config=config, progress=progress, verbose=verbose)
-    layer = _one_layer(model, layers, progress)
+    layer = _one_layer(model, "rome", config, layers, progress)
     return rome(model, r, layer=layer, config=config, C=None if C is None else C.get(layer), progress=progress,
                 verbose=verbose)
 
@@ -207,7 +209,7 @@ def _alphaedit(model: Bridge, requests: list[EditRequest], *, layers: list[int] 
 
 def _finetune(model: Bridge, requests: list[EditRequest], *, layers: list[int] | None, config: FTConfig,
               C: dict[int, Tensor] | None, progress: bool, verbose: bool) -> Edit:
-    return finetune(model, requests, layer=_one_layer(model, layers, progress), config=config, progress=progress,
+    return finetune(model, requests, layer=_one_layer(model, "ft-l", config, layers, progress), config=config, progress=progress,
                     verbose=verbose)
 
 
@@ -280,6 +282,21 @@ def run_editor(name: str, model: Bridge, requests: EditRequest | Sequence[EditRe
     Cost: the editor's.
     """
     return editor(name).run(model, requests, layers=layers, config=config, C=C, progress=progress, verbose=verbose)
+
+
+def default_config(spec: EditorSpec, model: Bridge) -> EditorConfig:
+    """The config ``spec``'s editor uses on ``model`` when none is given.
+
+    `factscope.edit.target.TargetConfig.for_model` (the δ budget tuned for the model's architecture
+    family) for ROME, MEMIT and AlphaEdit; the config class's defaults for the others.
+
+    Args:
+        spec: an `EditorSpec`. model: the bridge to be edited.
+
+    Cost: negligible.
+    """
+    cls = spec.config_class
+    return cls.for_model(model) if issubclass(cls, TargetConfig) else cls()
 
 
 def config_dict(config: EditorConfig) -> dict[str, object]:

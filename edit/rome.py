@@ -39,6 +39,7 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from jaxtyping import Float, Int
@@ -49,11 +50,11 @@ from factscope.arch import arch_of, context_of
 from factscope.bridge import Bridge
 from factscope.edit.handle import Edit
 from factscope.edit.key_stats import key_stats
-from factscope.edit.target import TargetConfig
+from factscope.edit.layer_choice import default_layers
+from factscope.edit.target import TargetConfig, config_source
 from factscope.edit.templates import context_templates, prompt_rows, template_rows
 from factscope.facts import EditRequest
 from factscope.kv import run_after, run_cached
-from factscope.locate.profile import recommended_layer
 from factscope.models import fingerprint
 from factscope.predict import kl_from_logprobs, predict
 from factscope.tokens import check_request, encode, pad_left, target_ids
@@ -74,10 +75,23 @@ class ROMEConfig(TargetConfig):
     would never fire. Cost: negligible (plain data, validated on construction); ``v_steps`` and
     ``context_lengths`` set `rome`'s number of passes.
 
+    ``ROMEConfig()`` and ``ROMEConfig.paper()`` are those constants; ``ROMEConfig.for_model(model)``
+    (what `rome` uses when no config is given) replaces the δ budget by ``TUNED[family]``: Adam at
+    learning rate 0.05 for at most 40 steps, ``‖δ‖ ≤ 2‖v₀‖``, stopping once the target's NLL is below
+    0.5 (the new target then wins with p ≈ 0.6 on average over the template prompts, and δ goes no
+    further). The paper's lr 0.5 reaches its clamp in the first step on Gemma 3, where ‖v₀‖ ≈ 2.6,
+    so every edit got the whole budget; small steps plus the margin stop give each fact the δ it
+    needs. Fitted on the calibration split (docs/guide.md, "Choosing the edit layer and the δ budget").
+
     Attributes:
         context_lengths, context_top_k, seed, v_steps, v_lr, v_weight_decay, clamp_norm_factor,
             kl_factor, essence_prompt, early_stop_loss, corpus, n_tokens: see `TargetConfig`.
     """
+
+    TUNED: ClassVar[dict[str, dict[str, object]]] = {
+        "post_norm": dict(v_lr=0.05, v_steps=40, clamp_norm_factor=2.0, early_stop_loss=0.5),
+        "pre_norm": dict(v_lr=0.05, v_steps=40, clamp_norm_factor=2.0, early_stop_loss=0.5),
+    }
 
 
 # --------------------------------------------------------------------------- k* and v*
@@ -337,7 +351,7 @@ def rome(
     request: EditRequest,
     *,
     layer: int | None = None,
-    config: ROMEConfig = ROMEConfig(),
+    config: ROMEConfig | None = None,
     C: Float[Tensor, "d_mlp d_mlp"] | None = None,
     progress: bool = True,
     verbose: bool = True,
@@ -351,9 +365,10 @@ def rome(
         request: the fact to rewrite (``prompt``, ``subject``, ``target_new``).
         layer: the MLP to rewrite (negative values count from the end; the edit records it
             normalised, so ``-1`` and ``n_layers - 1`` give the same edit). ``None`` (default): the
-            layer `factscope.locate.recommended_layer` picks from this model's causal-tracing profile
-            on the built-in facts (cached on disk).
-        config: `ROMEConfig` (default: the paper's settings).
+            layer `factscope.edit.layer_choice.edit_layer` chooses for ROME with this config, from key
+            specificity, the tracing profile and a trial edit on calibration facts (cached on disk).
+        config: `ROMEConfig`; ``None`` (default): ``ROMEConfig.for_model(model)``, the δ budget tuned
+            for the model's architecture family. ``ROMEConfig.paper()``: the published constants.
         C: key statistics ``E[kkᵀ]`` ``[d_mlp, d_mlp]`` at ``layer``; default ``None``:
             `factscope.edit.covariance` (cached on disk).
         progress: progress bars (default ``True``). verbose: print the layer used and why (default ``True``).
@@ -376,13 +391,17 @@ def rome(
     """
     a = arch_of(model)
     check_request(model, request, what="ROME")  # type, subject, target, context length: before any work
+    if config is None:
+        config = ROMEConfig.for_model(model)
+    if not isinstance(config, ROMEConfig):
+        raise TypeError(f"expected config to be a ROMEConfig (or None), got {type(config).__name__}")
+    source = config_source(config, model)
     why = "given"
     if layer is None:
-        choice = recommended_layer(model, progress=progress)
-        layer, why = choice.layer, choice.reason
+        (layer,), why = default_layers(model, "rome", config, progress=progress)
     layer = a.check_layer(layer)
     if verbose:
-        print(f"ROME: editing the MLP at layer {layer} ({why})")
+        print(f"ROME: editing the MLP at layer {layer} ({why}); config: {source}")
     _warn_if_already_answered(model, request)
     fp = fingerprint(model)
     templates = context_templates(model, config)
@@ -393,7 +412,7 @@ def rome(
     u, lam = rank_one_update(C, k_star, v.delta)
     if not (torch.isfinite(u).all() and torch.isfinite(lam).all()):
         raise FloatingPointError("ROME: the update is not finite; nothing was changed")
-    info = dict(layer=layer, layer_reason=why, templates=list(templates), k_star_norm=float(k_star.norm()),
+    info = dict(layer=layer, layer_reason=why, config_source=source, templates=list(templates), k_star_norm=float(k_star.norm()),
                 delta_norm=float(v.delta.norm()), v0_norm=v.v0_norm, losses=list(v.losses), p_new=list(v.p_new))
     return Edit(deltas={layer: (u, lam)}, method="rome", requests=(request,), config=dataclasses.asdict(config),
                 fingerprint=fp, info=info)

@@ -14,7 +14,8 @@ step; one-at-a-time editors (ROME, KN) make one per request, applied one after a
 
 What the session fixes once, on the unedited model
 --------------------------------------------------
-- **Layers**: ROME's (and FT-L's) traced layer, or MEMIT's range ending there (`choose_layers`).
+- **Layers**: the layer (ROME, FT-L) or window (MEMIT, AlphaEdit) `factscope.edit.layer_choice.edit_layer`
+  chooses for the method and config on the unedited model.
   Re-tracing an edited model would pick layers from a model that no longer exists, and cost
   minutes per step. KN locates its neurons afresh at every step (they are what it edits).
 - **Key statistics C** at those layers (`factscope.edit.key_stats`; ROME, MEMIT, AlphaEdit). They
@@ -46,11 +47,10 @@ from factscope.checks import as_requests
 from factscope.edit.alphaedit import AlphaEditConfig, alphaedit_with_keys, null_space_projection
 from factscope.edit.handle import Edit, compose
 from factscope.edit.key_stats import key_stats
-from factscope.edit.memit import MEMITConfig, choose_layers
-from factscope.edit.registry import EditorConfig, EditorSpec, editor, editor_names
+from factscope.edit.layer_choice import default_layers
+from factscope.edit.registry import EditorConfig, EditorSpec, default_config, editor, editor_names
 from factscope.edit.target import TargetConfig
 from factscope.facts import EditRequest
-from factscope.locate.profile import recommended_layer
 from factscope.tokens import check_request
 
 __all__ = ["EditSession", "METHODS"]
@@ -71,10 +71,11 @@ class EditSession:
             ``"kn"``).
         layers: as the registry's ``layers`` for that editor (ROME, FT-L: one layer; MEMIT,
             AlphaEdit: a list of distinct layers; KN: ``None``); negative values count from the end
-            (``self.layers`` holds them normalised and sorted). ``None`` (default): chosen once from the traced
-            profile (`factscope.locate.recommended_layer`).
+            (``self.layers`` holds them normalised and sorted). ``None`` (default): chosen once, on the
+            unedited model, by `factscope.edit.layer_choice.edit_layer` for the method and config (cached).
         config: an instance of the method's config class (`ROMEConfig`, `MEMITConfig`,
-            `AlphaEditConfig`, `FTConfig`, `KNConfig`); ``None`` (default): its defaults.
+            `AlphaEditConfig`, `FTConfig`, `KNConfig`); ``None`` (default): the registry's
+            `factscope.edit.registry.default_config` (the tuned δ budget for the model's family).
         C: ``{layer: E[kkᵀ]}`` ``[d_mlp, d_mlp]`` to use instead of computing them from the model
             (default ``None``: `factscope.edit.covariances`, cached on disk).
         progress, verbose: passed to the editors (defaults ``True`` and ``False``).
@@ -89,7 +90,7 @@ class EditSession:
 
     Cost: construction computes or loads C per layer (sampling and a statistics forward the first
     time per model, then a file read), P by one O(d_mlp³) ``eigh`` per layer for AlphaEdit, and the
-    traced layer when ``layers`` is ``None`` (cached on disk). Each step costs its editor's call.
+    layer choice when ``layers`` is ``None`` (`edit_layer`, cached on disk). Each step costs its editor's call.
     Memory grows per step: one ``W_out`` copy per edited layer and, for AlphaEdit, the step's keys.
     Measured times: docs/guide.md, "Measured costs of the editors".
     """
@@ -99,7 +100,7 @@ class EditSession:
                  verbose: bool = False) -> None:
         try:
             spec = editor(method)
-            config = spec.check_config(config)
+            config = spec.check_config(default_config(spec, model) if config is None else config)
         except (ValueError, TypeError) as e:
             raise type(e)(f"EditSession(method={method!r}): {e}") from None
         self.model, self.method, self.config, self.spec = model, spec.name, config, spec
@@ -252,8 +253,6 @@ def _fixed_layers(model: Bridge, spec: EditorSpec, config: EditorConfig, layers:
     given = spec.check_layers(model, None if spec.layers == "none" and layers == [] else layers)  # [] from a save
     if given is not None:
         return given
-    if spec.layers == "one":
-        return [recommended_layer(model, progress=progress).layer]
-    if spec.layers == "many" and isinstance(config, MEMITConfig):
-        return choose_layers(model, config.n_layers, progress=progress)[0]
+    if spec.layers in ("one", "many"):
+        return default_layers(model, spec.name, config, progress=progress)[0]
     return []  # "none": the editor finds its own (KN's neurons)

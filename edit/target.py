@@ -22,6 +22,16 @@ Both editors then need the key statistics C = E[kkᵀ] at the edited layers (`fa
 `factscope.edit.memit.MEMITConfig` inherit it (with their papers' defaults) and add their own. The
 defaults here are ROME's.
 
+**Paper constants and tuned defaults.** A config built with no arguments (or ``paper()``) holds the
+published constants, for faithful reproductions. ``for_model(model)`` holds the defaults the editors
+use when no config is given: the paper's, with the fields in the class's ``TUNED[family]`` replaced,
+where the family is the model's (`factscope.Arch.family`: ``"post_norm"`` for Gemma, ``"pre_norm"``
+otherwise). Those fields are the *δ budget*: how far δ may go (``clamp_norm_factor``), how fast
+(``v_lr``, ``v_steps``) and when it stops (``early_stop_loss``: once the new target wins by a margin).
+They were fitted on `factscope.calibration_split`'s calibration half; docs/guide.md, "Choosing the
+edit layer and the δ budget", has the fit and the held-out numbers. `config_source` says which of
+the three a config is, and editors record it in ``Edit.info``.
+
 Cost: plain data, checked on construction.
 """
 
@@ -29,9 +39,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import ClassVar, TypeVar
 
-__all__ = ["TargetConfig", "Corpus"]
+from factscope.arch import arch_of
+from factscope.bridge import Bridge
+
+__all__ = ["TargetConfig", "Corpus", "config_source"]
+
+T = TypeVar("T", bound="TargetConfig")
 
 Corpus = str | os.PathLike | Iterable[str]
 """Where the key statistics come from: ``"auto"``, ``"model"``, a hub dataset name, a text file, or texts."""
@@ -87,9 +103,41 @@ class TargetConfig:
         if any(n < 1 or c < 0 for n, c in self.context_lengths):
             raise ValueError(f"{me}: expected (tokens >= 1, count >= 0) pairs, got {self.context_lengths!r}")
 
+    TUNED: ClassVar[dict[str, dict[str, object]]] = {}
+    """Per architecture family, the fields `for_model` changes from the paper's constants (fitted; module docstring)."""
+
+    @classmethod
+    def paper(cls: type[T]) -> T:
+        """The published constants (the class's field defaults), for faithful reproductions. Cost: negligible."""
+        return cls()
+
+    @classmethod
+    def for_model(cls: type[T], model: Bridge) -> T:
+        """The tuned defaults for ``model``'s architecture family (the module docstring). Cost: negligible.
+
+        Args:
+            model: a bridge (only its architecture is read).
+        """
+        return replace(cls(), **cls.TUNED.get(arch_of(model).family, {}))
+
     def _require_positive_ints(self, *names: str) -> None:
         """A ValueError naming the config class for the first of ``names`` that is not an int >= 1 (bools refused)."""
         for name in names:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{type(self).__name__}: expected {name} to be a positive integer, got {v!r}")
+
+
+def config_source(config: TargetConfig, model: Bridge) -> str:
+    """``"paper"``, ``"tuned for <family> models"`` or ``"custom"``: which defaults ``config`` equals.
+
+    Args:
+        config: a `TargetConfig` (subclass) instance.
+        model: the bridge it is used on (its family).
+
+    Cost: negligible.
+    """
+    cls = type(config)
+    if config == cls.for_model(model) and cls.TUNED.get(arch_of(model).family):
+        return f"tuned for {arch_of(model).family.replace('_', '-')} models"
+    return "paper" if config == cls.paper() else "custom"

@@ -27,6 +27,7 @@ from factscope.datasets import (
     builtin_fact,
     builtin_facts,
     builtin_groups,
+    calibration_split,
     load_counterfact,
     load_known,
     load_zsre,
@@ -56,7 +57,7 @@ __all__ = [
     # architecture
     "Arch", "arch_of", "UnsupportedArchitectureError",
     # facts and datasets
-    "Fact", "EditRequest", "FactGroup", "builtin_facts", "builtin_fact", "builtin_groups",
+    "Fact", "EditRequest", "FactGroup", "builtin_facts", "builtin_fact", "builtin_groups", "calibration_split",
     "load_counterfact", "load_zsre", "load_known", "DatasetNotAvailableError", "synthetic_requests",
     # tokens and predictions
     "encode", "encode_batch", "target_ids", "subject_span", "str_tokens", "predict", "Prediction",

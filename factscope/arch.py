@@ -86,6 +86,14 @@ class Arch:
     embed: str
     names: Mapping[str, tuple[str, ...]]
 
+    @property
+    def family(self) -> str:
+        """``"post_norm"`` (MLP and attention outputs normed before the residual: Gemma) or ``"pre_norm"``.
+
+        Editors' tuned defaults are per family (`factscope.edit.target.TargetConfig.for_model`).
+        """
+        return "post_norm" if self.post_norm else "pre_norm"
+
     def hook(self, kind: str, layer: int | None = None) -> str:
         """Canonical hook name of ``kind`` at ``layer`` (``kind="embed"`` takes no layer).
 

@@ -29,6 +29,8 @@ __all__ = [
     "FactGroup",
     "builtin_facts",
     "builtin_fact",
+    "calibration_split",
+    "CALIBRATION_STRIDE",
     "builtin_groups",
     "load_counterfact",
     "load_zsre",
@@ -263,6 +265,26 @@ def builtin_facts() -> list[EditRequest]:
     Cost: negligible (the JSON is parsed once per process; no model).
     """
     return [_builtin_request(r) for r in _builtin_json()["facts"]]
+
+
+CALIBRATION_STRIDE = 4
+"""Every ``CALIBRATION_STRIDE``-th built-in fact, from the first, is in the calibration split."""
+
+
+def calibration_split() -> tuple[list[EditRequest], list[EditRequest]]:
+    """``(calibration, held_out)``: the built-in facts split once, for fitting defaults honestly.
+
+    Every 4th fact from the first (22 of 86, spread over all 12 relations) is for *calibration*:
+    tuned defaults (the edit layer, the δ budget) are fitted on it and nothing else. The other 64
+    are *held out*: quality targets are reported on them and never tuned on. The split was fixed on
+    2026-12-04, before the layer choice and δ budget of `factscope.edit.layer_choice` were fitted.
+
+    Cost: negligible (no model).
+    """
+    facts = builtin_facts()
+    cal = facts[::CALIBRATION_STRIDE]
+    held = [f for i, f in enumerate(facts) if i % CALIBRATION_STRIDE]
+    return cal, held
 
 
 def builtin_fact(fact_id: str) -> EditRequest:

@@ -4,6 +4,10 @@
 `factscope.tokens`) and keeps only the last position's logits (``logits_to_keep=1``: with Gemma's
 262k vocabulary this halves the cost). A target counts as answered when the argmax token equals the
 first token of ``" " + target``.
+
+``rewrite_scores(model, request)`` is CounterFact's efficacy / paraphrase / neighbourhood of one
+request on the model as it is (teacher-forced log-probability margins); `factscope.probes.evaluate`
+builds its report on it, and the edit layer's trial edits (`factscope.edit.layer_choice`) use it.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from torch import Tensor
 from factscope.arch import arch_of, context_of
 from factscope.bridge import Bridge
 from factscope.checks import check_int
+from factscope.facts import EditRequest
 from factscope.kv import run_cached
 from factscope.tokens import check_context, encode, pad_left, str_tokens, target_ids, tokenizer_of
 
-__all__ = ["Prediction", "Predictions", "predict", "next_token_logits", "target_logprob", "target_scores", "TargetScores",
+__all__ = ["RewriteScores", "rewrite_scores", "Prediction", "Predictions", "predict", "next_token_logits", "target_logprob", "target_scores", "TargetScores",
            "generate", "check_generate", "kl_from_logprobs", "kl_from_logits"]
 
 
@@ -334,3 +339,61 @@ def kl_from_logits(z_p: Float[Tensor, "... d_vocab"], z_q: Float[Tensor, "... d_
         z_q: logits of q, the same shape.
     """
     return kl_from_logprobs(z_p.double().log_softmax(-1), z_q.double().log_softmax(-1)).clamp_min(0.0)
+
+
+# --------------------------------------------------------------------------- one request, as the model is
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewriteScores:
+    """CounterFact's success rates for one request, and the log-probability margins behind them.
+
+    What `rewrite_scores` returns. Cost: negligible (plain data).
+
+    Attributes:
+        efficacy: 1.0 if ``log p(new) > log p(true)`` on the prompt, else 0.0.
+        paraphrase: the fraction of paraphrases where the new target wins (NaN without paraphrases).
+        neighbourhood: the fraction of neighbours where the true target still wins (NaN without neighbours).
+        efficacy_margin, paraphrase_margin, neighbourhood_margin: mean ``log p(new) − log p(true)``
+            (per token) on those prompts; NaN where there are none.
+    """
+
+    efficacy: float
+    paraphrase: float
+    neighbourhood: float
+    efficacy_margin: float
+    paraphrase_margin: float
+    neighbourhood_margin: float
+
+    def to_dict(self) -> dict[str, float]:
+        """The six fields as a plain dict."""
+        return asdict(self)
+
+
+def _mean_or_nan(x: Tensor) -> float:
+    return float(x.double().mean()) if len(x) else float("nan")
+
+
+def rewrite_scores(model: Bridge, request: EditRequest) -> RewriteScores:
+    """Efficacy, paraphrase and neighbourhood of one request on the model as it is now.
+
+    No edit is applied by this call: apply one first (``with edit.applied(model):``) to score it.
+
+    Args:
+        model: a bridge.
+        request: an `EditRequest` with ``target_true``.
+
+    Cost: one batched teacher-forced forward over ``2 × (1 + n_paraphrases + n_neighbours)`` rows
+    (every prompt with both targets; about 14 rows for a built-in fact).
+    """
+    if not isinstance(request, EditRequest):
+        raise TypeError(f"expected an EditRequest, got {type(request).__name__}")
+    prompts = [request.text, *request.paraphrases, *request.neighbours]
+    n = len(prompts)
+    lp = target_logprob(model, prompts * 2, [request.target_new] * n + [request.target_true] * n)
+    margin = lp[:n] - lp[n:]  # [prompt] log p(new) − log p(true)
+    para = margin[1:1 + len(request.paraphrases)]
+    nb = margin[1 + len(request.paraphrases):]
+    return RewriteScores(efficacy=float(margin[0] > 0), paraphrase=_mean_or_nan(para > 0),
+                         neighbourhood=_mean_or_nan(nb < 0), efficacy_margin=float(margin[0]),
+                         paraphrase_margin=_mean_or_nan(para), neighbourhood_margin=_mean_or_nan(nb))

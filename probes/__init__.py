@@ -12,6 +12,9 @@
   and a verdict. `default_bank` builds the bank from the built-in groups.
 - `localization_vs_editing` / `LocalizationResult`: Hase et al.'s test: regress per-layer edit
   success on layer, on the causal-tracing effect, and on both (R², nested F-tests).
+- `locality_predictors` / `LocalityResult`: what predicts where an edit stays put? Edit each request
+  at each layer and regress NS, neighbour KL and top-1 flips on layer, the tracing effect and key
+  specificity (R², nested F-tests, bootstrap CIs by request).
 - `neuron_overlap` / `OverlapResult`: are knowledge neurons stable? Jaccard overlap of the sets
   found on disjoint halves of the prompts and across seeds, against matched random sets.
 - `stats`: the bootstrap, least squares and F-tests the probes share.
@@ -24,6 +27,7 @@ from factscope.probes.evaluate import (
     evaluate,
     rewrite_scores,
 )
+from factscope.probes.locality_predictors import LocalityResult, locality_predictors
 from factscope.probes.localization import LocalizationResult, localization_vs_editing
 from factscope.probes.neuron_effect import (
     GROUPS,
@@ -43,5 +47,6 @@ from factscope.probes.spillover import (
 
 __all__ = ["evaluate", "EditReport", "METRICS", "rewrite_scores", "RewriteScores",
            "spillover", "SpilloverResult",
-           "localization_vs_editing", "LocalizationResult", "neuron_overlap", "OverlapResult", "SpilloverProbe", "SpilloverFit", "default_bank", "EXPECTED",
+           "localization_vs_editing", "LocalizationResult", "locality_predictors", "LocalityResult",
+           "neuron_overlap", "OverlapResult", "SpilloverProbe", "SpilloverFit", "default_bank", "EXPECTED",
            "neuron_effect", "NeuronEffect", "random_controls", "GROUPS"]

@@ -65,7 +65,7 @@ from torch import Tensor
 from factscope.bridge import Bridge
 from factscope.edit.handle import Edit
 from factscope.facts import EditRequest
-from factscope.predict import check_generate
+from factscope.predict import RewriteScores, check_generate, rewrite_scores
 from factscope.result_files import ResultContents, Saveable, fact_from_json, fact_to_json, nest, unnest
 
 if TYPE_CHECKING:
@@ -82,66 +82,6 @@ METRICS: tuple[str, ...] = (
 """The metrics `evaluate` reports, in order (defined in the module docstring)."""
 NPLUS_FORMAT = "{prompt} {target_new}. {neighbour}"
 _WORD = re.compile(r"\w+|[^\w\s]")
-
-
-# --------------------------------------------------------------------------- one request, as the model is
-
-
-@dataclass(frozen=True, kw_only=True)
-class RewriteScores:
-    """CounterFact's success rates for one request, and the log-probability margins behind them.
-
-    What `rewrite_scores` returns. Cost: negligible (plain data).
-
-    Attributes:
-        efficacy: 1.0 if ``log p(new) > log p(true)`` on the prompt, else 0.0.
-        paraphrase: the fraction of paraphrases where the new target wins (NaN without paraphrases).
-        neighbourhood: the fraction of neighbours where the true target still wins (NaN without neighbours).
-        efficacy_margin, paraphrase_margin, neighbourhood_margin: mean ``log p(new) − log p(true)``
-            (per token) on those prompts; NaN where there are none.
-    """
-
-    efficacy: float
-    paraphrase: float
-    neighbourhood: float
-    efficacy_margin: float
-    paraphrase_margin: float
-    neighbourhood_margin: float
-
-    def to_dict(self) -> dict[str, float]:
-        """The six fields as a plain dict."""
-        return asdict(self)
-
-
-def _mean(x: Tensor) -> float:
-    return float(x.double().mean()) if len(x) else float("nan")
-
-
-def rewrite_scores(model: Bridge, request: EditRequest) -> RewriteScores:
-    """Efficacy, paraphrase and neighbourhood of one request on the model as it is now.
-
-    No edit is applied by this call: apply one first (``with edit.applied(model):``) to score it.
-
-    Args:
-        model: a bridge.
-        request: an `EditRequest` with ``target_true``.
-
-    Cost: one batched teacher-forced forward over ``2 × (1 + n_paraphrases + n_neighbours)`` rows
-    (every prompt with both targets; about 14 rows for a built-in fact).
-    """
-    from factscope.predict import target_logprob
-
-    if not isinstance(request, EditRequest):
-        raise TypeError(f"expected an EditRequest, got {type(request).__name__}")
-    prompts = [request.text, *request.paraphrases, *request.neighbours]
-    n = len(prompts)
-    lp = target_logprob(model, prompts * 2, [request.target_new] * n + [request.target_true] * n)
-    margin = lp[:n] - lp[n:]  # [prompt] log p(new) − log p(true)
-    para = margin[1:1 + len(request.paraphrases)]
-    nb = margin[1 + len(request.paraphrases):]
-    return RewriteScores(efficacy=float(margin[0] > 0), paraphrase=_mean(para > 0),
-                         neighbourhood=_mean(nb < 0), efficacy_margin=float(margin[0]),
-                         paraphrase_margin=_mean(para), neighbourhood_margin=_mean(nb))
 
 
 # --------------------------------------------------------------------------- fluency

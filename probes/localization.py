@@ -62,18 +62,21 @@ from factscope.bridge import Bridge
 from factscope.checks import as_requests, check_int
 from factscope.edit import registry
 from factscope.edit.handle import Edit
-from factscope.edit.registry import EditorConfig, EditorSpec, config_dict
+from factscope.edit.registry import EditorConfig, EditorSpec, config_dict, default_config
 from factscope.facts import EditRequest
 from factscope.probes.stats import OLS, nested_f_test, ols
 from factscope.result_files import ResultContents, Saveable, fact_from_json, fact_to_json, nest, unnest
 
 __all__ = ["LocalizationResult", "localization_vs_editing", "tracing_effect", "rewrite_score", "hase_regressions",
-           "layer_editors", "layer_editor", "HASE_ROME_GPTJ", "ALPHA", "SMALL_DELTA_R2"]
+           "layer_editors", "layer_editor", "HASE_ROME_GPTJ", "ALPHA", "SMALL_DELTA_R2", "EditFn",
+           "TracingEffects", "mlp_tracing_effects", "resolve_layer_editor", "check_facts", "check_probe_layers",
+           "layer_dummies"]
 
 HASE_ROME_GPTJ: dict[str, float] = {"layer": 0.947, "tracing": 0.016, "both": 0.948}  # Hase et al. 2023, ROME on GPT-J
 ALPHA = 0.05  # significance level of the verdict
 SMALL_DELTA_R2 = 0.03  # Hase et al.: tracing never added more than this much R² over layer
 EditFn = Callable[[Bridge, EditRequest, int], Edit]
+"""An editor put at a given layer: ``fn(model, request, layer) -> Edit`` (see `resolve_layer_editor`)."""
 
 
 # --------------------------------------------------------------------------- the paper's quantities
@@ -102,8 +105,17 @@ def _p_target(model: Bridge, text: str, target: str) -> float:
     return math.exp(float(target_logprob(model, [text], [target])[0]) * n)
 
 
-def _layer_dummies(layer_idx: np.ndarray, n_levels: int) -> np.ndarray:
-    """``[cell, n_levels − 1]`` one-hot columns for levels 1.. (level 0 is the intercept's)."""
+def layer_dummies(layer_idx: np.ndarray, n_levels: int) -> np.ndarray:
+    """``[cell, n_levels − 1]`` one-hot columns for levels 1.. (level 0 is the intercept's).
+
+    The *layer* predictor of the probes' regressions (Hase et al.: any per-layer mean).
+
+    Args:
+        layer_idx: ``[cell]`` each cell's layer position, in ``[0, n_levels)``.
+        n_levels: the number of layers probed.
+
+    Cost: O(cells × n_levels).
+    """
     return (layer_idx[:, None] == np.arange(1, n_levels)[None, :]).astype(float)
 
 
@@ -127,7 +139,7 @@ def hase_regressions(tracing: Any, edit_score: Any) -> tuple[dict[str, OLS], dic
         return ({k: empty for k in ("layer", "tracing", "both")},
                 {k: (math.nan, math.nan) for k in ("tracing_over_layer", "layer_over_tracing")}, 0)
     layer_idx = np.tile(np.arange(L), F_)  # cells in row-major (fact, layer) order
-    D = _layer_dummies(layer_idx, L)
+    D = layer_dummies(layer_idx, L)
     y, x = rs.ravel(), te.ravel()
     fits = {"layer": ols(D, y), "tracing": ols(x[:, None], y), "both": ols(np.column_stack([D, x]), y)}
     tests = {"tracing_over_layer": nested_f_test(fits["layer"], fits["both"]),
@@ -286,19 +298,40 @@ class LocalizationResult(Saveable):
 # --------------------------------------------------------------------------- validation
 
 
-def _check_facts(model: Bridge, facts: Any) -> tuple[EditRequest, ...]:
+def check_facts(model: Bridge, facts: Any, name: str = "facts") -> tuple[EditRequest, ...]:
+    """``facts`` as a tuple of `EditRequest` s that can be traced and edited on ``model`` (no model pass).
+
+    Args:
+        model: the bridge they are for.
+        facts: one `EditRequest` or a non-empty sequence of them, each with a ``target_true``.
+        name: the argument's name in the messages (``"facts"``).
+
+    Raises:
+        TypeError / ValueError: not `EditRequest` s, none, a missing ``target_true``, or what
+            `factscope.tokens.check_request` refuses.
+
+    Cost: negligible (tokenisations; no model passes).
+    """
     from factscope.tokens import check_request
 
-    facts = as_requests(facts, "facts")
+    facts = as_requests(facts, name)
     for i, r in enumerate(facts):
         if r.target_true is None:
-            raise ValueError(f"expected facts[{i}] ({r.subject!r}) to have a target_true (tracing follows it), "
+            raise ValueError(f"expected {name}[{i}] ({r.subject!r}) to have a target_true (tracing follows it), "
                              "got None")
         check_request(model, r)  # the subject is a run of tokens; prompt + target fit the context
     return tuple(facts)
 
 
-def _check_layers(model: Bridge, layers: Any) -> tuple[int, ...]:
+def check_probe_layers(model: Bridge, layers: Any) -> tuple[int, ...]:
+    """The layers to probe, normalised and distinct (`Arch.check_layers`); ``None``: every layer.
+
+    Args:
+        model: the bridge.
+        layers: a non-empty sequence of distinct layer indices (negatives count from the end), or ``None``.
+
+    Cost: negligible.
+    """
     a = arch_of(model)
     return tuple(range(a.n_layers)) if layers is None else a.check_layers(layers)  # normalised, distinct
 
@@ -335,9 +368,27 @@ def layer_editor(editor: str) -> EditorSpec:
     return spec
 
 
-def _resolve_editor(editor: str, config: EditorConfig | None, edit_fn: EditFn | None
-                    ) -> tuple[str, EditFn, dict[str, object]]:
-    """``(name, fn(model, request, layer) -> Edit, config as a dict)``, all checked."""
+def resolve_layer_editor(model: Bridge, editor: str, config: EditorConfig | None, edit_fn: EditFn | None
+                         ) -> tuple[str, EditFn, dict[str, object]]:
+    """The probes' editor at a layer, checked: ``(name, fn(model, request, layer) -> Edit, config dict)``.
+
+    The built-in editors are run through the registry at exactly the layer given (MEMIT and
+    AlphaEdit at that one layer); a custom ``edit_fn`` is used as it is.
+
+    Args:
+        model: the bridge to be edited (its family picks the default config).
+        editor: a registry editor that edits a given layer (`layer_editors`), or an alias.
+        config: its config (``None``: `factscope.edit.registry.default_config`, the tuned δ budget for
+            the model's family; ``registry.editor(editor).config_class.paper()`` for the published
+            constants); must be ``None`` with ``edit_fn``.
+        edit_fn: instead of ``editor``, any ``fn(model, request, layer) -> Edit``.
+
+    Raises:
+        TypeError / ValueError: an unknown editor or one that picks its own layers, a config of the
+            wrong type, an ``edit_fn`` that is not callable or comes with a config.
+
+    Cost: negligible (no model passes; the returned ``fn`` costs one edit per call).
+    """
     if edit_fn is not None:
         if not callable(edit_fn):
             raise TypeError(f"expected edit_fn to be a callable (model, request, layer) -> Edit, got {edit_fn!r}")
@@ -346,7 +397,7 @@ def _resolve_editor(editor: str, config: EditorConfig | None, edit_fn: EditFn | 
                              f"got {config!r}")
         return getattr(edit_fn, "__name__", "custom"), edit_fn, {}
     spec = layer_editor(editor)
-    cfg = spec.check_config(config)
+    cfg = spec.check_config(default_config(spec, model) if config is None else config)
 
     def at_layer(model: Bridge, request: EditRequest, layer: int) -> Edit:  # the probe's layer policy: exactly l
         return spec.run(model, [request], layers=[layer], config=cfg, progress=False, verbose=False)
@@ -358,8 +409,10 @@ def _resolve_editor(editor: str, config: EditorConfig | None, edit_fn: EditFn | 
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Traces:
-    """Stage 1's output: each fact's MLP tracing effect at the probed layers.
+class TracingEffects:
+    """Stage 1's output: each fact's MLP tracing effect at the probed layers (`mlp_tracing_effects`).
+
+    Cost: negligible (plain data).
 
     Attributes:
         effect: ``[fact, layer]`` TE (NaN rows: facts whose corruption did no damage).
@@ -373,9 +426,21 @@ class _Traces:
     no_damage: tuple[str, ...]
 
 
-def _traces(model: Bridge, reqs: Sequence[EditRequest], Ls: Sequence[int], *, window: int, samples: int, seed: int,
-            progress: bool) -> _Traces:
-    """Stage 1: one MLP trace per fact (`factscope.locate.trace`), its TE read at ``Ls``; warns on no-damage facts."""
+def mlp_tracing_effects(model: Bridge, reqs: Sequence[EditRequest], Ls: Sequence[int], *, window: int, samples: int,
+                        seed: int, progress: bool) -> TracingEffects:
+    """Stage 1: one MLP trace per fact (`factscope.locate.trace`) and its TE at the layers ``Ls``.
+
+    Warns, naming them, about facts whose corruption did no damage (their rows are NaN).
+
+    Args:
+        model: a bridge (unchanged).
+        reqs: checked requests with ``target_true`` (`check_facts`).
+        Ls: the normalised layers whose TE is read (`check_probe_layers`).
+        window: MLP layers restored together. samples: noise samples per trace. seed: the noise's seed.
+        progress: a progress bar over the traces.
+
+    Cost: one MLP trace per fact: O(samples × tokens × layers) token-block evaluations each.
+    """
     from tqdm.auto import tqdm
 
     from factscope.locate.tracing import trace
@@ -392,7 +457,7 @@ def _traces(model: Bridge, reqs: Sequence[EditRequest], Ls: Sequence[int], *, wi
     if no_damage:
         warnings.warn(f"{len(no_damage)} of {n_f} facts have p_clean <= p_corrupted (the corruption did no damage), "
                       f"so no tracing effect; they are left out of the regressions: {list(no_damage)}", stacklevel=3)
-    return _Traces(effect=te, p_clean=p_clean, p_corrupted=p_corr, no_damage=no_damage)
+    return TracingEffects(effect=te, p_clean=p_clean, p_corrupted=p_corr, no_damage=no_damage)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -462,7 +527,8 @@ def localization_vs_editing(
             every layer.
         editor: a registry editor that edits a given layer (`layer_editors`: ``"rome"``, ``"memit"`` and
             ``"alphaedit"`` at that one layer, ``"ft-l"`` alias ``"finetune"``); KN chooses its own layers.
-        config: the editor's config (``registry.editor(editor).config_class``); ``None``: its default.
+        config: the editor's config (``registry.editor(editor).config_class``); ``None``: the tuned default for the
+            model's family (`factscope.edit.registry.default_config`; ``.paper()`` for the published constants).
         edit_fn: instead of ``editor``, any ``fn(model, request, layer) -> Edit``.
         window: MLP layers restored together in the trace (Hase's 5).
         samples: noise samples per trace (10). seed: seeds the tracing noise (editors use their
@@ -484,9 +550,9 @@ def localization_vs_editing(
     """
     from factscope.models import fingerprint
 
-    reqs = _check_facts(model, facts)
-    Ls = _check_layers(model, layers)
-    name, fn, cfg = _resolve_editor(editor, config, edit_fn)
+    reqs = check_facts(model, facts)
+    Ls = check_probe_layers(model, layers)
+    name, fn, cfg = resolve_layer_editor(model, editor, config, edit_fn)
     check_int("window", window, 1, arch_of(model).n_layers)
     check_int("samples", samples, 1)
     check_int("seed", seed, 0)
@@ -496,7 +562,7 @@ def localization_vs_editing(
         print(f"localization_vs_editing: {n_f} MLP traces (window {window}, {samples} samples) and "
               f"{n_f} facts × {n_l} layers = {n_f * n_l} {name} edits")
 
-    tr = _traces(model, reqs, Ls, window=window, samples=samples, seed=seed, progress=progress)
+    tr = mlp_tracing_effects(model, reqs, Ls, window=window, samples=samples, seed=seed, progress=progress)
     ed = _edits(model, reqs, Ls, fn, label=f"{name} edits", progress=progress)
     fits, tests, used = hase_regressions(tr.effect.numpy(), ed.score.numpy())
     settings = dict(editor=name, config=cfg, window=window, samples=samples, seed=seed, model=fp,

@@ -86,7 +86,7 @@ from factscope.checks import check_int
 from factscope.datasets import FactGroup, builtin_facts, builtin_groups
 from factscope.edit import registry
 from factscope.edit.handle import Edit
-from factscope.edit.registry import EditorConfig, EditorSpec
+from factscope.edit.registry import EditorConfig, EditorSpec, default_config
 from factscope.facts import EditRequest, Fact
 from factscope.predict import kl_from_logits, next_token_logits, target_logprob
 from factscope.probes.stats import LEVEL, bootstrap, format_ci, mean_ci, percentile_ci, slope
@@ -671,19 +671,16 @@ def _edit_layers(model: Bridge, spec: EditorSpec, layer: int | None, config: Edi
                  progress: bool) -> list[int] | None:
     """Spillover's layer policy, by the editor's layer rule (``None``: the editor's own choice).
 
-    ``"one"``: ``[layer]`` (default: the recommended layer). ``"many"``: the ``config.n_layers``
-    consecutive layers ending at ``layer``, clipped at 0 (MEMIT's range). ``"none"``: its own (KN).
+    ``"one"``: ``[layer]`` (default: the editor's own choice, `factscope.edit.layer_choice.edit_layer`).
+    ``"many"``: the ``config.n_layers`` consecutive layers ending at ``layer``, clipped at 0 (MEMIT's
+    range; default: the editor's own choice). ``"none"``: its own (KN).
     """
     if spec.layers == "none":
         return None
     if spec.layers == "many":
-        n = spec.check_config(config).n_layers
+        n = spec.check_config(default_config(spec, model) if config is None else config).n_layers
         return None if layer is None else list(range(max(0, layer - n + 1), layer + 1))
-    if layer is None:
-        from factscope.locate.profile import recommended_layer
-
-        layer = recommended_layer(model, progress=progress).layer
-    return [layer]
+    return None if layer is None else [layer]
 
 
 def _make_edit(model: Bridge, request: EditRequest, spec: EditorSpec, layer: int | None, config: EditorConfig | None,
@@ -693,7 +690,7 @@ def _make_edit(model: Bridge, request: EditRequest, spec: EditorSpec, layer: int
     A given C is passed to one-layer editors (it is E[kkᵀ] at their layer; FT-L ignores it).
     """
     layers = _edit_layers(model, spec, layer, config, progress)
-    stats = {layers[0]: C} if C is not None and spec.layers == "one" else None
+    stats = {layers[0]: C} if C is not None and layers and spec.layers == "one" else None
     return spec.run(model, [request], layers=layers, config=config, C=stats, progress=progress, verbose=verbose)
 
 

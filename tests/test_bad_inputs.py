@@ -337,7 +337,7 @@ def test_rome_negative_layer_is_the_same_edit(model):
 def test_negative_layers_are_recorded_normalised(model):
     from factscope.edit.memit import MEMITConfig, prepare
     from factscope.locate.knowledge_neurons import neuron_list
-    from factscope.probes.localization import _check_layers
+    from factscope.probes.localization import check_probe_layers
 
     a = arch_of(model)
     n = a.n_layers
@@ -363,7 +363,7 @@ def test_negative_layers_are_recorded_normalised(model):
     C = {l: _spd(a.d_mlp) for l in (0, n - 1)}
     assert EditSession(model, "memit", layers=[-1, 0], C=C, progress=False).layers == [0, n - 1]
     assert EditSession(model, "rome", layers=-1, C=C, progress=False).layers == [n - 1]
-    assert _check_layers(model, [-1, 1]) == (n - 1, 1)
+    assert check_probe_layers(model, [-1, 1]) == (n - 1, 1)
     # FT-L
     from factscope.edit.finetune import FTConfig
 

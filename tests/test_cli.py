@@ -264,6 +264,28 @@ def test_edit_command_rome_applies_several_requests_in_sequence(tiny_folder, tmp
     Edit.load(out, model=load_model(folder))
 
 
+def test_edit_command_uses_the_tuned_budget_unless_paper(tiny_folder, tmp_path, monkeypatch):
+    from factscope.edit import Edit, ROMEConfig
+
+    folder = str(tiny_folder("gemma3"))
+    monkeypatch.setenv("FACTSCOPE_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    requests = _write(tmp_path / "ours.json", {"facts": OUR_RECORDS[:1]})
+    got = {}
+    for flag in ([], ["--paper"]):
+        out = tmp_path / f"rome{len(flag)}.safetensors"
+        r = runner.invoke(app, ["edit", "--method", "rome", "--requests", requests, "--layers", "1", "--steps", "2",
+                                "--corpus", "model", "--n-tokens", "1024", "--no-progress", "--save", str(out),
+                                "--model", folder, *flag])
+        assert r.exit_code == 0, r.output
+        got[bool(flag)] = (Edit.load(out).config, r.output)
+    model = load_model(folder)
+    tuned, paper = ROMEConfig.for_model(model), ROMEConfig.paper()
+    assert got[False][0]["v_lr"] == tuned.v_lr != paper.v_lr and got[True][0]["v_lr"] == paper.v_lr
+    assert got[False][0]["early_stop_loss"] == tuned.early_stop_loss and got[True][0]["clamp_norm_factor"] == 4.0
+    assert "config: custom" in got[False][1]  # --steps/--corpus change the tuned config; the line says so
+
+
 def test_edit_command_bad_input_exits_with_message(tiny_folder, tmp_path):
     folder = str(tiny_folder("gemma3"))
     good = _write(tmp_path / "ours.json", OUR_RECORDS)

@@ -23,7 +23,8 @@ from factscope.figures import remote_urls  # noqa: E402
 
 FILES = {"answers.csv", "trace.png", "trace.svg", "trace.pdf", "profile.png", "profile.svg", "profile.pdf",
          "neurons.png", "neurons.html", "rome_before_after.txt", "rome_edit.safetensors", "rome_edit.safetensors.json",
-         "rome_report.png", "rome_report.txt", "spillover.png", "spillover.csv", "memit_edit.safetensors",
+         "rome_report.png", "rome_report.txt", "rome_traced_before_after.txt", "rome_traced_edit.safetensors",
+         "rome_traced_edit.safetensors.json", "rome_traced_report.png", "rome_traced_report.txt", "spillover.png", "spillover.csv", "memit_edit.safetensors",
          "memit_edit.safetensors.json", "memit_report.png", "memit_report.txt", "memit_requests.csv", "report.html"}
 
 
@@ -68,8 +69,8 @@ def test_report_has_every_section_figure_and_table_and_loads_nothing_remote(run)
     heads = re.findall(r"<h2>(.*?)</h2>", page)
     assert [h.split(" ")[0] for h in heads] == ["1.", "2.", "3.", "4.", "5.", "6.", "Run", "Settings"]
     imgs = re.findall(r'<img alt="[^"]+" style="width:\d+px" src="data:image/png;base64,', page)
-    assert len(imgs) == 6  # trace, profile, neurons, rome_report, spillover, memit_report
-    assert len(re.findall(r"<figcaption>", page)) == 6 + 1 + 2  # figures, the circuitsvis view, 2 printed reports
+    assert len(imgs) == 7  # trace, profile, neurons, rome_report, rome_traced_report, spillover, memit_report
+    assert len(re.findall(r"<figcaption>", page)) == 7 + 1 + 2  # figures, the circuitsvis view, 2 printed texts
     assert page.count("CircuitsVis.render(") == 3  # the neurons view, one panel per prompt
     tables = re.findall(r"<table", page)
     assert len(tables) == len(re.findall(r"<caption>", page))  # every table labelled
@@ -83,7 +84,7 @@ def test_summary_timings_and_cache_line(run):
     assert list(result.timings) == ["load the model", "answers", "locate", "neurons", "rome", "spillover", "memit",
                                     "total"]
     assert result.timings["total"] >= sum(v for k, v in result.timings.items() if k != "total")
-    assert len(result.summary) == 7 and result.summary[-1].startswith("Total")
+    assert len(result.summary) == 9 and result.summary[-1].startswith("Total")  # two ROME lines and why they differ
     assert result.cached and "built and cached" in result.summary[-1]  # a fresh cache: statistics, profile
     assert second.cached == [] and "came from the cache" in second.summary[-1]
     assert "time per step:" in text and "[6/6]" in text
@@ -102,4 +103,4 @@ def test_report_renders_offline_in_a_browser(run, browser_dom):
     result = run[0]
     dom = browser_dom(result.report)
     assert dom.count('class="colored-tokens"') == 3  # the circuitsvis view drew a panel per prompt, offline
-    assert len(re.findall(r"<section id=", dom)) == 8 and dom.count("<img ") == 6
+    assert len(re.findall(r"<section id=", dom)) == 8 and dom.count("<img ") == 7

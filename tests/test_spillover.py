@@ -347,12 +347,10 @@ EDITOR_FNS = ("rome", "memit", "alphaedit", "kn", "finetune")  # what the regist
 
 
 def test_editor_dispatch(model, monkeypatch):
-    from factscope.locate import profile
-
     calls: list = []
     for k in EDITOR_FNS:
         monkeypatch.setattr(registry, k, fake_editor(model, calls, "ft-l" if k == "finetune" else k))
-    monkeypatch.setattr(profile, "recommended_layer", lambda m, **kw: profile.LayerChoice(3, "fake", None))
+    monkeypatch.setattr(registry, "default_layers", lambda m, name, config, **kw: ([3], "fake"))  # edit_layer's choice
     C = spd(arch_of(model).d_mlp)
     go = lambda **kw: spillover(model, REQ, bank=BANK, C=C, n_boot=50, progress=False, verbose=False, **kw)
 
