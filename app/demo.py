@@ -315,7 +315,7 @@ def _rome(c: _Context) -> None:
     from factscope.edit import MEMITConfig, ROMEConfig, covariances, edit_layer
     from factscope.edit import rome as rome_edit
     from factscope.figures import Figure, Section, Table, Text, plot_report, save_figure
-    from factscope.probes import EditReport, evaluate
+    from factscope.probes import evaluate
 
     fact = c.fact
     n = MEMITConfig().n_layers  # MEMIT's span (step 6), ending at the traced layer

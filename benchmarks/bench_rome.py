@@ -1,6 +1,6 @@
 """ROME quality and cost on the built-in facts: each edit applied alone, measured, and reverted.
 
-    python benchmarks/bench_rome.py [--split held-out|calibration|all] [--limit N] [--layer default|traced|L]
+    python benchmarks/bench_rome.py [--split held-out|calibration|all] [--limit N] [--stride K] [--layer default|traced|L]
                               [--config tuned|paper] [--no-fluency] [--threads 2] [--skip-gemma] [--skip-smollm2]
                               [--csv out/rome.csv]
 
@@ -46,7 +46,7 @@ def pick_layer(model, spec: str, config) -> tuple[int, str]:
 
 
 def run(name: str, split: str, limit: int | None, layer_spec: str, config_spec: str, fluency: bool,
-        csv: str | None) -> None:
+        csv: str | None, stride: int = 1) -> None:
     from factscope import builtin_facts, calibration_split, load_model
     from factscope.edit import covariance, rome
     from factscope.edit.rome import ROMEConfig, compute_k_star, update_response
@@ -58,7 +58,7 @@ def run(name: str, split: str, limit: int | None, layer_spec: str, config_spec: 
 
     model = load_model(name)
     cal, held = calibration_split()
-    reqs = {"held-out": held, "calibration": cal, "all": builtin_facts()}[split][:limit]
+    reqs = {"held-out": held, "calibration": cal, "all": builtin_facts()}[split][::stride][:limit]
     config = ROMEConfig.for_model(model) if config_spec == "tuned" else ROMEConfig.paper()
     layer, why = pick_layer(model, layer_spec, config)
     C = covariance(model, layer)  # cached after the first call
@@ -86,6 +86,10 @@ def run(name: str, split: str, limit: int | None, layer_spec: str, config_spec: 
         print(f"  [{i + 1}/{len(reqs)}] {r.subject!r}: {r.target_true} -> {r.target_new}  ES {row['ES']:.0f} "
               f"PS {row['PS']:.2f} NS {row['NS']:.2f} KL {row['KL']:.2f} Δfl {row['fluency_change']:+.2f}  "
               f"response {resp:.2f}  |δ|/|v0| {row['delta_over_v0']:.2f} ({times[-1]:.1f} s)", flush=True)
+        if csv:  # after every edit, so an interrupted run keeps what it measured
+            import pandas as pd
+
+            pd.DataFrame(rows).to_csv(csv, index=False)
     check_targets(EditReport.concat(reports, method="rome"),
                   f"{name}, ROME at layer {layer}, {config_source(config, model)} config")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
@@ -94,9 +98,6 @@ def run(name: str, split: str, limit: int | None, layer_spec: str, config_spec: 
     print(f"  time per edit median {statistics.median(times):.1f} s, max {max(times):.1f} s (statistics and layer "
           f"choice cached); peak resident memory {peak:.2f} GiB", flush=True)
     if csv:
-        import pandas as pd
-
-        pd.DataFrame(rows).to_csv(csv, index=False)
         print(f"  wrote {csv}")
 
 
@@ -104,6 +105,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split", default="held-out", choices=("held-out", "calibration", "all"))
     ap.add_argument("--limit", type=int, default=None, help="only the first N requests of the split")
+    ap.add_argument("--stride", type=int, default=1, help="every k-th request of the split (a quicker, spread sample)")
     ap.add_argument("--layer", default="default", help="default (edit_layer's choice), traced, or a layer number")
     ap.add_argument("--config", default="tuned", choices=("tuned", "paper"), help="ROMEConfig.for_model or .paper()")
     ap.add_argument("--no-fluency", action="store_true", help="skip the generation fluency check (far faster)")
@@ -116,7 +118,7 @@ def main() -> None:
     for name, skip in (("gemma-3-270m", args.skip_gemma), ("smollm2-135m", args.skip_smollm2)):
         if not skip:
             run(name, args.split, args.limit, args.layer, args.config, not args.no_fluency,
-                args.csv.replace("{model}", name) if args.csv else None)
+                args.csv.replace("{model}", name) if args.csv else None, args.stride)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,17 @@ where editing works, and the guide measured that it does not say where an edit s
    causal-tracing profile (`factscope.locate.recommended_layer`, cached), as a fraction of its peak.
 3. **A trial edit** at the few best candidates: each calibration request edited alone at that layer
    (MEMIT/AlphaEdit: all of them in one batch at that window) with the editor's config, then
-   reverted, scoring efficacy ES, paraphrase PS, neighbourhood NS and neighbour KL
-   (`factscope.probes`-style, teacher-forced; fluency is left to the benchmarks: it needs generation).
+   reverted, scoring efficacy ES, paraphrase PS, neighbourhood NS (of the neighbours the unedited
+   model gets right, the fraction kept) and neighbour KL (`trial_scores`; teacher-forced, as
+   `factscope.probes.evaluate`; fluency is left to the benchmarks: it needs generation).
 
 **The rule.** Candidates are the layers (windows: ``n_layers`` consecutive layers, scored by their
 mean ρ and their top layer's τ) whose τ is at least ``TRACE_FLOOR`` (½) of the peak: a layer where
-restoring the MLP does not restore the fact is one whose keys do not carry it yet. The
-``n_candidates`` (3) with the lowest ρ are trialled. Of those that meet every `TARGETS` threshold the
-one with the smallest neighbour KL is chosen; if none meets them all, the one with the smallest total
-shortfall (each criterion's miss as a fraction of its threshold), and a `LayerChoiceWarning` names
-the criteria that failed. It never falls back to the tracing peak silently: the reason always says
+restoring the MLP does not restore the fact is one whose keys do not carry it yet. Of those, the
+``n_candidates`` (3) with the lowest ρ are trialled in order of ρ, and the first that meets every
+`TARGETS` threshold is chosen (the most specific layer that works; the rest need no trial). If none
+of them meets every threshold, the one with the smallest total shortfall is chosen (each criterion's
+miss as a fraction of its threshold), and a `LayerChoiceWarning` names the criteria that failed. It never falls back to the tracing peak silently: the reason always says
 which evidence decided.
 
 The calibration requests default to `factscope.calibration_split`'s calibration half, ``n_trial``
@@ -40,10 +41,10 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -54,11 +55,14 @@ from factscope.edit.handle import Edit
 from factscope.edit.key_specificity import key_specificity
 from factscope.edit.target import TargetConfig
 from factscope.facts import EditRequest
-from factscope.predict import kl_from_logprobs, next_token_logits, rewrite_scores
+from factscope.predict import kl_from_logprobs, next_token_logits, rewrite_scores, target_logprob
 from factscope.result_files import ResultContents, Saveable, fact_from_json, fact_to_json
 
+if TYPE_CHECKING:  # the registry imports this module (its editors' default layers)
+    from factscope.edit.registry import EditorConfig, EditorSpec
+
 __all__ = ["EditLayerChoice", "edit_layer", "LayerChoiceWarning", "TARGETS", "TRACE_FLOOR", "trial_scores",
-           "shortfall"]
+           "shortfall", "Before", "before", "neighbour_margins", "default_layers"]
 
 TARGETS: dict[str, float] = {"efficacy": 0.95, "paraphrase": 0.85, "neighbourhood": 0.85, "neighbourhood_kl": 0.5}
 """The trial's thresholds: ES, PS, NS at least these; neighbour KL (nats) at most this (issue 18's targets)."""
@@ -92,28 +96,68 @@ def shortfall(scores: dict[str, float], targets: dict[str, float] = TARGETS) -> 
     return out
 
 
-def trial_scores(model: Bridge, edit: Edit, requests: Sequence[EditRequest],
-                 pre: Sequence[Float[Tensor, "neighbour d_vocab"]]) -> dict[str, float]:
+@dataclass(frozen=True)
+class Before:
+    """One request's neighbours before an edit: next-token log-probs ``[neighbour, d_vocab]`` and which
+    neighbours the model gets right (``log p(true) > log p(new)``, ``[neighbour]``)."""
+
+    logprobs: Float[Tensor, "neighbour d_vocab"]
+    right: Bool[Tensor, "neighbour"]
+
+
+def neighbour_margins(model: Bridge, request: EditRequest) -> Float[Tensor, "neighbour"]:
+    """``log p(new) − log p(true)`` (mean per token, teacher-forced) on each neighbour prompt, as it is now.
+
+    Args:
+        model: a bridge. request: an `EditRequest` with ``target_true`` and neighbours.
+
+    Cost: one teacher-forced pass over ``2 × n_neighbours`` rows.
+    """
+    nb = list(request.neighbours)
+    lp = target_logprob(model, nb * 2, [request.target_new] * len(nb) + [request.target_true] * len(nb))
+    return lp[:len(nb)] - lp[len(nb):]
+
+
+def before(model: Bridge, request: EditRequest) -> Before:
+    """The `Before` of ``request`` on the model as it is (no edit applied).
+
+    Args:
+        model: a bridge. request: an `EditRequest` with ``target_true`` and neighbours.
+
+    Cost: one next-token and one teacher-forced pass over the neighbours.
+    """
+    lp = next_token_logits(model, list(request.neighbours)).double().log_softmax(-1)
+    return Before(logprobs=lp, right=neighbour_margins(model, request) < 0)
+
+
+def trial_scores(model: Bridge, edit: Edit, requests: Sequence[EditRequest], pre: Sequence[Before]) -> dict[str, float]:
     """Mean ES, PS, NS and neighbour KL of ``edit`` on ``requests``; the model is left as it was.
 
-    ES/PS/NS are `factscope.predict.rewrite_scores`' (what `factscope.probes.evaluate` reports); the
-    neighbour KL is KL(post ‖ pre) of the next-token distributions on each request's neighbour prompts,
-    averaged within a request and then over requests (`factscope.probes.evaluate`'s ``neighbourhood_kl``).
+    ES and PS are `factscope.predict.rewrite_scores`' (what `factscope.probes.evaluate` reports). NS
+    here counts only the neighbours the unedited model gets right: the fraction of them whose true
+    answer still beats the new one (a neighbour that was wrong before cannot be kept; on a model that
+    gets every neighbour right, as Gemma 3 270M does the built-in ones, it equals evaluate's NS). The
+    neighbour KL is KL(post ‖ pre) of the next-token distributions on each request's neighbour
+    prompts, averaged within a request and then over requests (`factscope.probes.evaluate`'s
+    ``neighbourhood_kl``). Requests without a neighbour right before are left out of NS.
 
     Args:
         model: a bridge, without ``edit`` applied.
         edit: the trial edit (applied, scored, reverted).
         requests: the requests to score it on.
-        pre: per request, its neighbours' next-token log-probabilities before the edit.
+        pre: per request, its `Before`.
 
-    Cost: one teacher-forced pass per request (about 14 rows) and one next-token pass over its neighbours.
+    Cost: per request, teacher-forced passes over its prompts and neighbours, and one next-token pass
+    over its neighbours.
     """
     rows = []
     with edit.applied(model):
-        for r, lp0 in zip(requests, pre):
+        for r, b in zip(requests, pre):
             s = rewrite_scores(model, r)
+            kept = (neighbour_margins(model, r) < 0)[b.right]
+            ns = float(kept.double().mean()) if len(kept) else math.nan
             lp1 = next_token_logits(model, list(r.neighbours)).double().log_softmax(-1)
-            rows.append((s.efficacy, s.paraphrase, s.neighbourhood, float(kl_from_logprobs(lp1, lp0).mean())))
+            rows.append((s.efficacy, s.paraphrase, ns, float(kl_from_logprobs(lp1, b.logprobs).mean())))
     cols = torch.tensor(rows, dtype=torch.float64).nanmean(0).tolist()
     return dict(zip(TARGETS, cols))
 
@@ -237,10 +281,12 @@ def _check(model: Bridge, requests: Sequence[EditRequest] | None, n_trial: int) 
     return tuple(reqs)
 
 
-def _trial(model: Bridge, spec: Any, cfg: Any, reqs: Sequence[EditRequest], cands: Sequence[tuple[int, ...]],
-           C: dict[int, Tensor], progress: bool) -> list[dict[str, float]]:
-    """Each candidate's mean trial scores: one edit per request (one-layer editors) or one batch edit."""
-    pre = [next_token_logits(model, list(r.neighbours)).double().log_softmax(-1) for r in reqs]
+def _trial(model: Bridge, spec: EditorSpec, cfg: EditorConfig, reqs: Sequence[EditRequest],
+           cands: Sequence[tuple[int, ...]], C: dict[int, Tensor], targets: dict[str, float],
+           progress: bool) -> list[dict[str, float]]:
+    """Each candidate's mean trial scores, in order, up to the first that meets every target: one edit
+    per request (one-layer editors) or one batch edit (MEMIT, AlphaEdit)."""
+    pre = [before(model, r) for r in reqs]
     out = []
     per = 1 if spec.batch else len(reqs)
     with tqdm(total=len(cands) * per, desc=f"trial {spec.name} edits", disable=not progress) as bar:
@@ -250,27 +296,41 @@ def _trial(model: Bridge, spec: Any, cfg: Any, reqs: Sequence[EditRequest], cand
                 e = spec.run(model, list(reqs), layers=list(c), config=cfg, C=Cc, progress=False)
                 out.append(trial_scores(model, e, reqs, pre))
                 bar.update(1)
-                continue
-            rows = []
-            for r, lp in zip(reqs, pre):
-                e = spec.run(model, [r], layers=list(c), config=cfg, C=Cc, progress=False)
-                rows.append(trial_scores(model, e, [r], [lp]))
-                bar.update(1)
-            out.append({k: float(torch.tensor([x[k] for x in rows], dtype=torch.float64).nanmean()) for k in TARGETS})
+            else:
+                rows = []
+                for r, b in zip(reqs, pre):
+                    e = spec.run(model, [r], layers=list(c), config=cfg, C=Cc, progress=False)
+                    rows.append(trial_scores(model, e, [r], [b]))
+                    bar.update(1)
+                out.append({k: float(torch.tensor([x[k] for x in rows], dtype=torch.float64).nanmean())
+                            for k in TARGETS})
+            if not any(shortfall(out[-1], targets).values()):
+                break  # the most specific candidate that works: the rest need no trial
     return out
 
 
-def _decide(cands: Sequence[tuple[int, ...]], trials: Sequence[dict[str, float]], rho: Sequence[float],
-            targets: dict[str, float]) -> tuple[int, bool, tuple[str, ...]]:
-    """``(index of the choice, met, failed criteria)``: the smallest KL among those meeting every target,
-    else the smallest total shortfall."""
+def _decide(trials: Sequence[dict[str, float]], targets: dict[str, float]) -> tuple[int, bool, tuple[str, ...]]:
+    """``(index of the choice, met, failed criteria)`` over the candidates trialled so far, in trial order:
+    the first that meets every target, else the smallest total shortfall."""
     miss = [shortfall(t, targets) for t in trials]
     ok = [i for i, m in enumerate(miss) if not any(m.values())]
     if ok:
-        i = min(ok, key=lambda i: (trials[i]["neighbourhood_kl"], rho[i]))
-        return i, True, ()
-    i = min(range(len(cands)), key=lambda i: (sum(miss[i].values()), rho[i]))
+        return ok[0], True, ()
+    i = min(range(len(trials)), key=lambda i: (sum(miss[i].values()), i))
     return i, False, tuple(k for k, v in miss[i].items() if v)
+
+
+def _reason(what: str, rho_w: float, rho: Tensor, peak: int | None, wins: Sequence[tuple[int, ...]], n_cands: int,
+            no_profile: str, rule: str, n_reqs: int, scores: dict[str, float]) -> str:
+    """The choice's one-sentence reason (`edit_layer`)."""
+    if peak is None:
+        head = (f"key response {rho_w:.2f}; no tracing evidence ({no_profile}), so every {what} was a candidate; "
+                f"of the {n_cands} most specific {what}s trialled")
+    else:
+        peak_w = next((x for x in wins if x[-1] == peak), wins[-1])
+        head = (f"key response {rho_w:.2f} against {float(rho[list(peak_w)].mean()):.2f} at the tracing peak (layer "
+                f"{peak}); of the {n_cands} most specific {what}s trialled (tracing effect ≥ {TRACE_FLOOR:g} of the peak)")
+    return f"{head}, it {rule} in a trial on {n_reqs} calibration requests: {_fmt(scores)}"
 
 
 def _fmt(s: dict[str, float]) -> str:
@@ -341,7 +401,7 @@ def edit_layer(
     fp = fingerprint(model)
     key = dict(kind="edit_layer", model=fp, editor=spec.name, config=config_dict(cfg), n_candidates=n_candidates,
                targets=tg, trace_floor=TRACE_FLOOR, requests=[(r.text, r.target_true, r.target_new) for r in reqs],
-               version=1)
+               version=2)
     path = cache_dir("layer_choices", key_digest(key) + ".safetensors")
     if cache and path.exists():
         try:
@@ -364,21 +424,14 @@ def edit_layer(
     eligible = wins if peak is None else [w for w in wins if float(tau[w[-1]]) >= TRACE_FLOOR]
     score = {w: float(rho[list(w)].mean()) for w in eligible}
     cands = sorted(eligible, key=lambda w: (score[w], -w[-1]))[:n_candidates]
-    trials = _trial(model, spec, cfg, reqs, cands, C, progress)
-    i, met, failed = _decide(cands, trials, [score[w] for w in cands], tg)
+    trials = _trial(model, spec, cfg, reqs, cands, C, tg, progress)
+    cands = cands[:len(trials)]  # those trialled
+    i, met, failed = _decide(trials, tg)
     w = cands[i]
     what = "layer" if size == 1 else "window"
-    rule = ("met every target with the smallest neighbour KL" if met else
-            f"met no candidate's every target; the smallest shortfall (missed: {', '.join(failed)})")
-    if peak is None:
-        where = (f"of the {len(cands)} most specific {what}s (no tracing evidence: {no_profile}; every {what} "
-                 "was a candidate)")
-    else:
-        peak_w = next((x for x in wins if x[-1] == peak), wins[-1])
-        where = (f"the tracing peak, layer {peak}: {float(rho[list(peak_w)].mean()):.2f}; of the {len(cands)} most "
-                 f"specific {what}s with tracing ≥ {TRACE_FLOOR:g} of peak")
-    reason = (f"{what} with key response {score[w]:.2f} ({where}), it {rule} in a trial on {len(reqs)} "
-              f"calibration requests: {_fmt(trials[i])}")
+    rule = ("is the most specific that met every target" if met else
+            f"had the smallest shortfall, as none met every target (it missed {', '.join(failed)})")
+    reason = _reason(what, score[w], rho, peak, wins, len(cands), no_profile, rule, len(reqs), trials[i])
     out = EditLayerChoice(editor=spec.name, layers=w, reason=reason, response=rho.float(), tracing=tau.float(),
                           candidates=tuple(cands), trials=tuple(trials), met=met, failed=failed, requests=reqs,
                           settings=dict(config=config_dict(cfg), targets=tg, n_candidates=n_candidates,

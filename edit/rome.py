@@ -76,12 +76,15 @@ class ROMEConfig(TargetConfig):
     ``context_lengths`` set `rome`'s number of passes.
 
     ``ROMEConfig()`` and ``ROMEConfig.paper()`` are those constants; ``ROMEConfig.for_model(model)``
-    (what `rome` uses when no config is given) replaces the δ budget by ``TUNED[family]``: Adam at
-    learning rate 0.05 for at most 40 steps, ``‖δ‖ ≤ 2‖v₀‖``, stopping once the target's NLL is below
-    0.5 (the new target then wins with p ≈ 0.6 on average over the template prompts, and δ goes no
-    further). The paper's lr 0.5 reaches its clamp in the first step on Gemma 3, where ‖v₀‖ ≈ 2.6,
-    so every edit got the whole budget; small steps plus the margin stop give each fact the δ it
-    needs. Fitted on the calibration split (docs/guide.md, "Choosing the edit layer and the δ budget").
+    (what `rome` uses when no config is given) replaces the δ budget by ``TUNED[family]``.
+    Post-norm models (Gemma) take small steps and stop once the new target wins: Adam at learning
+    rate 0.05 for at most 40 steps, ``‖δ‖ ≤ 2‖v₀‖``, stopping once the target's NLL is below 0.5 (p ≈
+    0.6 on average over the template prompts), so δ goes no further than the edit needs. The paper's
+    lr 0.5 reaches its clamp in the first step there (‖v₀‖ ≈ 2.6 on Gemma 3 270M), so every edit got
+    the whole budget, and a δ near ‖v₀‖ sets the post-normed MLP output's direction at every key it
+    reaches. Pre-norm models (SmolLM2) keep the paper's budget: there the earlier stop, smaller steps
+    or a smaller clamp each cost efficacy on the calibration facts. Fitted on the calibration split
+    (docs/guide.md, "Choosing the edit layer and the δ budget").
 
     Attributes:
         context_lengths, context_top_k, seed, v_steps, v_lr, v_weight_decay, clamp_norm_factor,
@@ -90,7 +93,7 @@ class ROMEConfig(TargetConfig):
 
     TUNED: ClassVar[dict[str, dict[str, object]]] = {
         "post_norm": dict(v_lr=0.05, v_steps=40, clamp_norm_factor=2.0, early_stop_loss=0.5),
-        "pre_norm": dict(v_lr=0.05, v_steps=40, clamp_norm_factor=2.0, early_stop_loss=0.5),
+        "pre_norm": {},  # the paper's: on SmolLM2 an earlier stop or smaller steps cost efficacy (guide)
     }
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from factscope.figures.localization_plots import layer_colorbar
+
 __all__ = ["plot_locality_predictors"]
 
 _BAR_COLORS = {"layer": "#6baed6", "tracing": "#238b45", "specificity": "#d94801", "tracing+layer": "#00441b",
@@ -67,7 +69,6 @@ def plot_locality_predictors(result: Any, *, axes: Any = None) -> Any:
 
     Cost: one matplotlib figure, no model passes.
     """
-    import math
 
     import matplotlib.pyplot as plt
     import numpy as np
@@ -100,12 +101,7 @@ def plot_locality_predictors(result: Any, *, axes: Any = None) -> Any:
         a.plot(xs, fit.coef[0] + fit.coef[1] * xs, color="k", lw=1, ls="--",
                label=f"NS ~ S (R² = {fit.r2:.3f})")
         a.legend(fontsize=7, frameon=False, loc="best")
-    cb = fig.colorbar(sc, ax=a, fraction=0.06, pad=0.02)
-    cb.set_label("edit layer", fontsize=8)
-    cb.ax.tick_params(labelsize=7)
-    step = max(1, math.ceil(n_l / 10))
-    cb.set_ticks(np.arange(0, n_l, step))
-    cb.set_ticklabels([str(l) for l in layers[::step]])
+    layer_colorbar(fig, sc, a, layers)
     a.set_xlabel("key-specificity response S (lower: more specific)", fontsize=8)
     a.set_ylabel("neighbourhood score NS with the edit", fontsize=8)
     a.set_ylim(-0.05, 1.05)

@@ -14,9 +14,13 @@ Cells of facts left out of the regressions (no tracing effect) are not drawn.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["plot_localization"]
+import numpy as np
+
+__all__ = ["plot_localization", "layer_colorbar"]
 
 _TRACE_COLOR = "#238b45"  # Greens, as the MLP tracing heatmaps
 _EDIT_COLOR = "#a50f15"
@@ -37,7 +41,6 @@ def plot_localization(result: Any, *, axes: Any = None) -> Any:
 
     Cost: one matplotlib figure, no model passes (measured times: docs/guide.md).
     """
-    import math
 
     import matplotlib.pyplot as plt
     import numpy as np
@@ -74,12 +77,7 @@ def plot_localization(result: Any, *, axes: Any = None) -> Any:
         a.plot(xs, fit.coef[0] + fit.coef[1] * xs, color="k", lw=1, ls="--",
                label=f"edit score ~ tracing (R² = {fit.r2:.3f})")
         a.legend(fontsize=7, frameon=False, loc="lower right")
-    cb = fig.colorbar(sc, ax=a, fraction=0.06, pad=0.02)
-    cb.set_label("edit layer", fontsize=8)
-    cb.ax.tick_params(labelsize=7)
-    step = max(1, math.ceil(n_l / 10))
-    cb.set_ticks(np.arange(0, n_l, step))
-    cb.set_ticklabels([str(l) for l in layers[::step]])
+    layer_colorbar(fig, sc, a, layers)
     a.set_xlabel("tracing effect (fraction of the damage restored)", fontsize=8)
     a.set_ylabel("rewrite score  (p* − p) / (1 − p)", fontsize=8)
     a.set_title("Per (fact, layer)", fontsize=9)
@@ -128,3 +126,22 @@ def plot_localization(result: Any, *, axes: Any = None) -> Any:
                  f"({result.n_facts_used} traced) at {len(result.layers)} layers; MLP tracing window {s.get('window')}",
                  fontsize=9)
     return fig
+
+
+def layer_colorbar(fig: Any, mappable: Any, ax: Any, layers: Sequence[int]) -> Any:
+    """A colour bar labelled "edit layer" for a scatter coloured by layer position, at most 10 ticks.
+
+    Args:
+        fig: the figure. mappable: the scatter (colours are positions ``0 .. len(layers) − 1``).
+        ax: the axes it belongs to. layers: the layer numbers, in position order.
+
+    Cost: negligible.
+    """
+    n = len(layers)
+    cb = fig.colorbar(mappable, ax=ax, fraction=0.06, pad=0.02)
+    cb.set_label("edit layer", fontsize=8)
+    cb.ax.tick_params(labelsize=7)
+    step = max(1, math.ceil(n / 10))
+    cb.set_ticks(np.arange(0, n, step))
+    cb.set_ticklabels([str(l) for l in list(layers)[::step]])
+    return cb

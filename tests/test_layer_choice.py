@@ -99,11 +99,14 @@ def test_edit_layer_follows_its_rule(model, cache):
         warnings.simplefilter("always")
         c = edit_layer(model, REQS, config=cfg, n_candidates=2, progress=False, verbose=False)
     rho = c.response.double()
-    # no tracing evidence on a random model: every layer is eligible, the 2 lowest-ρ layers are trialled
-    assert [x[0] for x in c.candidates] == sorted(range(len(rho)), key=lambda l: (float(rho[l]), -l))[:2]
-    miss = [sum(shortfall(t).values()) for t in c.trials]
+    # no tracing evidence on a random model: every layer is eligible; the 2 lowest-ρ layers are trialled in
+    # order of ρ until one meets every target
+    order = sorted(range(len(rho)), key=lambda l: (float(rho[l]), -l))[:2]
+    assert [x[0] for x in c.candidates] == order[:len(c.trials)] and len(c.trials) == len(c.candidates)
     met = [i for i, t in enumerate(c.trials) if not any(shortfall(t).values())]
-    best = min(met, key=lambda i: c.trials[i]["neighbourhood_kl"]) if met else min(range(2), key=lambda i: miss[i])
+    assert met in ([], [len(c.trials) - 1])  # trials stop at the first candidate that meets every target
+    miss = [sum(shortfall(t).values()) for t in c.trials]
+    best = met[0] if met else min(range(len(c.trials)), key=lambda i: (miss[i], i))
     assert c.layers == c.candidates[best] and c.met == bool(met)
     if not c.met:
         assert any(issubclass(x.category, LayerChoiceWarning) for x in w)
@@ -115,17 +118,33 @@ def test_edit_layer_follows_its_rule(model, cache):
 
 @pytest.mark.parametrize("arch_name", ["gemma3"], indirect=True)  # the trial edits are the slow part: one (post-norm) tiny model
 def test_edit_layer_trial_scores_are_the_probes(model, cache):
-    """The chosen candidate's trial scores equal `evaluate`'s means over the same edits."""
+    """ES, PS and neighbour KL equal `evaluate`'s means over the same edits; NS is the fraction of the
+    neighbours right before the edit that stay right, recomputed here from plain log-probabilities."""
     from factscope.edit import rome
+    from factscope.predict import target_logprob
     from factscope.probes import EditReport, evaluate
+
+    def margins(r):  # [neighbour] mean per-token log p(new) − log p(true)
+        nb = list(r.neighbours)
+        return torch.stack([target_logprob(model, [p], [r.target_new])[0] - target_logprob(model, [p], [r.target_true])[0]
+                            for p in nb])
 
     cfg = _small(model)
     c = edit_layer(model, REQS, config=cfg, n_candidates=1, progress=False, verbose=False)
-    reps = [evaluate(model, rome(model, r, layer=c.layer, config=cfg, progress=False, verbose=False), fluency=False,
-                     progress=False) for r in REQS]
-    post = EditReport.concat(reps).summary()["post"]
-    for k in TARGETS:
+    edits = [rome(model, r, layer=c.layer, config=cfg, progress=False, verbose=False) for r in REQS]
+    post = EditReport.concat([evaluate(model, e, fluency=False, progress=False) for e in edits]).summary()["post"]
+    for k in ("efficacy", "paraphrase", "neighbourhood_kl"):
         assert math.isclose(c.trials[0][k], float(post[k]), rel_tol=1e-3, abs_tol=1e-4), k
+    kept = []
+    for r, e in zip(REQS, edits):
+        right = margins(r) < 0
+        with e.applied(model):
+            after = margins(r) < 0
+        if right.any():
+            kept.append(float(after[right].double().mean()))
+    want = sum(kept) / len(kept) if kept else math.nan
+    assert math.isclose(c.trials[0]["neighbourhood"], want, rel_tol=1e-6, abs_tol=1e-9) or (
+        math.isnan(want) and math.isnan(c.trials[0]["neighbourhood"]))
 
 
 @pytest.mark.parametrize("arch_name", ["gemma3"], indirect=True)  # the trial edits are the slow part: one (post-norm) tiny model
