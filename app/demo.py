@@ -421,7 +421,7 @@ def _spillover(c: _Context) -> None:
 
     group = next(g for g in builtin_groups() if g.name == DEMO_GROUP)
     c.echo(f"spillover: {group.description}")
-    s = spillover(c.model, group.edit, editor="rome", layer=c.layer, C=c.C[c.layer], progress=c.progress)
+    s = spillover(c.model, group.edit, editor="rome", progress=c.progress)  # ROME's defaults: edit_layer's layer
     c.echo(s.table())
     save_figure(plot_spillover(s), c.out / "spillover.png")
     s.to_dataframe().to_csv(c.out / "spillover.csv", index=False)
@@ -434,7 +434,8 @@ def _spillover(c: _Context) -> None:
                      f"{trend[:1].lower() + trend[1:] if moved else trend}.")
     c.sections.append(Section(
         title="5. The locality hypothesis: spillover", intro=(
-            f"{group.description} A ROME edit ({r.subject}: {r.target_true} → {r.target_new}, layer {s.layer}); "
+            f"{group.description} A ROME edit with the defaults ({r.subject}: {r.target_true} → {r.target_new}, "
+            f"layer {s.layer}, the layer `edit_layer` chooses, and the tuned δ budget); "
             "then every probe in the bank is scored before and after. Paraphrases should move; other facts about "
             "the subject, facts about related entities (the Secretary of State), same-relation neighbours and "
             "unrelated facts should stay. If they move in proportion to how similar their keys are to the "

@@ -321,16 +321,19 @@ def _decide(trials: Sequence[dict[str, float]], targets: dict[str, float]) -> tu
 
 
 def _reason(what: str, rho_w: float, rho: Tensor, peak: int | None, wins: Sequence[tuple[int, ...]], n_cands: int,
-            no_profile: str, rule: str, n_reqs: int, scores: dict[str, float]) -> str:
+            no_profile: str, met: bool, failed: Sequence[str], n_reqs: int, scores: dict[str, float]) -> str:
     """The choice's one-sentence reason (`edit_layer`)."""
     if peak is None:
-        head = (f"key response {rho_w:.2f}; no tracing evidence ({no_profile}), so every {what} was a candidate; "
-                f"of the {n_cands} most specific {what}s trialled")
+        head, pool = f"key response {rho_w:.2f}", f"{what}s (no tracing evidence: {no_profile})"
     else:
         peak_w = next((x for x in wins if x[-1] == peak), wins[-1])
-        head = (f"key response {rho_w:.2f} against {float(rho[list(peak_w)].mean()):.2f} at the tracing peak (layer "
-                f"{peak}); of the {n_cands} most specific {what}s trialled (tracing effect ≥ {TRACE_FLOOR:g} of the peak)")
-    return f"{head}, it {rule} in a trial on {n_reqs} calibration requests: {_fmt(scores)}"
+        head = f"key response {rho_w:.2f} against {float(rho[list(peak_w)].mean()):.2f} at the tracing peak (layer {peak})"
+        pool = f"{what}s with a tracing effect ≥ {TRACE_FLOOR:g} of the peak"
+    trial = f"in a trial on {n_reqs} calibration requests: {_fmt(scores)}"
+    if met:
+        return f"{head}; the most specific of the {pool} that met every target {trial}"
+    return (f"{head}; none of the {n_cands} most specific {pool} met every target, and this one missed least "
+            f"(it missed {', '.join(failed)}) {trial}")
 
 
 def _fmt(s: dict[str, float]) -> str:
@@ -429,9 +432,7 @@ def edit_layer(
     i, met, failed = _decide(trials, tg)
     w = cands[i]
     what = "layer" if size == 1 else "window"
-    rule = ("is the most specific that met every target" if met else
-            f"had the smallest shortfall, as none met every target (it missed {', '.join(failed)})")
-    reason = _reason(what, score[w], rho, peak, wins, len(cands), no_profile, rule, len(reqs), trials[i])
+    reason = _reason(what, score[w], rho, peak, wins, len(cands), no_profile, met, failed, len(reqs), trials[i])
     out = EditLayerChoice(editor=spec.name, layers=w, reason=reason, response=rho.float(), tracing=tau.float(),
                           candidates=tuple(cands), trials=tuple(trials), met=met, failed=failed, requests=reqs,
                           settings=dict(config=config_dict(cfg), targets=tg, n_candidates=n_candidates,
