@@ -21,8 +21,10 @@ restoring the MLP does not restore the fact is one whose keys do not carry it ye
 ``n_candidates`` (3) with the lowest ρ are trialled in order of ρ, and the first that meets every
 `TARGETS` threshold is chosen (the most specific layer that works; the rest need no trial). If none
 of them meets every threshold, the one with the smallest total shortfall is chosen (each criterion's
-miss as a fraction of its threshold), and a `LayerChoiceWarning` names the criteria that failed. It never falls back to the tracing peak silently: the reason always says
-which evidence decided.
+miss as a fraction of its threshold), and a `LayerChoiceWarning` names the criteria that failed.
+It never falls back to the tracing peak silently: the reason always says which evidence decided. A
+model that answers none of the profile's facts has no tracing evidence; the reason says so and every
+layer is a candidate.
 
 The calibration requests default to `factscope.calibration_split`'s calibration half, ``n_trial``
 (8) of them evenly spaced; pass your own ``requests`` to choose for your facts. The result is cached
@@ -30,9 +32,11 @@ on disk (``cache_dir("layer_choices")``), keyed by the model fingerprint, the ed
 requests and every setting, so ``rome(model, request)`` pays for it once per model and config.
 
 Cost: first call, `key_specificity` over every layer (C per layer: seconds each after the corpus,
-cached on disk), the tracing profile (cached), and ``n_candidates × n_trial`` edits (MEMIT/AlphaEdit:
-``n_candidates`` batch edits) with two teacher-forced scoring passes each. Later calls: a fingerprint
-and a file read. Measured times: docs/guide.md, "Choosing the edit layer".
+cached on disk), the tracing profile (cached), and at most ``n_candidates × n_trial`` edits
+(MEMIT/AlphaEdit: at most ``n_candidates`` batch edits of ``n_trial`` requests; the trial stops at the
+first candidate that meets every target), each scored by a few teacher-forced passes. Later calls: a
+fingerprint and a file read. Memory: C of every layer at once (``n_layers × d_mlp² × 8`` bytes).
+Measured times: docs/guide.md, "Choosing the edit layer and the δ budget".
 """
 
 from __future__ import annotations
@@ -346,7 +350,7 @@ def edit_layer(
     requests: Sequence[EditRequest] | None = None,
     *,
     editor: str = "rome",
-    config: object | None = None,
+    config: EditorConfig | None = None,
     n_candidates: int = 3,
     n_trial: int = 8,
     targets: dict[str, float] | None = None,
@@ -454,7 +458,7 @@ def _warn(choice: EditLayerChoice) -> None:
                       f"; thresholds {choice.settings.get('targets')})", LayerChoiceWarning, stacklevel=3)
 
 
-def default_layers(model: Bridge, editor: str, config: object | None, *, progress: bool = True
+def default_layers(model: Bridge, editor: str, config: EditorConfig | None, *, progress: bool = True
                    ) -> tuple[list[int], str]:
     """``(layers, why)`` an editor uses when none are given: `edit_layer`'s choice, cached on disk.
 
