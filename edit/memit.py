@@ -392,6 +392,7 @@ class ZLoss:
 
     Attributes:
         nll: ``[request]`` mean over the templates of the target's per-token NLL.
+        worst_nll: ``[request]`` (no graph) the largest template's per-token NLL.
         kl: ``[request]`` KL(p_δ ‖ p_0) after the essence prompt.
         decay: ``[request]`` ‖δ‖ / ‖h‖².
         total: ``[request]`` ``nll + kl_factor · kl + v_weight_decay · decay``.
@@ -401,6 +402,7 @@ class ZLoss:
     """
 
     nll: Float[Tensor, "request"]
+    worst_nll: Float[Tensor, "request"]
     kl: Float[Tensor, "request"]
     decay: Float[Tensor, "request"]
     total: Float[Tensor, "request"]
@@ -434,7 +436,9 @@ def z_loss(lp: Float[Tensor, "row n d_vocab"], rows: ZRows, log_p0: Float[Tensor
     decay = delta.norm(dim=1) / h.norm(dim=1) ** 2
     with torch.no_grad():
         p_new = zeros.index_add(0, rows.owner[tpl], (-tok_nll[tpl].sum(1)).exp()) / T
-    return ZLoss(nll=nll, kl=kl, decay=decay, total=nll + config.kl_factor * kl + config.v_weight_decay * decay,
+        worst = zeros.index_reduce(0, rows.owner[tpl], row_nll[tpl].detach(), "amax", include_self=False)
+    return ZLoss(nll=nll, worst_nll=worst, kl=kl, decay=decay,
+                 total=nll + config.kl_factor * kl + config.v_weight_decay * decay,
                  p_new=p_new)
 
 
@@ -492,7 +496,8 @@ def _z_chunk(model: Bridge, reqs: Sequence[EditRequest], layer: int, templates: 
         if not bool(torch.isfinite(loss.total[active]).all()):
             raise FloatingPointError(f"MEMIT z: the loss became non-finite at step {step + 1}; nothing was changed. "
                                      f"Try a smaller v_lr than {config.v_lr}.")
-        still = [j for j in active if not float(loss.nll[j].detach()) < config.early_stop_loss]
+        stop_nll = loss.nll.detach() if config.early_stop_on == "mean" else loss.worst_nll
+        still = [j for j in active if not float(stop_nll[j]) < config.early_stop_loss]
         if on_step is not None:
             on_step(step + 1, len(still))
         if not still:

@@ -59,8 +59,8 @@ from factscope.models import fingerprint
 from factscope.predict import kl_from_logprobs, predict
 from factscope.tokens import check_request, encode, pad_left, target_ids
 
-__all__ = ["ROMEConfig", "rome", "context_templates", "compute_k_star", "compute_v_star", "rank_one_update",
-           "update_response", "VStar"]
+__all__ = ["ROMEConfig", "rome", "context_templates", "template_keys", "compute_k_star", "realised_shares",
+           "key_cholesky", "compute_v_star", "rank_one_update", "update_response", "VStar"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,8 +88,13 @@ class ROMEConfig(TargetConfig):
 
     Attributes:
         context_lengths, context_top_k, seed, v_steps, v_lr, v_weight_decay, clamp_norm_factor,
-            kl_factor, essence_prompt, early_stop_loss, corpus, n_tokens: see `TargetConfig`.
+            kl_factor, essence_prompt, early_stop_loss, early_stop_on, corpus, n_tokens: see `TargetConfig`.
+        realised_delta: optimise δ as the rank-one update will write it: ``s_r · δ`` at each template
+            prompt and the essence prompt (`realised_shares`), not δ everywhere. Off by default
+            and in ``paper()``; docs/guide.md ("Choosing the edit layer and the δ budget") has why.
     """
+
+    realised_delta: bool = False
 
     TUNED: ClassVar[dict[str, dict[str, object]]] = {
         "post_norm": dict(v_lr=0.05, v_steps=40, clamp_norm_factor=2.0, early_stop_loss=0.5),
@@ -141,6 +146,28 @@ def v_batch(model: Bridge, request: EditRequest, templates: tuple[str, ...], ess
 
 
 @torch.no_grad()
+def template_keys(model: Bridge, request: EditRequest, layer: int, templates: tuple[str, ...],
+                  essence: str = "{}") -> Float[Tensor, "row d_mlp"]:
+    """The MLP key at the subject's last token of each `VBatch` row: every template prompt, then ``essence``.
+
+    Args:
+        model: a bridge.
+        request: the `EditRequest`.
+        layer: the MLP whose key is read.
+        templates: the context templates (`context_templates`).
+        essence: the last row's prompt, with one ``{}`` for the subject.
+
+    Cost: one forward of ``len(templates) + 1`` prompts up to ``layer``. Float64, on the CPU.
+    """
+    a = arch_of(model)
+    dev = context_of(model).device
+    b = v_batch(model, request, templates, essence)  # the target tokens follow: causal, no effect
+    got: list[Tensor] = []
+    model.run_with_hooks(b.ids.to(dev), attention_mask=b.mask.to(dev), stop_at_layer=layer + 1,
+                         fwd_hooks=[(a.hook("mlp_key", layer), lambda act, hook: got.append(act.detach()))])
+    return got[0][torch.arange(len(b.ids), device=dev), b.col.to(dev)].double().cpu()  # [row, d_mlp]
+
+
 def compute_k_star(model: Bridge, request: EditRequest, layer: int,
                    templates: tuple[str, ...]) -> Float[Tensor, "d_mlp"]:
     """k*: the MLP key at the subject's last token, averaged over the template prompts (float64).
@@ -151,18 +178,51 @@ def compute_k_star(model: Bridge, request: EditRequest, layer: int,
         layer: the MLP whose key is read.
         templates: the context templates (`context_templates`).
 
-    Cost: one forward of the template prompts up to ``layer``.
+    Cost: one forward of the template prompts (and one short essence row) up to ``layer``.
     """
-    a = arch_of(model)
-    dev = context_of(model).device
-    b = v_batch(model, request, templates, "{}")  # the target tokens follow: causal, no effect
-    ids, mask, lookup = b.ids, b.mask, b.col
-    R = len(templates)
-    got: list[Tensor] = []
-    model.run_with_hooks(ids[:R].to(dev), attention_mask=mask[:R].to(dev), stop_at_layer=layer + 1,
-                         fwd_hooks=[(a.hook("mlp_key", layer), lambda act, hook: got.append(act.detach()))])
-    keys = got[0][torch.arange(R, device=dev), lookup[:R].to(dev)].double()  # [row, d_mlp]
-    return keys.mean(0).cpu()
+    return template_keys(model, request, layer, templates)[:len(templates)].mean(0)
+
+
+def key_cholesky(C: Float[Tensor, "d_mlp d_mlp"], d_mlp: int) -> Float[Tensor, "d_mlp d_mlp"]:
+    """The Cholesky factor of C (float64), after checking its shape, finiteness and definiteness.
+
+    Args:
+        C: ``[d_mlp, d_mlp]`` the key statistics.
+        d_mlp: the key dimension C must have.
+
+    Raises:
+        ValueError: C of the wrong shape, not finite or not positive definite.
+
+    Cost: ``d_mlp³/3`` flops.
+    """
+    if C.shape != (d_mlp, d_mlp):
+        raise ValueError(f"expected C of shape ({d_mlp}, {d_mlp}), got {tuple(C.shape)}")
+    if not torch.isfinite(C).all():
+        raise ValueError("expected finite key statistics C, got NaN or inf; recompute them (cache=False)")
+    L, info = torch.linalg.cholesky_ex(C.double())
+    if int(info) != 0:
+        raise ValueError(f"expected a positive definite C, but its Cholesky factorisation failed at column "
+                         f"{int(info)}: estimate it from more tokens (more than d_mlp = {C.shape[0]})")
+    return L
+
+
+def realised_shares(keys: Float[Tensor, "row d_mlp"], C: Float[Tensor, "d_mlp d_mlp"],
+                    k_star: Float[Tensor, "d_mlp"]) -> Float[Tensor, "row"]:
+    """``s_r = k_rᵀC⁻¹k* / k*ᵀC⁻¹k*``: the share of δ the rank-one update writes at each row's key.
+
+    ``k_r @ ΔW = s_r · δ`` exactly (`rank_one_update`); the s_r of the template rows average to 1,
+    since k* is their mean, but one row can sit far below it (on Gemma at layer 1 the bare prompt,
+    whose subject follows BOS, gets 0.2–0.45 of δ for a fifth of the built-in facts).
+
+    Args:
+        keys: ``[row, d_mlp]`` keys (`template_keys`).
+        C: ``[d_mlp, d_mlp]`` the key statistics.
+        k_star: ``[d_mlp]`` k*.
+
+    Cost: one Cholesky solve, O(d_mlp³).
+    """
+    u = torch.cholesky_solve(k_star.double()[:, None], key_cholesky(C, k_star.shape[0]))[:, 0]
+    return keys.double() @ u / float(k_star.double() @ u)
 
 
 @dataclass(frozen=True)
@@ -183,7 +243,8 @@ class VStar:
 
 
 def compute_v_star(model: Bridge, request: EditRequest, layer: int, templates: tuple[str, ...],
-                   config: ROMEConfig = ROMEConfig(), *, progress: bool = False, reuse_prefix: bool = True) -> VStar:
+                   config: ROMEConfig = ROMEConfig(), *, progress: bool = False, reuse_prefix: bool = True,
+                   shares: Float[Tensor, "row"] | None = None) -> VStar:
     """Optimise δ at the MLP's raw output of ``layer`` (see the module docstring). Model untouched.
 
     ``reuse_prefix=False`` runs every prompt in full at every step: the plain reference for the
@@ -197,6 +258,8 @@ def compute_v_star(model: Bridge, request: EditRequest, layer: int, templates: t
         config: `ROMEConfig` (the δ optimisation's settings).
         progress: a progress bar over the steps.
         reuse_prefix: compute the positions before the subject's last token once (a KV cache).
+        shares: ``[row]`` for each template row and then the essence row, the multiple of δ added
+            there (`realised_shares`: what the rank-one update will write); ``None``: δ everywhere.
 
     Raises:
         FloatingPointError: a non-finite loss or δ.
@@ -212,14 +275,15 @@ def compute_v_star(model: Bridge, request: EditRequest, layer: int, templates: t
     R = ids.shape[0] - 1  # rewriting rows; the last row is the essence prompt
     hook = a.hook("mlp_raw_out", layer)
     delta = torch.zeros(a.d_model, device=dev, requires_grad=True)
+    share = torch.ones(R + 1, device=dev) if shares is None else shares.float().to(dev)  # [row]
     v0: list[Tensor] = []
 
-    def adder(rows: Tensor, pos: Tensor):
+    def adder(rows: Tensor, pos: Tensor, k: Tensor):  # k: [len(rows)] the multiple of δ each row gets
         def add(act, hook):  # act: [row, pos, d_model]
             if not v0:
                 v0.append(act[0, pos[0]].detach().clone())  # the bare prompt's value (ROME's ‖v₀‖)
             act = act.clone()
-            act[rows, pos] = act[rows, pos] + delta.to(act.dtype)
+            act[rows, pos] = act[rows, pos] + (k[:, None] * delta).to(act.dtype)
             return act
         return add
 
@@ -238,13 +302,13 @@ def compute_v_star(model: Bridge, request: EditRequest, layer: int, templates: t
         essence prompt ``[d_vocab]``, with δ added."""
         if prefix is None:
             lp = model.run_with_hooks(ids, attention_mask=mask, logits_to_keep=n,
-                                      fwd_hooks=[(hook, adder(every, lookup))]).float().log_softmax(-1)
+                                      fwd_hooks=[(hook, adder(every, lookup, share))]).float().log_softmax(-1)
             return lp[:R], lp[R, -1]
         rows = every[:R]
         lp = run_after(model, ids[:R, c:], prefix, attention_mask=mask[:R], logits_to_keep=n,
-                       fwd_hooks=[(hook, adder(rows, torch.zeros_like(rows)))])
+                       fwd_hooks=[(hook, adder(rows, torch.zeros_like(rows), share[:R]))])
         ess = model.run_with_hooks(ids[R:], attention_mask=mask[R:], logits_to_keep=1,
-                                   fwd_hooks=[(hook, adder(every[:1], lookup[R:]))])
+                                   fwd_hooks=[(hook, adder(every[:1], lookup[R:], share[R:]))])
         return lp.float().log_softmax(-1), ess[0, -1].float().log_softmax(-1)
 
     with torch.no_grad():
@@ -266,7 +330,8 @@ def compute_v_star(model: Bridge, request: EditRequest, layer: int, templates: t
         if not math.isfinite(losses[-1]):
             raise FloatingPointError(f"ROME v*: the loss became {losses[-1]} at step {len(losses)}; nothing was "
                                      f"changed. Try a smaller v_lr than {config.v_lr}.")
-        if float(nll.detach()) < config.early_stop_loss:
+        stop_nll = nll if config.early_stop_on == "mean" else nll_tok.mean(1).max()  # worst template row
+        if float(stop_nll.detach()) < config.early_stop_loss:
             break
         opt.zero_grad()
         loss.backward()
@@ -301,16 +366,8 @@ def rank_one_update(C: Float[Tensor, "d_mlp d_mlp"], k_star: Float[Tensor, "d_ml
 
     Cost: one Cholesky factorisation of C, ``d_mlp³/3`` flops.
     """
-    C, k, delta = C.double(), k_star.double(), delta.double()
-    if C.shape != (k.shape[0], k.shape[0]):
-        raise ValueError(f"expected C of shape ({k.shape[0]}, {k.shape[0]}), got {tuple(C.shape)}")
-    if not torch.isfinite(C).all():
-        raise ValueError("expected finite key statistics C, got NaN or inf; recompute them (cache=False)")
-    L, info = torch.linalg.cholesky_ex(C)
-    if int(info) != 0:
-        raise ValueError(f"expected a positive definite C, but its Cholesky factorisation failed at column "
-                         f"{int(info)}: estimate it from more tokens (more than d_mlp = {C.shape[0]})")
-    u = torch.cholesky_solve(k[:, None], L)  # [d_mlp, 1]
+    k, delta = k_star.double(), delta.double()
+    u = torch.cholesky_solve(k[:, None], key_cholesky(C, k.shape[0]))  # [d_mlp, 1]
     denom = float(u[:, 0] @ k)
     if not denom > 0 or not math.isfinite(denom):
         raise ValueError(f"expected k*ᵀC⁻¹k* > 0, got {denom}")
@@ -408,14 +465,18 @@ def rome(
     _warn_if_already_answered(model, request)
     fp = fingerprint(model)
     templates = context_templates(model, config)
-    k_star = compute_k_star(model, request, layer, templates)
-    v = compute_v_star(model, request, layer, templates, config, progress=progress)
+    keys = template_keys(model, request, layer, templates, config.essence_prompt)  # [row, d_mlp]
+    k_star = keys[:len(templates)].mean(0)
     if C is None:
         C = key_stats(model, [layer], config, progress=progress)[layer]
+    shares = realised_shares(keys, C, k_star)  # [row]: the share of δ the update writes at each prompt
+    v = compute_v_star(model, request, layer, templates, config, progress=progress,
+                       shares=shares if config.realised_delta else None)
     u, lam = rank_one_update(C, k_star, v.delta)
     if not (torch.isfinite(u).all() and torch.isfinite(lam).all()):
         raise FloatingPointError("ROME: the update is not finite; nothing was changed")
     info = dict(layer=layer, layer_reason=why, config_source=source, templates=list(templates), k_star_norm=float(k_star.norm()),
+                bare_share=float(shares[0]),
                 delta_norm=float(v.delta.norm()), v0_norm=v.v0_norm, losses=list(v.losses), p_new=list(v.p_new))
     return Edit(deltas={layer: (u, lam)}, method="rome", requests=(request,), config=dataclasses.asdict(config),
                 fingerprint=fp, info=info)

@@ -12,7 +12,9 @@ where the template prompts are the request's prompt behind each context template
 (`factscope.edit.templates`), the KL keeps the subject's "essence" (the next-token distribution
 after ``essence_prompt``, e.g. ``"{} is a"``) where it was, and ‖v₀‖ is the norm of the unedited
 vector (ROME's v₀, MEMIT's h). After every step ``‖δ‖ ≤ clamp_norm_factor · ‖v₀‖`` is enforced, and
-the optimisation stops once the NLL is below ``early_stop_loss``. The KL is
+the optimisation stops once the NLL is below ``early_stop_loss`` (``early_stop_on="mean"``: the NLL
+averaged over the template prompts, as the papers test it; ``"worst"``: every template prompt's NLL,
+so the edit wins on each prompt, the bare one included, not only on average). The KL is
 `factscope.predict.kl_from_logprobs`, the one KL of the package.
 
 Both editors then need the key statistics C = E[kkᵀ] at the edited layers (`factscope.edit.key_stats`);
@@ -27,7 +29,8 @@ published constants, for faithful reproductions. ``for_model(model)`` holds the 
 use when no config is given: the paper's, with the fields in the class's ``TUNED[family]`` replaced,
 where the family is the model's (`factscope.Arch.family`: ``"post_norm"`` for Gemma, ``"pre_norm"``
 otherwise). Those fields are the *δ budget*: how far δ may go (``clamp_norm_factor``), how fast
-(``v_lr``, ``v_steps``) and when it stops (``early_stop_loss``: once the new target wins by a margin).
+(``v_lr``, ``v_steps``) and when it stops (``early_stop_loss``, ``early_stop_on``: once the new target
+wins by a margin).
 They were fitted on `factscope.calibration_split`'s calibration half; docs/guide.md, "Choosing the
 edit layer and the δ budget", has the fit and the held-out numbers. `config_source` says which of
 the three a config is, and editors record it in ``Edit.info``.
@@ -40,7 +43,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 from factscope.arch import arch_of
 from factscope.bridge import Bridge
@@ -72,6 +75,8 @@ class TargetConfig:
         kl_factor: the weight of the KL term on ``essence_prompt``, >= 0.
         essence_prompt: the KL prompt, with one ``{}`` for the subject.
         early_stop_loss: stop once the target's NLL is below this, >= 0.
+        early_stop_on: which NLL ``early_stop_loss`` tests: ``"mean"`` (over the template prompts,
+            the papers' test) or ``"worst"`` (the largest template prompt's, so every prompt wins).
         corpus: where the key statistics C come from (`factscope.edit.covariance`; a `Corpus`).
         n_tokens: tokens C is estimated from; ``None``: `factscope.edit.covariance`'s default.
     """
@@ -86,6 +91,7 @@ class TargetConfig:
     kl_factor: float = 0.0625
     essence_prompt: str = "{} is a"
     early_stop_loss: float = 0.05
+    early_stop_on: Literal["mean", "worst"] = "mean"
     corpus: Corpus = "auto"
     n_tokens: int | None = None
 
@@ -98,6 +104,8 @@ class TargetConfig:
         for name in ("v_weight_decay", "kl_factor", "early_stop_loss"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{me}: expected {name} >= 0, got {getattr(self, name)!r}")
+        if self.early_stop_on not in ("mean", "worst"):
+            raise ValueError(f"{me}: expected early_stop_on 'mean' or 'worst', got {self.early_stop_on!r}")
         if self.essence_prompt.count("{}") != 1:
             raise ValueError(f"{me}: expected essence_prompt with one '{{}}', got {self.essence_prompt!r}")
         if any(n < 1 or c < 0 for n, c in self.context_lengths):

@@ -12,7 +12,9 @@ from factscope.edit.rome import (
     compute_v_star,
     context_templates,
     rank_one_update,
+    realised_shares,
     rome,
+    template_keys,
     update_response,
 )
 
@@ -212,3 +214,37 @@ def test_update_response_is_the_fraction_of_delta_the_edit_writes(tiny):
         after = cached(prompts[i], "mlp_raw_out")
     measured = float((after - before).norm(dim=-1).max()) / delta
     assert measured == pytest.approx(float(got[i]), rel=2e-2)
+
+
+def test_realised_shares_are_what_the_update_writes_at_each_prompt(tiny):
+    """k_r @ ΔW = s_r · δ for every template row (plain matmul), and the template rows' shares average to 1."""
+    templates = context_templates(tiny, FAST)
+    keys = template_keys(tiny, REQ, 1, templates, "{} is a")  # [row, d_mlp]
+    k_star, C = keys[:len(templates)].mean(0), keys_C(tiny, 1)
+    s = realised_shares(keys, C, k_star)
+    delta = torch.randn(arch_of(tiny).d_model, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    u, lam = rank_one_update(C, k_star, delta)
+    torch.testing.assert_close(keys @ (u @ lam), s[:, None] * delta[None], atol=1e-8, rtol=1e-6)
+    assert abs(float(s[:len(templates)].mean()) - 1) < 1e-9
+    torch.testing.assert_close(k_star, compute_k_star(tiny, REQ, 1, templates))
+
+
+def test_v_star_shares_scale_delta_and_the_worst_row_stop_waits_for_every_row(tiny):
+    templates = context_templates(tiny, FAST)
+    R = len(templates)
+    cfg = ROMEConfig(v_steps=4, early_stop_loss=0.0)
+    plain = compute_v_star(tiny, REQ, 1, templates, cfg)
+    ones = compute_v_star(tiny, REQ, 1, templates, cfg, shares=torch.ones(R + 1))
+    torch.testing.assert_close(plain.delta, ones.delta)
+    # δ added at twice the size from zero: the first loss (δ = 0) agrees, the steps differ
+    twice = compute_v_star(tiny, REQ, 1, templates, cfg, shares=2 * torch.ones(R + 1))
+    assert twice.losses[0] == pytest.approx(plain.losses[0]) and not torch.allclose(twice.delta, plain.delta)
+    # at δ = 0 the loss is the mean row NLL; a bound just above it stops "mean" at once but not
+    # "worst", since the rows' NLLs differ and the largest lies above their mean
+    bound = plain.losses[0] + 1e-4
+    mean_stop = compute_v_star(tiny, REQ, 1, templates, ROMEConfig(v_steps=3, early_stop_loss=bound))
+    worst_stop = compute_v_star(tiny, REQ, 1, templates, ROMEConfig(v_steps=3, early_stop_loss=bound,
+                                                                    early_stop_on="worst"))
+    assert len(mean_stop.losses) == 1 and len(worst_stop.losses) > 1
+    with pytest.raises(ValueError, match="early_stop_on"):
+        ROMEConfig(early_stop_on="median")
