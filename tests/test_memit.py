@@ -253,8 +253,8 @@ def test_compute_zs_does_not_depend_on_chunking(tinyg):
 
 
 def plain_z_terms(model, req, templates):
-    """Mean over the templates of the target's per-token NLL and of p(all target tokens), at δ = 0,
-    from one unpadded forward per template prompt."""
+    """Mean over the templates of the target's per-token NLL and of p(all target tokens), and the
+    largest template's NLL, at δ = 0, from one unpadded forward per template prompt."""
     tgt = target_ids(model, req.target_new)
     nll, p = [], []
     for t in templates:
@@ -264,7 +264,7 @@ def plain_z_terms(model, req, templates):
         tok = torch.stack([lp[len(ids) - 1 + j, tgt[j]] for j in range(len(tgt))])
         nll.append(-tok.mean())
         p.append(tok.sum().exp())
-    return float(torch.stack(nll).mean()), float(torch.stack(p).mean())
+    return float(torch.stack(nll).mean()), float(torch.stack(p).mean()), float(torch.stack(nll).max())
 
 
 def test_z_loss_of_a_subset_with_a_short_suffix(tiny):
@@ -285,8 +285,9 @@ def test_z_loss_of_a_subset_with_a_short_suffix(tiny):
     log_p0 = torch.zeros(2, lp.shape[-1])
     log_p0[1] = lp[rows.essence.nonzero()[0, 0], -1]
     loss = z_loss(lp, rows, log_p0, delta, h.float() + 1, CFG)
-    nll, p = plain_z_terms(model, short, templates)
+    nll, p, worst = plain_z_terms(model, short, templates)
     assert float(loss.nll[1]) == pytest.approx(nll, rel=1e-4)
+    assert float(loss.worst_nll[1]) == pytest.approx(worst, rel=1e-4) and worst > nll
     assert float(loss.p_new[1]) == pytest.approx(p, rel=1e-3)
     assert float(loss.kl[1]) == pytest.approx(0.0, abs=1e-6) and float(loss.nll[0]) == 0.0
     want_h = plain_acts(model, [short], 2, 2, templates)["h"][0]
