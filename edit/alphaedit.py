@@ -178,7 +178,7 @@ def alphaedit_with_keys(model: Bridge, requests: EditRequest | Sequence[EditRequ
     cc = cache_c or {}
     up = run_layers(model, reqs, layers, templates, zs.z,
                     lambda l, K, R: (alphaedit_solve(P[l], K, cc.get(l), config.L2), R),
-                    key_chunk=config.key_chunk, progress=progress, what="AlphaEdit")
+                    key_chunk=config.key_chunk, progress=progress, what="AlphaEdit", bare_weight=config.bare_weight)
     info = dict(layers=layers, layer_reason=why, config_source=config_source(config, model), residual_error=up.errors, z_steps=list(zs.steps),
                 p_new=list(zs.p_new), templates=list(templates), null_space_dim={str(l): d for l, d in dims.items()})
     edit = Edit(deltas={l: layer_delta(*d) for l, d in up.deltas.items()}, method="alphaedit", requests=tuple(reqs),

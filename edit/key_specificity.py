@@ -52,7 +52,7 @@ from factscope.bridge import Bridge
 from factscope.checks import as_requests
 from factscope.edit.key_stats import key_stats
 from factscope.edit.target import TargetConfig
-from factscope.edit.templates import context_templates, template_rows
+from factscope.edit.templates import context_templates, template_rows, template_weights
 from factscope.facts import EditRequest
 from factscope.result_files import ResultContents, Saveable, fact_from_json, fact_to_json
 from factscope.tokens import encode, pad_left
@@ -65,15 +65,17 @@ OTHER_RELATION_PROMPTS = 24
 
 @torch.no_grad()
 def k_stars(model: Bridge, requests: Sequence[EditRequest], layers: Sequence[int],
-            templates: Sequence[str], *, progress: bool = False) -> Float[Tensor, "layer request d_mlp"]:
+            templates: Sequence[str], *, bare_weight: float | None = None,
+            progress: bool = False) -> Float[Tensor, "layer request d_mlp"]:
     """k* of every request at every layer: the MLP key at the subject's last token, averaged over the
-    template prompts (float64, on the CPU).
+    template prompts (float64, on the CPU) with `factscope.edit.templates.template_weights`.
 
     Args:
         model: a bridge.
         requests: the requests (their subjects must be in their prompts: `factscope.tokens.check_request`).
         layers: the MLPs whose keys are read (non-negative, any order).
         templates: the context templates (`factscope.edit.templates.context_templates`).
+        bare_weight: the bare prompt's weight in the average; ``None``: uniform (the papers' k*).
         progress: a progress bar over the requests.
 
     Cost: one forward per request of its ``len(templates)`` template prompts, up to the deepest layer.
@@ -81,6 +83,7 @@ def k_stars(model: Bridge, requests: Sequence[EditRequest], layers: Sequence[int
     a = arch_of(model)
     dev = context_of(model).device
     out = torch.zeros(len(layers), len(requests), a.d_mlp, dtype=torch.float64)
+    w = template_weights(templates, bare_weight).to(dev)  # [template]
     for j, r in enumerate(tqdm(requests, desc="k*", disable=not progress)):
         rows, last = template_rows(model, r, templates)
         ids, mask = pad_left(model, rows)
@@ -89,7 +92,7 @@ def k_stars(model: Bridge, requests: Sequence[EditRequest], layers: Sequence[int
 
         def grab(l: int):
             def hook(act, hook):  # act: [row, pos, d_mlp]
-                got[l] = act[torch.arange(len(rows), device=dev), col].double().mean(0).cpu()
+                got[l] = (w @ act[torch.arange(len(rows), device=dev), col].double()).cpu()
             return hook
 
         model.run_with_hooks(ids.to(dev), attention_mask=mask.to(dev), stop_at_layer=max(layers) + 1,
@@ -270,7 +273,7 @@ def key_specificity(
     for p in prompts:  # before any model pass
         check_context(model, len(encode(model, p)), what=f"the bank prompt {p!r}")
     Cs = key_stats(model, list(Ls), cfg, C, progress=progress)
-    K = k_stars(model, reqs, Ls, context_templates(model, cfg), progress=progress)  # [layer, request, d_mlp]
+    K = k_stars(model, reqs, Ls, context_templates(model, cfg), bare_weight=cfg.bare_weight, progress=progress)  # [layer, request, d_mlp]
     U, Ks = {}, {}
     for i, l in enumerate(tqdm(Ls, desc="C⁻¹k*", disable=not progress)):
         L, info = torch.linalg.cholesky_ex(Cs[l].double().cpu())

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from factscope.arch import arch_of, context_of
 from factscope.bridge import Bridge
 from factscope.edit.post_norm import invert_post_norm, post_norm_gain
-from factscope.edit.templates import template_rows
+from factscope.edit.templates import template_rows, template_weights
 from factscope.facts import EditRequest
 from factscope.tokens import pad_left
 
@@ -71,7 +71,8 @@ class LayerActs:
 
 @torch.no_grad()
 def collect_keys(model: Bridge, requests: Sequence[EditRequest], layer: int, target_layer: int,
-                 templates: Sequence[str], *, chunk: int = 256, progress: bool = False) -> LayerActs:
+                 templates: Sequence[str], *, bare_weight: float | None = None, chunk: int = 256,
+                 progress: bool = False) -> LayerActs:
     """Keys at ``layer`` (template-averaged) and the bare prompt's activations (`LayerActs`).
 
     Prompts are cut after the subject's last token (later tokens cannot affect it) and run in
@@ -84,6 +85,8 @@ def collect_keys(model: Bridge, requests: Sequence[EditRequest], layer: int, tar
         layer: where the keys, the raw output and the output are read.
         target_layer: where the residual h is read (MEMIT's last edited layer).
         templates: the context templates; they must include the bare prompt ``"{}"``.
+        bare_weight: the bare prompt's weight in the key average
+            (`factscope.edit.templates.template_weights`); ``None``: uniform, as in MEMIT.
         chunk: rows per forward.
         progress: a progress bar over the chunks.
 
@@ -121,7 +124,7 @@ def collect_keys(model: Bridge, requests: Sequence[EditRequest], layer: int, tar
 
         model.run_with_hooks(ids.to(dev), attention_mask=mask.to(dev), stop_at_layer=stop,
                              fwd_hooks=[(nm, grab(dst, s)) for nm, dst in names])
-    K = K.view(n, T, -1).mean(1)
+    K = template_weights(templates, bare_weight) @ K.view(n, T, -1)  # [n, d_mlp]
     return LayerActs(K=K, raw=raw.view(n, T, -1)[:, bare], out=out.view(n, T, -1)[:, bare],
                      h=h.view(n, T, -1)[:, bare])
 
@@ -144,7 +147,7 @@ class LayerUpdates:
 
 def run_layers(model: Bridge, requests: Sequence[EditRequest], layers: Sequence[int], templates: Sequence[str],
                z: Float[Tensor, "request d_model"], solver: Solver, *, key_chunk: int, progress: bool,
-               what: str) -> LayerUpdates:
+               what: str, bare_weight: float | None = None) -> LayerUpdates:
     """The module docstring's steps 1-3 over ``layers`` (sorted; z lives at the last), with any solver.
 
     Args:
@@ -158,6 +161,7 @@ def run_layers(model: Bridge, requests: Sequence[EditRequest], layers: Sequence[
         key_chunk: rows per key-collection forward (`collect_keys`'s ``chunk``).
         progress: a progress bar over the layers.
         what: the editor's name, for the bar and error messages.
+        bare_weight: the bare prompt's weight in the keys (`collect_keys`); ``None``: uniform.
 
     Raises:
         FloatingPointError: a non-finite update (the model is restored first).
@@ -170,7 +174,7 @@ def run_layers(model: Bridge, requests: Sequence[EditRequest], layers: Sequence[
     out = LayerUpdates(deltas={}, keys={}, errors=[])
     try:
         for i, l in enumerate(tqdm(layers, desc=f"{what} layers", disable=not progress)):
-            acts = collect_keys(model, requests, l, L, templates, chunk=key_chunk)
+            acts = collect_keys(model, requests, l, L, templates, bare_weight=bare_weight, chunk=key_chunk)
             out.errors.append(float((z - acts.h).norm(dim=1).mean()))
             R = (z - acts.h) / (len(layers) - i)  # [request, d_model]: this layer's share
             U, V = solver(l, acts.K, _raw_share(model, l, acts, R))

@@ -69,7 +69,7 @@ from factscope.edit.layer_choice import default_layers
 from factscope.edit.layer_update import collect_keys, layer_delta, run_layers
 from factscope.edit.post_norm import invert_post_norm, post_norm_gain
 from factscope.edit.target import TargetConfig, config_source
-from factscope.edit.templates import context_templates, prompt_rows, template_rows
+from factscope.edit.templates import context_templates, prompt_rows, template_rows, template_weights
 from factscope.facts import EditRequest
 from factscope.kv import Cache, run_after, run_cached
 from factscope.models import fingerprint
@@ -253,6 +253,8 @@ class ZBatch:
         targets: ``[row, n]`` target_new ids (0 where ``tmask`` is 0, and on essence rows).
         tmask: ``[row, n]`` 1 where ``targets`` holds a token.
         n_templates: T. n_requests: the requests in the chunk.
+        template_weight: ``[T]`` each template's weight in a request's NLL (`template_weights`: the
+            same weights as the keys; uniform unless ``bare_weight`` is set).
 
     Cost: plain data; `z_batch` builds it by tokenising.
     """
@@ -266,6 +268,7 @@ class ZBatch:
     tmask: Float[Tensor, "row n"]
     n_templates: int
     n_requests: int
+    template_weight: Float[Tensor, "template"]
 
     @property
     def essence(self) -> Bool[Tensor, "row"]:
@@ -273,7 +276,8 @@ class ZBatch:
         return self.template == self.n_templates
 
 
-def z_batch(model: Bridge, requests: Sequence[EditRequest], templates: Sequence[str], essence_prompt: str) -> ZBatch:
+def z_batch(model: Bridge, requests: Sequence[EditRequest], templates: Sequence[str], essence_prompt: str, *,
+            bare_weight: float | None = None) -> ZBatch:
     """The `ZBatch` of ``requests``: every template row (+ target[:-1]) and the essence row, left-padded.
 
     Args:
@@ -281,6 +285,7 @@ def z_batch(model: Bridge, requests: Sequence[EditRequest], templates: Sequence[
         requests: the chunk's requests.
         templates: context templates; the first must be the bare prompt ``"{}"`` (where h is read).
         essence_prompt: the KL prompt, with ``{}`` for the subject.
+        bare_weight: the bare prompt's weight in each request's NLL (`template_weights`); ``None``: uniform.
 
     Cost: tokenisation of ``request × (T + 1)`` prompts.
     """
@@ -304,7 +309,7 @@ def z_batch(model: Bridge, requests: Sequence[EditRequest], templates: Sequence[
         tmask[i, n - len(t):] = 1
     return ZBatch(ids=ids, mask=mask, col=torch.tensor([ids.shape[1] - len(x) + i for x, i in zip(rows, last)]),
                   owner=torch.arange(len(rows)) // (T + 1), template=template, targets=targets, tmask=tmask,
-                  n_templates=T, n_requests=len(requests))
+                  n_templates=T, n_requests=len(requests), template_weight=template_weights(templates, bare_weight).float())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -351,7 +356,8 @@ def z_rows(model: Bridge, batch: ZBatch, active: Sequence[int]) -> ZRows:
     return ZRows(start=c, prefix=prefix, ids=ids, mask=mask, col=(batch.col[sel] - c).to(dev),
                  owner=batch.owner[sel].to(dev), template=batch.template[sel].to(dev),
                  targets=batch.targets[sel, -n:].to(dev), tmask=batch.tmask[sel, -n:].to(dev),
-                 n_templates=batch.n_templates, n_requests=batch.n_requests)
+                 n_templates=batch.n_templates, n_requests=batch.n_requests,
+                 template_weight=batch.template_weight.to(dev))
 
 
 # --------------------------------------------------------------------------- z: the loss and a step
@@ -391,7 +397,7 @@ class ZLoss:
     """One step's loss terms per request (on the device; ``total`` keeps its graph).
 
     Attributes:
-        nll: ``[request]`` mean over the templates of the target's per-token NLL.
+        nll: ``[request]`` the target's per-token NLL averaged over the templates with ``template_weight``.
         worst_nll: ``[request]`` (no graph) the largest template's per-token NLL.
         kl: ``[request]`` KL(p_δ ‖ p_0) after the essence prompt.
         decay: ``[request]`` ‖δ‖ / ‖h‖².
@@ -428,7 +434,8 @@ def z_loss(lp: Float[Tensor, "row n d_vocab"], rows: ZRows, log_p0: Float[Tensor
     row_nll = tok_nll.sum(1) / rows.tmask.sum(1).clamp(min=1)  # [row]
     tpl = ~rows.essence
     zeros = torch.zeros(n_req, device=lp.device)
-    nll = zeros.index_add(0, rows.owner[tpl], row_nll[tpl]) / T  # [request]
+    w = rows.template_weight[rows.template[tpl]]  # [template row]
+    nll = zeros.index_add(0, rows.owner[tpl], w * row_nll[tpl])  # [request]
     e_rows = rows.essence.nonzero()[:, 0]
     e_own = rows.owner[e_rows]
     kl = torch.zeros(n_req, device=lp.device)
@@ -478,7 +485,7 @@ def z_step(opt: torch.optim.Optimizer, delta: Float[Tensor, "request d_model"], 
 def _z_chunk(model: Bridge, reqs: Sequence[EditRequest], layer: int, templates: Sequence[str],
              config: MEMITConfig, on_step: Callable[[int, int], None] | None = None) -> ZResult:
     """Optimise δ for a few requests at once. ``on_step(step, active)`` reports progress."""
-    batch = z_batch(model, reqs, templates, config.essence_prompt)
+    batch = z_batch(model, reqs, templates, config.essence_prompt, bare_weight=config.bare_weight)
     hook = arch_of(model).hook("resid_post", layer)
     n, d_model = len(reqs), arch_of(model).d_model
     delta = torch.zeros(n, d_model, device=context_of(model).device, requires_grad=True)  # δ [request, d_model]
@@ -687,7 +694,7 @@ def memit(
     zs = compute_zs(model, reqs, layers[-1], templates, config, progress=progress)
     lam = update_weight(model, config)
     up = run_layers(model, reqs, layers, templates, zs.z, lambda l, K, R: (memit_solve(C[l], K, lam), R),
-                    key_chunk=config.key_chunk, progress=progress, what="MEMIT")
+                    key_chunk=config.key_chunk, progress=progress, what="MEMIT", bare_weight=config.bare_weight)
     info = dict(layers=layers, layer_reason=why, config_source=config_source(config, model), residual_error=up.errors, z_steps=list(zs.steps),
                 p_new=list(zs.p_new), templates=list(templates))
     return Edit(deltas={l: layer_delta(*d) for l, d in up.deltas.items()}, method="memit", requests=tuple(reqs),

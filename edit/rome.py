@@ -52,7 +52,7 @@ from factscope.edit.handle import Edit
 from factscope.edit.key_stats import key_stats
 from factscope.edit.layer_choice import default_layers
 from factscope.edit.target import TargetConfig, config_source
-from factscope.edit.templates import context_templates, prompt_rows, template_rows
+from factscope.edit.templates import context_templates, prompt_rows, template_rows, template_weights
 from factscope.facts import EditRequest
 from factscope.kv import run_after, run_cached
 from factscope.models import fingerprint
@@ -88,7 +88,8 @@ class ROMEConfig(TargetConfig):
 
     Attributes:
         context_lengths, context_top_k, seed, v_steps, v_lr, v_weight_decay, clamp_norm_factor,
-            kl_factor, essence_prompt, early_stop_loss, early_stop_on, corpus, n_tokens: see `TargetConfig`.
+            kl_factor, essence_prompt, early_stop_loss, early_stop_on, bare_weight, corpus, n_tokens: see
+            `TargetConfig`.
         realised_delta: optimise δ as the rank-one update will write it: ``s_r · δ`` at each template
             prompt and the essence prompt (`realised_shares`), not δ everywhere. Off by default
             and in ``paper()``; docs/guide.md ("Choosing the edit layer and the δ budget") has why.
@@ -168,8 +169,8 @@ def template_keys(model: Bridge, request: EditRequest, layer: int, templates: tu
     return got[0][torch.arange(len(b.ids), device=dev), b.col.to(dev)].double().cpu()  # [row, d_mlp]
 
 
-def compute_k_star(model: Bridge, request: EditRequest, layer: int,
-                   templates: tuple[str, ...]) -> Float[Tensor, "d_mlp"]:
+def compute_k_star(model: Bridge, request: EditRequest, layer: int, templates: tuple[str, ...], *,
+                   bare_weight: float | None = None) -> Float[Tensor, "d_mlp"]:
     """k*: the MLP key at the subject's last token, averaged over the template prompts (float64).
 
     Args:
@@ -177,10 +178,12 @@ def compute_k_star(model: Bridge, request: EditRequest, layer: int,
         request: the `EditRequest`.
         layer: the MLP whose key is read.
         templates: the context templates (`context_templates`).
+        bare_weight: the bare prompt's weight in the average (`template_weights`); ``None``
+            (default): uniform, the paper's k*. `rome` passes ``config.bare_weight``.
 
     Cost: one forward of the template prompts (and one short essence row) up to ``layer``.
     """
-    return template_keys(model, request, layer, templates)[:len(templates)].mean(0)
+    return template_weights(templates, bare_weight) @ template_keys(model, request, layer, templates)[:len(templates)]
 
 
 def key_cholesky(C: Float[Tensor, "d_mlp d_mlp"], d_mlp: int) -> Float[Tensor, "d_mlp d_mlp"]:
@@ -276,6 +279,7 @@ def compute_v_star(model: Bridge, request: EditRequest, layer: int, templates: t
     hook = a.hook("mlp_raw_out", layer)
     delta = torch.zeros(a.d_model, device=dev, requires_grad=True)
     share = torch.ones(R + 1, device=dev) if shares is None else shares.float().to(dev)  # [row]
+    w = None if config.bare_weight is None else template_weights(templates, config.bare_weight).float().to(dev)  # [row]
     v0: list[Tensor] = []
 
     def adder(rows: Tensor, pos: Tensor, k: Tensor):  # k: [len(rows)] the multiple of δ each row gets
@@ -320,7 +324,7 @@ def compute_v_star(model: Bridge, request: EditRequest, layer: int, templates: t
     for _ in bar:
         lp, lp_ess = forward()
         nll_tok = -lp.gather(2, tgt.expand(R, n)[:, :, None])[:, :, 0]  # [row, n]
-        nll = nll_tok.mean()
+        nll = nll_tok.mean() if w is None else w @ nll_tok.mean(1)  # the template rows weighted as in k*
         kl = kl_from_logprobs(lp_ess, kl_ref)  # KL(p_δ ‖ p_0)
         wd = delta.norm() / v0_norm ** 2
         loss = nll + config.kl_factor * kl + config.v_weight_decay * wd
@@ -466,7 +470,7 @@ def rome(
     fp = fingerprint(model)
     templates = context_templates(model, config)
     keys = template_keys(model, request, layer, templates, config.essence_prompt)  # [row, d_mlp]
-    k_star = keys[:len(templates)].mean(0)
+    k_star = template_weights(templates, config.bare_weight) @ keys[:len(templates)]  # [d_mlp]
     if C is None:
         C = key_stats(model, [layer], config, progress=progress)[layer]
     shares = realised_shares(keys, C, k_star)  # [row]: the share of δ the update writes at each prompt

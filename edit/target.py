@@ -77,6 +77,10 @@ class TargetConfig:
         early_stop_loss: stop once the target's NLL is below this, >= 0.
         early_stop_on: which NLL ``early_stop_loss`` tests: ``"mean"`` (over the template prompts,
             the papers' test) or ``"worst"`` (the largest template prompt's, so every prompt wins).
+        bare_weight: the bare prompt's (``"{}"``) weight in the key average (ROME's k*, MEMIT's K),
+            in [0, 1], the other templates sharing the rest equally; ``None``: every template
+            weighs the same, as in the papers (the bare prompt gets ``1/T``). See
+            `factscope.edit.templates.template_weights`.
         corpus: where the key statistics C come from (`factscope.edit.covariance`; a `Corpus`).
         n_tokens: tokens C is estimated from; ``None``: `factscope.edit.covariance`'s default.
     """
@@ -92,6 +96,7 @@ class TargetConfig:
     essence_prompt: str = "{} is a"
     early_stop_loss: float = 0.05
     early_stop_on: Literal["mean", "worst"] = "mean"
+    bare_weight: float | None = None
     corpus: Corpus = "auto"
     n_tokens: int | None = None
 
@@ -106,6 +111,8 @@ class TargetConfig:
                 raise ValueError(f"{me}: expected {name} >= 0, got {getattr(self, name)!r}")
         if self.early_stop_on not in ("mean", "worst"):
             raise ValueError(f"{me}: expected early_stop_on 'mean' or 'worst', got {self.early_stop_on!r}")
+        if self.bare_weight is not None and not 0 <= self.bare_weight <= 1:
+            raise ValueError(f"{me}: expected bare_weight in [0, 1] or None, got {self.bare_weight!r}")
         if self.essence_prompt.count("{}") != 1:
             raise ValueError(f"{me}: expected essence_prompt with one '{{}}', got {self.essence_prompt!r}")
         if any(n < 1 or c < 0 for n, c in self.context_lengths):

@@ -17,6 +17,11 @@ is not touched). Special and added tokens (BOS, image placeholders) are never sa
 the decoded text become spaces, so a prefix never adds a placeholder. The result is cached per
 model object (weakly) and settings.
 
+The editors average the templates' keys into one key per request (ROME's k*, MEMIT's K) with
+`template_weights`: uniform by default, as in the papers, or with the bare prompt weighted
+``config.bare_weight`` (the prompt the request is asked and scored on, whose key can differ from the
+prefixed ones when the subject follows BOS directly).
+
 The subject's last token (``last``) is where ROME reads k* and adds δ, and where MEMIT reads its
 keys and sets z; `prompt_rows` gives it for any ``{}``-prompts (the essence prompt too).
 
@@ -38,7 +43,7 @@ from factscope.edit.target import TargetConfig
 from factscope.facts import EditRequest, Fact
 from factscope.tokens import bos_ids, encode, subject_span, tokenizer_of
 
-__all__ = ["context_templates", "template_rows", "prompt_rows"]
+__all__ = ["context_templates", "template_rows", "prompt_rows", "template_weights"]
 
 _TEMPLATES: weakref.WeakKeyDictionary[Bridge, dict[tuple, tuple[str, ...]]] = weakref.WeakKeyDictionary()
 
@@ -126,3 +131,36 @@ def template_rows(model: Bridge, request: EditRequest, templates: Sequence[str])
     Cost: tokenisation of each filled template.
     """
     return prompt_rows(model, [t.format(request.prompt) for t in templates], request.subject)
+
+
+def template_weights(templates: Sequence[str], bare_weight: float | None = None) -> torch.Tensor:
+    """``[template]`` float64 weights summing to 1 for averaging the templates' keys.
+
+    Args:
+        templates: the context templates (`context_templates`).
+        bare_weight: the weight of the bare prompt ``"{}"``, in [0, 1]; the other templates share
+            ``1 - bare_weight`` equally. ``None`` (default): ``1/T`` each, the papers' average. With
+            ``"{}"`` the only template it gets 1 whatever ``bare_weight`` is.
+
+    Raises:
+        ValueError: no templates, ``bare_weight`` given but no ``"{}"`` among the templates, or
+            ``bare_weight`` outside [0, 1].
+
+    Cost: negligible.
+    """
+    T = len(templates)
+    if T == 0:
+        raise ValueError("expected at least one context template, got none")
+    w = torch.full((T,), 1.0 / T, dtype=torch.float64)
+    if bare_weight is None:
+        return w
+    if not 0 <= bare_weight <= 1:
+        raise ValueError(f"expected bare_weight in [0, 1] or None, got {bare_weight!r}")
+    if "{}" not in templates:
+        raise ValueError(f"expected the templates to include the bare prompt '{{}}', got {list(templates)[:3]}...")
+    if T == 1:
+        return torch.ones(1, dtype=torch.float64)
+    b = list(templates).index("{}")
+    w.fill_((1.0 - bare_weight) / (T - 1))
+    w[b] = bare_weight
+    return w

@@ -15,7 +15,7 @@ from factscope.edit import ROMEConfig, MEMITConfig, AlphaEditConfig, edit_layer,
 from factscope.edit import layer_choice
 from factscope.edit.key_specificity import bank_prompts, k_stars
 from factscope.edit.key_stats import key_stats
-from factscope.edit.layer_choice import TARGETS, LayerChoiceWarning, shortfall
+from factscope.edit.layer_choice import LayerChoiceWarning, shortfall
 from factscope.edit.rome import compute_k_star, update_response
 from factscope.edit.target import config_source
 from factscope.edit.templates import context_templates
@@ -39,10 +39,12 @@ def test_calibration_split_is_fixed_and_disjoint():
 
 def test_k_stars_match_compute_k_star(model):
     templates = context_templates(model, ROMEConfig(context_lengths=((3, 2),)))
-    K = k_stars(model, REQS, [0, 2], templates)  # [layer, request, d_mlp]
-    for i, l in enumerate([0, 2]):
-        for j, r in enumerate(REQS):
-            torch.testing.assert_close(K[i, j], compute_k_star(model, r, l, templates), rtol=1e-5, atol=1e-6)
+    for w in (None, 0.5):
+        K = k_stars(model, REQS, [0, 2], templates, bare_weight=w)  # [layer, request, d_mlp]
+        for i, l in enumerate([0, 2]):
+            for j, r in enumerate(REQS):
+                want = compute_k_star(model, r, l, templates, bare_weight=w)
+                torch.testing.assert_close(K[i, j], want, rtol=1e-5, atol=1e-6)
 
 
 def test_bank_prompts_leave_out_the_subject():

@@ -230,6 +230,18 @@ def test_collect_keys_raw_output(tinyg):
     check_collect_keys(tinyg, ("raw",))
 
 
+def test_collect_keys_weights_the_bare_prompt(tinyg):
+    """With ``bare_weight=w`` the key is ``w k₀ + (1 − w) · mean of the other T − 1 templates' keys``."""
+    reqs = synthetic_requests(3, model=tinyg) + [REQ]
+    templates = context_templates(tinyg, CFG)
+    T, ref = len(templates), plain_acts(tinyg, reqs, 1, 2, templates)
+    others = (T * ref["K"] - ref["k0"]) / (T - 1)  # [request, d_mlp]
+    for w in (0.0, 0.5, 1.0):
+        got = collect_keys(tinyg, reqs, 1, 2, templates, bare_weight=w).K
+        want = w * ref["k0"] + (1 - w) * others
+        assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max()), w
+
+
 def test_compute_zs_does_not_depend_on_chunking(tinyg):
     """A request's z does not depend on its chunk-mates. The only difference is float32 rounding
     (padding and the shared-prefix cache change the order of sums, ~1e-7 relative), which Adam
@@ -265,6 +277,24 @@ def plain_z_terms(model, req, templates):
         nll.append(-tok.mean())
         p.append(tok.sum().exp())
     return float(torch.stack(nll).mean()), float(torch.stack(p).mean()), float(torch.stack(nll).max())
+
+
+def test_z_loss_weights_the_bare_prompt(tiny):
+    """With ``bare_weight=w`` a request's NLL is ``w · NLL("{}") + (1 − w) · mean of the others'``."""
+    req = EditRequest("We saw the {}", "Space Needle", "today")
+    templates = context_templates(tiny, CFG)
+    nll = []
+    for t in templates:  # each template alone: its plain NLL is the 1-template mean
+        nll.append(plain_z_terms(tiny, req, (t,))[0])
+    want = 0.8 * nll[templates.index("{}")] + 0.2 * (sum(nll) - nll[templates.index("{}")]) / (len(templates) - 1)
+    batch = z_batch(tiny, [req], templates, CFG.essence_prompt, bare_weight=0.8)
+    rows = z_rows(tiny, batch, [0])
+    d = arch_of(tiny).d_model
+    delta, h = torch.zeros(1, d), torch.zeros(1, d, dtype=torch.float64)
+    lp = z_logprobs(tiny, rows, arch_of(tiny).hook("resid_post", 2), delta, h)
+    loss = z_loss(lp, rows, lp[rows.essence][:, -1], delta, h.float() + 1, CFG)
+    assert float(loss.nll[0]) == pytest.approx(want, rel=1e-4)
+    assert abs(want - float(torch.tensor(nll).mean())) > 1e-3  # the weighting changes the number
 
 
 def test_z_loss_of_a_subset_with_a_short_suffix(tiny):

@@ -93,6 +93,51 @@ def test_k_star_is_the_template_average(tiny):
                                        names_filter=lambda n: n == name)
         ks.append(cache[name][0, subject_span(tiny, Fact(text, REQ.subject))[1] - 1].double())
     torch.testing.assert_close(k, torch.stack(ks).mean(0), atol=1e-5, rtol=1e-5)
+    for w in (0.0, 0.5, 1.0):  # the bare prompt weighted w, the T-1 prefixed templates (1-w)/(T-1) each
+        want = w * ks[templates.index("{}")] + (1 - w) * torch.stack([k for t, k in zip(templates, ks) if t != "{}"]).mean(0)
+        torch.testing.assert_close(compute_k_star(tiny, REQ, 1, templates, bare_weight=w), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("templates, w, want", [
+    (("{}", "a. {}", "b. {}", "c. {}"), None, [0.25] * 4),
+    (("{}", "a. {}", "b. {}", "c. {}"), 0.4, [0.4, 0.2, 0.2, 0.2]),
+    (("a. {}", "{}", "b. {}"), 1.0, [0.0, 1.0, 0.0]),
+    (("{}",), 0.3, [1.0]),
+])
+def test_template_weights(templates, w, want):
+    from factscope.edit.templates import template_weights
+
+    got = template_weights(templates, w)
+    assert got.dtype == torch.float64 and float(got.sum()) == pytest.approx(1.0)
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("templates, w, match", [((), None, "at least one"), (("a. {}",), 0.5, "bare prompt"),
+                                                 (("{}", "a. {}"), 1.5, r"\[0, 1\]")])
+def test_template_weights_bad_input(templates, w, match):
+    from factscope.edit.templates import template_weights
+
+    with pytest.raises(ValueError, match=match):
+        template_weights(templates, w)
+    with pytest.raises(ValueError, match="bare_weight"):
+        ROMEConfig(bare_weight=-0.1)
+
+
+def test_rome_writes_delta_at_the_weighted_k_star(tiny):
+    """With ``bare_weight``, the constraint ``k* @ (W + ΔW) = k* @ W + δ`` holds at the weighted k*, and the
+    bare prompt's share of δ (``info["bare_share"]``) is the one `realised_shares` gives for that k*."""
+    cfg = ROMEConfig(context_lengths=((3, 2), (5, 2)), v_steps=5, bare_weight=0.6)
+    C, a = keys_C(tiny, 1), arch_of(tiny)
+    templates = context_templates(tiny, cfg)
+    keys = template_keys(tiny, REQ, 1, templates)
+    k_star = 0.6 * keys[0] + 0.4 * keys[1:len(templates)].mean(0)  # templates[0] is "{}"
+    e = rome(tiny, REQ, layer=1, config=cfg, C=C, progress=False, verbose=False)
+    W0 = a.W_out(tiny, 1).detach().double().clone()
+    delta = compute_v_star(tiny, REQ, 1, templates, cfg).delta
+    with e.applied(tiny):
+        moved = k_star @ a.W_out(tiny, 1).detach().double() - k_star @ W0
+    torch.testing.assert_close(moved, delta, atol=1e-4 * float(delta.abs().max()), rtol=1e-4)
+    assert e.info["bare_share"] == pytest.approx(float(realised_shares(keys, C, k_star)[0]), rel=1e-6)
 
 
 def test_v_star_lowers_the_loss_and_respects_the_clamp(tiny):
