@@ -82,7 +82,10 @@ class ROMEConfig(TargetConfig):
     0.6 on average over the template prompts), so δ goes no further than the edit needs. The paper's
     lr 0.5 reaches its clamp in the first step there (‖v₀‖ ≈ 2.6 on Gemma 3 270M), so every edit got
     the whole budget, and a δ near ‖v₀‖ sets the post-normed MLP output's direction at every key it
-    reaches. Pre-norm models (SmolLM2) keep the paper's budget: there the earlier stop, smaller steps
+    reaches. Post-norm models also weight the bare prompt ½ in k* and in the NLL (``bare_weight=0.5``):
+    at the early layers where Gemma's keys are specific, a subject right after BOS has a key unlike
+    the prefixed templates', and with the uniform mean the update wrote as little as a fifth of δ at
+    the prompt the request is asked with. Pre-norm models (SmolLM2) keep the paper's budget: there the earlier stop, smaller steps
     or a smaller clamp each cost efficacy on the calibration facts. Fitted on the calibration split
     (docs/guide.md, "Choosing the edit layer and the δ budget").
 
@@ -98,7 +101,7 @@ class ROMEConfig(TargetConfig):
     realised_delta: bool = False
 
     TUNED: ClassVar[dict[str, dict[str, object]]] = {
-        "post_norm": dict(v_lr=0.05, v_steps=40, clamp_norm_factor=2.0, early_stop_loss=0.5),
+        "post_norm": dict(v_lr=0.05, v_steps=40, clamp_norm_factor=2.0, early_stop_loss=0.5, bare_weight=0.5),
         "pre_norm": {},  # the paper's: on SmolLM2 an earlier stop or smaller steps cost efficacy (guide)
     }
 
