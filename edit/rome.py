@@ -85,9 +85,11 @@ class ROMEConfig(TargetConfig):
     reaches. Post-norm models also weight the bare prompt ½ in k* and in the NLL (``bare_weight=0.5``):
     at the early layers where Gemma's keys are specific, a subject right after BOS has a key unlike
     the prefixed templates', and with the uniform mean the update wrote as little as a fifth of δ at
-    the prompt the request is asked with. Pre-norm models (SmolLM2) keep the paper's budget: there the earlier stop, smaller steps
-    or a smaller clamp each cost efficacy on the calibration facts. Fitted on the calibration split
-    (docs/guide.md, "Choosing the edit layer and the δ budget").
+    the prompt the request is asked with. Pre-norm models (SmolLM2) keep the paper's budget: there
+    the earlier stop, smaller steps or a smaller clamp each cost efficacy on the calibration facts.
+    Fitted on the calibration split (``bare_weight``: on it and a dev set of held-out facts already
+    looked at; docs/guide.md, "Choosing the edit layer and the δ budget", has both and the held-out
+    numbers).
 
     Attributes:
         context_lengths, context_top_k, seed, v_steps, v_lr, v_weight_decay, clamp_norm_factor,
@@ -476,14 +478,15 @@ def rome(
     k_star = template_weights(templates, config.bare_weight) @ keys[:len(templates)]  # [d_mlp]
     if C is None:
         C = key_stats(model, [layer], config, progress=progress)[layer]
-    shares = realised_shares(keys, C, k_star)  # [row]: the share of δ the update writes at each prompt
-    v = compute_v_star(model, request, layer, templates, config, progress=progress,
-                       shares=shares if config.realised_delta else None)
-    u, lam = rank_one_update(C, k_star, v.delta)
+    shares = realised_shares(keys, C, k_star) if config.realised_delta else None  # [row]: δ's share per prompt
+    v = compute_v_star(model, request, layer, templates, config, progress=progress, shares=shares)
+    u, lam = rank_one_update(C, k_star, v.delta)  # u = C⁻¹k* [d_mlp, 1]
     if not (torch.isfinite(u).all() and torch.isfinite(lam).all()):
         raise FloatingPointError("ROME: the update is not finite; nothing was changed")
+    bare = keys[templates.index("{}")]  # the bare prompt's key
+    bare_share = float(bare @ u[:, 0] / (k_star.double() @ u[:, 0]))  # `realised_shares` there, C factored once
     info = dict(layer=layer, layer_reason=why, config_source=source, templates=list(templates), k_star_norm=float(k_star.norm()),
-                bare_share=float(shares[0]),
+                bare_share=bare_share,
                 delta_norm=float(v.delta.norm()), v0_norm=v.v0_norm, losses=list(v.losses), p_new=list(v.p_new))
     return Edit(deltas={layer: (u, lam)}, method="rome", requests=(request,), config=dataclasses.asdict(config),
                 fingerprint=fp, info=info)
