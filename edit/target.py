@@ -31,7 +31,8 @@ where the family is the model's (`factscope.Arch.family`: ``"post_norm"`` for Ge
 otherwise). Those fields are the *δ budget*: how far δ may go (``clamp_norm_factor``), how fast
 (``v_lr``, ``v_steps``) and when it stops (``early_stop_loss``, ``early_stop_on``: once the new target
 wins by a margin).
-They were fitted on `factscope.calibration_split`'s calibration half; docs/guide.md, "Choosing the
+They were fitted on `factscope.calibration_split`'s calibration half (``bare_weight`` also on a dev
+set of held-out facts already looked at); docs/guide.md, "Choosing the
 edit layer and the δ budget", has the fit and the held-out numbers. `config_source` says which of
 the three a config is, and editors record it in ``Edit.info``.
 
